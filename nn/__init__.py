@@ -1,0 +1,1 @@
+"""CaffeNet in NumPy, exact to Caffe, plus the device layer that runs it on CUDA kernels."""
