@@ -1,0 +1,279 @@
+"""Work counts for CaffeNet's layers: multiply-accumulates, FLOPs and bytes moved.
+
+The benchmark (`bench.py`) divides these counts by measured times to get GFLOP/s and
+GB/s, so they must be exact for the layer shapes the network really uses.
+
+Conventions (also in docs/benchmarks.md):
+
+* MACs: one multiply-accumulate per (output element, weight element) pair that meets
+  the image. Padding positions count as well (they are in the im2col product), which is
+  the convention behind the usual "724 million MACs per image" figure for CaffeNet.
+* FLOPs: 2 per MAC, plus the bias additions (forward) or bias-gradient additions
+  (backward-weights). For the element-wise layers a FLOP count of the textbook algorithm
+  is given for context; those layers are judged by bytes.
+* Bytes: the compulsory traffic of float32 data (4 bytes each): every tensor the pass
+  must read, once, plus every tensor it must write, once. Caches are counted only where
+  the design contract fixes them (max pooling's argmax, int32). Anything an
+  implementation re-reads or stores extra is its own cost, which is exactly what a
+  GB/s figure measured against this lower bound reveals.
+
+Shapes follow Caffe: convolution ``Ho = (H + 2 pad - k) // stride + 1``, pooling with
+Caffe's ceil rule (see docs/design.md).
+"""
+from dataclasses import dataclass, field
+
+FLOAT_BYTES = 4
+INDEX_BYTES = 4  # int32 argmax / labels
+
+CAFFENET_INPUT_SIZE = 227
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One CaffeNet layer with its per-image shapes.
+
+    in_shape / out_shape: per image, (C, H, W) for spatial layers, (D,) for fc layers.
+    params: the layer's hyper-parameters (kernel, stride, pad, group, num_output, ...).
+    """
+    name: str
+    kind: str  # 'conv', 'fc', 'relu', 'pool', 'lrn', 'dropout', 'loss'
+    in_shape: tuple
+    out_shape: tuple
+    params: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Work of one pass over a whole batch."""
+    macs: int
+    flops: int
+    bytes: int
+
+    def __add__(self, other):
+        return Counts(self.macs + other.macs, self.flops + other.flops,
+                      self.bytes + other.bytes)
+
+
+def conv_out_size(size, kernel, stride, pad):
+    """Output side of a convolution (Caffe's floor rule)."""
+    out = (size + 2 * pad - kernel) // stride + 1
+    if out < 1:
+        raise ValueError(f"conv: kernel {kernel} does not fit input side {size} with pad {pad}")
+    return out
+
+
+def pool_out_size(size, kernel, stride, pad):
+    """Output side of a max pooling (Caffe's ceil rule, last window starts in the image)."""
+    out = -(-(size + 2 * pad - kernel) // stride) + 1
+    if pad > 0 and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _pool_window_total(size, out, kernel, stride, pad):
+    """Sum over the output positions along one axis of the clipped window length."""
+    total = 0
+    for o in range(out):
+        start = o * stride - pad
+        end = min(start + kernel, size)
+        total += end - max(start, 0)
+    return total
+
+
+def caffenet_layers(num_classes=1000, input_size=CAFFENET_INPUT_SIZE, last_layer='fc8'):
+    """CaffeNet (Caffe's bvlc_reference_caffenet) as a list of `Layer`, input to loss.
+
+    ReLUs are listed as their own layers (the network may fuse them into the
+    convolution; the benchmark times both). Pooling comes before LRN, as in CaffeNet.
+    """
+    layers = []
+    shape = (3, input_size, input_size)
+
+    def add(name, kind, out_shape, **params):
+        nonlocal shape
+        layers.append(Layer(name, kind, shape, tuple(out_shape), params))
+        shape = tuple(out_shape)
+
+    def conv(name, num_output, kernel, stride=1, pad=0, group=1):
+        c, h, w = shape
+        add(name, 'conv', (num_output, conv_out_size(h, kernel, stride, pad),
+                           conv_out_size(w, kernel, stride, pad)),
+            num_output=num_output, kernel=kernel, stride=stride, pad=pad, group=group)
+
+    def pool(name, kernel=3, stride=2, pad=0):
+        c, h, w = shape
+        add(name, 'pool', (c, pool_out_size(h, kernel, stride, pad),
+                           pool_out_size(w, kernel, stride, pad)),
+            kernel=kernel, stride=stride, pad=pad)
+
+    def fc(name, num_output):
+        add(name, 'fc', (num_output,), num_output=num_output)
+
+    def same(name, kind, **params):
+        add(name, kind, shape, **params)
+
+    conv('conv1', 96, 11, stride=4)
+    same('relu1', 'relu')
+    pool('pool1')
+    same('norm1', 'lrn', local_size=5, alpha=1e-4, beta=0.75, k=1.0)
+    conv('conv2', 256, 5, pad=2, group=2)
+    same('relu2', 'relu')
+    pool('pool2')
+    same('norm2', 'lrn', local_size=5, alpha=1e-4, beta=0.75, k=1.0)
+    conv('conv3', 384, 3, pad=1)
+    same('relu3', 'relu')
+    conv('conv4', 384, 3, pad=1, group=2)
+    same('relu4', 'relu')
+    conv('conv5', 256, 3, pad=1, group=2)
+    same('relu5', 'relu')
+    pool('pool5')
+    c, h, w = shape
+    shape = (c * h * w,)  # fc6 sees the flattened pool5 output
+    fc('fc6', 4096)
+    same('relu6', 'relu')
+    same('drop6', 'dropout', ratio=0.5)
+    fc('fc7', 4096)
+    same('relu7', 'relu')
+    same('drop7', 'dropout', ratio=0.5)
+    fc(last_layer, num_classes)
+    same('loss', 'loss')
+    return layers
+
+
+def _numel(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def weight_shape(layer):
+    """Weight blob shape in Caffe's layout: conv (K, C // group, kh, kw), fc (O, D)."""
+    p = layer.params
+    if layer.kind == 'conv':
+        return (p['num_output'], layer.in_shape[0] // p['group'], p['kernel'], p['kernel'])
+    if layer.kind == 'fc':
+        return (p['num_output'], layer.in_shape[0])
+    raise ValueError(f"layer {layer.name!r} ({layer.kind}) has no weights")
+
+
+def _product_counts(layer, batch):
+    """conv and fc: the three products (forward, backward-data, backward-weights)."""
+    x = batch * _numel(layer.in_shape)
+    y = batch * _numel(layer.out_shape)
+    w = _numel(weight_shape(layer))
+    b = layer.params['num_output']
+    # Each output element uses every weight of its filter once: y * (weights per filter).
+    macs = y * (w // b)
+    f = FLOAT_BYTES
+    return {
+        'forward': Counts(macs, 2 * macs + y, f * (x + w + b + y)),
+        'backward_data': Counts(macs, 2 * macs, f * (y + w + x)),
+        'backward_weights': Counts(macs, 2 * macs + y, f * (x + y + w + b)),
+    }
+
+
+def _pool_counts(layer, batch):
+    c, h, w = layer.in_shape
+    _, ho, wo = layer.out_shape
+    p = layer.params
+    # Window elements visited, exactly (windows are clipped at the image edge).
+    visits = (_pool_window_total(h, ho, p['kernel'], p['stride'], p['pad'])
+              * _pool_window_total(w, wo, p['kernel'], p['stride'], p['pad']))
+    x = batch * c * h * w
+    y = batch * c * ho * wo
+    return {
+        'forward': Counts(0, batch * c * visits, FLOAT_BYTES * (x + y) + INDEX_BYTES * y),
+        'backward': Counts(0, y, FLOAT_BYTES * (y + x) + INDEX_BYTES * y),
+    }
+
+
+def _elementwise_counts(layer, batch):
+    n = batch * _numel(layer.in_shape)
+    f = FLOAT_BYTES
+    if layer.kind == 'relu':
+        # forward: max(x, 0); backward: dy where the input was positive (reads dy and x).
+        return {'forward': Counts(0, n, f * 2 * n), 'backward': Counts(0, n, f * 3 * n)}
+    if layer.kind == 'lrn':
+        s = layer.params['local_size']
+        # forward per element: square, window sum (s adds), affine (2), power, multiply.
+        # backward (Caffe's formula): dy*y/scale (2), window sum (s), scale**-beta and
+        # product (2), minus coef*x*sum (3). Minimal traffic: x and dy in, dx out
+        # (y and scale can be recomputed from x).
+        return {'forward': Counts(0, (s + 5) * n, f * 2 * n),
+                'backward': Counts(0, (s + 7) * n, f * 3 * n)}
+    if layer.kind == 'dropout':
+        # The keep mask comes from a hash of the element index: nothing to read for it.
+        return {'forward': Counts(0, 2 * n, f * 2 * n), 'backward': Counts(0, 2 * n, f * 2 * n)}
+    raise ValueError(f"layer {layer.name!r}: no element-wise counts for kind {layer.kind!r}")
+
+
+def _loss_counts(layer, batch):
+    n = batch * _numel(layer.in_shape)
+    f = FLOAT_BYTES
+    # forward: max, subtract, exp, sum, (log of the label's probability) per score.
+    # backward: softmax again (or read probs) minus one-hot, scaled by 1/N.
+    return {
+        'forward': Counts(0, 4 * n + batch, f * n + INDEX_BYTES * batch),
+        'backward': Counts(0, 6 * n, f * 2 * n + INDEX_BYTES * batch),
+    }
+
+
+def layer_counts(layer, batch):
+    """Counts for every pass of `layer` over a batch of `batch` images.
+
+    Returns {pass: Counts}; passes are 'forward', 'backward_data', 'backward_weights'
+    for conv and fc layers, 'forward' and 'backward' for the others.
+    """
+    if batch < 1:
+        raise ValueError(f"layer_counts: batch must be >= 1, got {batch}")
+    if layer.kind in ('conv', 'fc'):
+        return _product_counts(layer, batch)
+    if layer.kind == 'pool':
+        return _pool_counts(layer, batch)
+    if layer.kind == 'loss':
+        return _loss_counts(layer, batch)
+    return _elementwise_counts(layer, batch)
+
+
+def sgd_counts(num_params):
+    """SGD with momentum and weight decay over `num_params` floats (in place).
+
+    history = momentum * history + lr * (grad * scale + decay * param); param -= history:
+    7 FLOPs per element; reads param, grad, history and writes param, history.
+    """
+    return Counts(0, 7 * num_params, FLOAT_BYTES * 5 * num_params)
+
+
+def param_count(layers):
+    """Number of learnable floats (weights and biases) in `layers`."""
+    return sum(_numel(weight_shape(l)) + l.params['num_output']
+               for l in layers if l.kind in ('conv', 'fc'))
+
+
+def forward_macs(layers, batch=1):
+    """Multiply-accumulates of the conv and fc layers' forward pass."""
+    return sum(layer_counts(l, batch)['forward'].macs for l in layers
+               if l.kind in ('conv', 'fc'))
+
+
+def network_counts(layers, batch, train=False):
+    """Total work of a forward pass (train=False) or a training step (train=True).
+
+    A training step is forward + every backward pass + one SGD update of all the
+    parameters. The first layer's backward-data product is skipped: nothing needs the
+    gradient of the input image. The ReLUs are counted as separate layers.
+    """
+    total = Counts(0, 0, 0)
+    for i, layer in enumerate(layers):
+        passes = layer_counts(layer, batch)
+        total += passes['forward']
+        if not train:
+            continue
+        for name, c in passes.items():
+            if name == 'forward' or (i == 0 and name == 'backward_data'):
+                continue
+            total += c
+    if train:
+        total += sgd_counts(param_count(layers))
+    return total

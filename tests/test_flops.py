@@ -1,0 +1,100 @@
+"""Work counts of nn/flops.py against values worked out by hand for CaffeNet."""
+import pytest
+
+from nn import flops
+from nn.flops import Counts, Layer, caffenet_layers, layer_counts
+
+
+def _by_name(layers):
+    return {l.name: l for l in layers}
+
+
+def test_shapes_follow_caffenet():
+    L = _by_name(caffenet_layers())
+    # 227 -> conv1 (k11 s4) 55 -> pool 27 -> conv2 27 -> pool 13 -> conv3..5 13 -> pool 6.
+    assert L['conv1'].out_shape == (96, 55, 55)
+    assert L['pool1'].out_shape == (96, 27, 27)
+    assert L['norm1'].out_shape == (96, 27, 27)
+    assert L['conv2'].out_shape == (256, 27, 27)
+    assert L['pool2'].out_shape == (256, 13, 13)
+    assert L['conv5'].out_shape == (256, 13, 13)
+    assert L['pool5'].out_shape == (256, 6, 6)
+    assert L['fc6'].in_shape == (9216,)
+    assert L['fc8'].out_shape == (1000,)
+    names = [l.name for l in caffenet_layers(num_classes=2, last_layer='fc8_twitter')]
+    assert names.index('pool1') < names.index('norm1')  # CaffeNet pools before LRN
+    assert names[-2] == 'fc8_twitter'
+
+
+def test_macs_by_hand():
+    L = _by_name(caffenet_layers())
+    assert layer_counts(L['conv1'], 1)['forward'].macs == 96 * 3 * 11 * 11 * 55 * 55 == 105_415_200
+    # Groups halve the input channels each filter sees.
+    assert layer_counts(L['conv2'], 1)['forward'].macs == 256 * 48 * 5 * 5 * 27 * 27 == 223_948_800
+    assert layer_counts(L['conv4'], 1)['forward'].macs == 384 * 192 * 3 * 3 * 13 * 13
+    assert layer_counts(L['fc6'], 1)['forward'].macs == 9216 * 4096
+    # The famous total: 724.4 million multiply-accumulates per 227x227 image.
+    assert flops.forward_macs(caffenet_layers()) == 724_406_816
+    assert flops.forward_macs(caffenet_layers(), batch=3) == 3 * 724_406_816
+
+
+def test_products_flops_and_bytes_by_hand():
+    fc6 = _by_name(caffenet_layers())['fc6']
+    n = 5
+    c = layer_counts(fc6, n)
+    macs = n * 9216 * 4096
+    assert c['forward'] == Counts(macs, 2 * macs + n * 4096,
+                                  4 * (n * 9216 + 4096 * 9216 + 4096 + n * 4096))
+    assert c['backward_data'] == Counts(macs, 2 * macs, 4 * (n * 4096 + 4096 * 9216 + n * 9216))
+    assert c['backward_weights'] == Counts(macs, 2 * macs + n * 4096,
+                                           4 * (n * 9216 + n * 4096 + 4096 * 9216 + 4096))
+    conv3 = _by_name(caffenet_layers())['conv3']
+    f = layer_counts(conv3, 2)['forward']
+    assert f.bytes == 4 * (2 * 256 * 13 * 13 + 384 * 256 * 9 + 384 + 2 * 384 * 13 * 13)
+
+
+def test_pool_rule_and_clipped_windows():
+    # Caffe's ceil rule, and the pad correction when the last window would start in the pad.
+    assert flops.pool_out_size(55, 3, 2, 0) == 27
+    assert flops.pool_out_size(13, 3, 2, 0) == 6
+    assert flops.pool_out_size(4, 2, 2, 1) == 3   # ceil(4/2)+1 = 3, (3-1)*2 = 4 < 5
+    assert flops.pool_out_size(5, 2, 2, 1) == 3   # ceil(5/2)+1 = 4, (4-1)*2 = 6 >= 6 -> 3
+    # 6 wide, kernel 3 stride 2: 3 outputs, windows [0,3) [2,5) [4,6) -> 3 + 3 + 2 = 8.
+    layer = Layer('p', 'pool', (7, 6, 6), (7, 3, 3), {'kernel': 3, 'stride': 2, 'pad': 0})
+    c = layer_counts(layer, 2)
+    assert c['forward'].flops == 2 * 7 * 8 * 8
+    assert c['forward'].bytes == 4 * (2 * 7 * 36 + 2 * 7 * 9) + 4 * 2 * 7 * 9
+    assert c['backward'].bytes == 4 * (2 * 7 * 9 + 2 * 7 * 36) + 4 * 2 * 7 * 9
+    pool1 = _by_name(caffenet_layers())['pool1']
+    assert layer_counts(pool1, 1)['forward'].flops == 96 * (27 * 3) ** 2
+
+
+def test_elementwise_and_sgd_bytes():
+    L = _by_name(caffenet_layers())
+    n = 3 * 96 * 55 * 55
+    relu1 = layer_counts(L['relu1'], 3)
+    assert relu1['forward'].bytes == 4 * 2 * n and relu1['backward'].bytes == 4 * 3 * n
+    drop6 = layer_counts(L['drop6'], 3)
+    assert drop6['forward'].bytes == 4 * 2 * 3 * 4096
+    assert flops.sgd_counts(11) == Counts(0, 77, 4 * 5 * 11)
+    # CaffeNet's well-known parameter count with 1000 classes.
+    assert flops.param_count(caffenet_layers()) == 60_965_224
+
+
+def test_network_totals():
+    layers = caffenet_layers()
+    fwd = flops.network_counts(layers, 2)
+    assert fwd.macs == 2 * 724_406_816
+    train = flops.network_counts(layers, 2, train=True)
+    # Backward does the forward's MACs twice (data and weights), minus conv1's data gradient.
+    assert train.macs == 3 * fwd.macs - 2 * 105_415_200
+    assert train.bytes > fwd.bytes + flops.sgd_counts(60_965_224).bytes
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match='batch'):
+        layer_counts(caffenet_layers()[0], 0)
+    with pytest.raises(ValueError, match='relu1'):
+        flops.weight_shape(caffenet_layers()[1])
+    with pytest.raises(ValueError, match='kernel 11'):
+        caffenet_layers(input_size=8)
