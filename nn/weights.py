@@ -1,0 +1,147 @@
+"""CaffeNet weights in HDF5: one file layout used by every part of the project.
+
+Layout (see docs/design.md)::
+
+    /<layer>/weight   float32, Caffe's blob shape, e.g. conv1 (96, 3, 11, 11), fc6 (4096, 9216)
+    /<layer>/bias     float32, (num_output,)
+    root attributes:  architecture ("CaffeNet"), num_classes, class_names (list of str),
+                      input_size (227), mean_bgr ([104.0070, 116.6688, 122.6789]),
+                      layer_order (list of layer names, input to output)
+
+Files are read with h5py only (never pickle) and written atomically: a temporary file
+next to the target, then ``os.replace``, so a crash never leaves half a file behind.
+"""
+import os
+import uuid
+
+import numpy as np
+
+# The ImageNet mean pixel, in Caffe's BGR channel order, that preprocessing subtracts.
+MEAN_BGR = (104.0070, 116.6688, 122.6789)
+
+# CaffeNet's input side (the crop the network was trained on).
+INPUT_SIZE = 227
+
+# Dtypes a weight file may hold (Caffe blobs are float32; float64 appears in tests).
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Attributes whose values are lists of strings (stored as variable-length UTF-8).
+_STRING_LIST_ATTRS = ("class_names", "layer_order")
+
+
+class WeightsError(ValueError):
+    """A weight file is missing, not HDF5, or malformed; the message names file and layer."""
+
+
+def _h5py():
+    import h5py  # imported here so `import nn.weights` is cheap (MEAN_BGR users)
+    return h5py
+
+
+def _check_params(path, params):
+    """Check `params` is {layer: {'weight': array, 'bias': array}} before writing anything."""
+    if not isinstance(params, dict) or not params:
+        raise WeightsError(f"{path}: params must be a non-empty dict "
+                           "{layer: {'weight': array, 'bias': array}}")
+    for layer, blobs in params.items():
+        if not isinstance(blobs, dict) or set(blobs) != {"weight", "bias"}:
+            got = sorted(blobs) if isinstance(blobs, dict) else type(blobs).__name__
+            raise WeightsError(f"{path}: layer {layer!r} must have exactly 'weight' and "
+                               f"'bias' arrays, got {got}")
+
+
+def save_weights(path, params, **attrs):
+    """Write `params` to the HDF5 file `path` atomically.
+
+    params: {layer: {'weight': ndarray, 'bias': ndarray}} with NumPy arrays in Caffe's blob
+        shapes; they are stored as float32 (Caffe's blob type).
+    attrs: root attributes (architecture, num_classes, class_names, input_size, mean_bgr,
+        layer_order, ...). `layer_order` defaults to the dict order of `params`; lists of
+        strings are stored as UTF-8 strings, everything else as given.
+    """
+    h5py = _h5py()
+    path = os.fspath(path)
+    _check_params(path, params)
+    attrs = dict(attrs)
+    attrs.setdefault("layer_order", list(params))
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            for layer, blobs in params.items():
+                group = f.create_group(layer)
+                for blob in ("weight", "bias"):
+                    group.create_dataset(blob, data=np.asarray(blobs[blob], dtype=np.float32))
+            string = h5py.string_dtype("utf-8")
+            for key, value in attrs.items():
+                if value is None:
+                    continue  # HDF5 has no null; an absent attribute means "unknown"
+                if key in _STRING_LIST_ATTRS:
+                    f.attrs.create(key, [str(v) for v in value], dtype=string)
+                else:
+                    f.attrs[key] = value
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _plain(key, value):
+    """HDF5 attribute value -> plain Python (str, int, float, list)."""
+    if key in _STRING_LIST_ATTRS:
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v)
+                for v in np.atleast_1d(value)]
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _read_blob(path, layer, group, blob):
+    """One dataset of a layer group as a NumPy array, checked for presence and dtype."""
+    h5py = _h5py()
+    if blob not in group or not isinstance(group[blob], h5py.Dataset):
+        raise WeightsError(f"{path}: layer {layer!r} has no {blob!r} dataset "
+                           "(expected datasets 'weight' and 'bias')")
+    data = group[blob]
+    if data.dtype not in _FLOAT_DTYPES:
+        raise WeightsError(f"{path}: layer {layer!r} {blob} has dtype {data.dtype}, "
+                           "expected float32 (or float64)")
+    return data[()]
+
+
+def load_weights(path):
+    """Read a weight file written by `save_weights` (or the Caffe converter).
+
+    Returns (params, attrs): params {layer: {'weight': ndarray, 'bias': ndarray}} in the
+    order of the `layer_order` attribute when present, attrs a dict of plain Python values.
+    Raises WeightsError naming the file (and layer) on anything missing or malformed.
+    """
+    h5py = _h5py()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path}: no such weight file")
+    if not h5py.is_hdf5(path):
+        raise WeightsError(f"{path}: not an HDF5 file (expected CaffeNet weights in HDF5)")
+    with h5py.File(path, "r") as f:
+        attrs = {key: _plain(key, value) for key, value in f.attrs.items()}
+        names = list(f.keys())
+        order = attrs.get("layer_order")
+        if order is not None:
+            missing = [name for name in order if name not in f]
+            if missing:
+                raise WeightsError(f"{path}: layer {missing[0]!r} is listed in layer_order "
+                                   "but has no group in the file")
+            names = list(order) + [n for n in names if n not in order]
+        params = {}
+        for layer in names:
+            group = f[layer]
+            if not isinstance(group, h5py.Group):
+                raise WeightsError(f"{path}: {layer!r} is not a layer group "
+                                   "(expected /<layer>/weight and /<layer>/bias)")
+            params[layer] = {blob: _read_blob(path, layer, group, blob)
+                             for blob in ("weight", "bias")}
+    return params, attrs

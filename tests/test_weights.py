@@ -1,0 +1,111 @@
+"""nn/weights.py: HDF5 round trip, atomic writes and clear errors on malformed files."""
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from nn.weights import MEAN_BGR, WeightsError, load_weights, save_weights
+
+
+def _params(seed=0):
+    """Two small layers with odd shapes and random, nonzero values."""
+    rng = np.random.default_rng(seed)
+    return {
+        "conv1": {"weight": rng.standard_normal((5, 3, 3, 3)).astype(np.float32),
+                  "bias": rng.standard_normal(5).astype(np.float32)},
+        "fc8_twitter": {"weight": rng.standard_normal((2, 7)).astype(np.float32),
+                        "bias": rng.standard_normal(2).astype(np.float32)},
+    }
+
+
+def test_round_trip_values_and_attrs(tmp_path):
+    path = tmp_path / "w.h5"
+    params = _params()
+    save_weights(path, params, architecture="CaffeNet", num_classes=2,
+                 class_names=["negative", "positive"], input_size=227,
+                 mean_bgr=list(MEAN_BGR))
+    loaded, attrs = load_weights(path)
+    assert list(loaded) == ["conv1", "fc8_twitter"]
+    for layer, blobs in params.items():
+        for blob, arr in blobs.items():
+            assert loaded[layer][blob].dtype == np.float32
+            np.testing.assert_array_equal(loaded[layer][blob], arr)
+    assert attrs["architecture"] == "CaffeNet"
+    assert attrs["num_classes"] == 2
+    assert attrs["class_names"] == ["negative", "positive"]
+    assert attrs["input_size"] == 227
+    np.testing.assert_allclose(attrs["mean_bgr"], [104.0070, 116.6688, 122.6789])
+    assert attrs["layer_order"] == ["conv1", "fc8_twitter"]
+    # No temporary file is left next to the target.
+    assert os.listdir(tmp_path) == ["w.h5"]
+
+
+def test_layer_order_attr_orders_the_result(tmp_path):
+    path = tmp_path / "w.h5"
+    save_weights(path, _params(), layer_order=["fc8_twitter", "conv1"])
+    loaded, _ = load_weights(path)
+    assert list(loaded) == ["fc8_twitter", "conv1"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "w.h5"
+    save_weights(path, _params(0))
+    bad = _params(1)
+    bad["conv1"]["weight"] = np.array(["not", "numbers"])  # cannot become float32
+    with pytest.raises(ValueError):
+        save_weights(path, bad)
+    loaded, _ = load_weights(path)
+    np.testing.assert_array_equal(loaded["conv1"]["weight"], _params(0)["conv1"]["weight"])
+    assert os.listdir(tmp_path) == ["w.h5"]
+
+
+def test_save_rejects_malformed_params(tmp_path):
+    with pytest.raises(WeightsError, match="conv1.*'weight' and 'bias'"):
+        save_weights(tmp_path / "w.h5", {"conv1": {"weight": np.ones(3)}})
+    assert not os.listdir(tmp_path)
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.h5"
+    with pytest.raises(WeightsError, match="nope.h5.*no such"):
+        load_weights(path)
+
+
+def test_not_hdf5(tmp_path):
+    path = tmp_path / "fake.h5"
+    path.write_bytes(b"this is not HDF5 at all")
+    with pytest.raises(WeightsError, match="fake.h5.*not an HDF5"):
+        load_weights(path)
+
+
+def test_missing_bias_dataset_names_the_layer(tmp_path):
+    path = tmp_path / "w.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("conv1/weight", data=np.ones((2, 3), np.float32))
+    with pytest.raises(WeightsError, match="w.h5.*'conv1'.*'bias'"):
+        load_weights(path)
+
+
+def test_wrong_dtype_names_the_layer(tmp_path):
+    path = tmp_path / "w.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("fc6/weight", data=np.ones((2, 3), np.int32))
+        f.create_dataset("fc6/bias", data=np.ones(2, np.float32))
+    with pytest.raises(WeightsError, match="'fc6' weight has dtype int32"):
+        load_weights(path)
+
+
+def test_layer_order_naming_a_missing_group(tmp_path):
+    path = tmp_path / "w.h5"
+    save_weights(path, _params(), layer_order=["conv1", "fc8_twitter", "fc9"])
+    with pytest.raises(WeightsError, match="'fc9'"):
+        load_weights(path)
+
+
+def test_dataset_at_root_is_rejected(tmp_path):
+    path = tmp_path / "w.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("conv1", data=np.ones(3, np.float32))
+    with pytest.raises(WeightsError, match="'conv1' is not a layer group"):
+        load_weights(path)
