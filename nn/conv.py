@@ -1,0 +1,142 @@
+"""Convolution (Caffe's Convolution layer) as im2col + one matrix product per group.
+
+Layout of the column matrix (why: every group's product is then a single large GEMM over
+the whole batch, and the weights need no reshuffling):
+
+    cols (group, C/group * kh * kw, N * Ho * Wo)
+    cols[g, (c, i, j), (n, ho, wo)] = x_padded[n, g*C/group + c, ho*stride + i, wo*stride + j]
+
+so that  y[g] (K/group, N*Ho*Wo) = w[g] (K/group, C/group*kh*kw) @ cols[g].
+"""
+import numpy as np
+
+from nn.checks import check_float_array, check_int, check_same_dtype, check_shape, fail
+
+
+def conv_output_size(size, kernel, stride, pad):
+    """Output length along one axis: (size + 2*pad - kernel) // stride + 1 (Caffe's floor)."""
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def _strided_window(a, i, j, stride, ho, wo):
+    """View a[..., i + stride*p, j + stride*q] for p < ho, q < wo (last two axes)."""
+    return a[..., i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+
+
+def im2col(x, kh, kw, stride, pad, group):
+    """x (N, C, H, W) -> cols (group, C//group * kh * kw, N * Ho * Wo), see module docstring.
+
+    One vectorised copy per kernel offset (kh*kw copies), never a loop over pixels.
+    """
+    n, c, h, w = x.shape
+    ho, wo = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
+    if pad > 0:
+        xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
+        xp[:, :, pad:pad + h, pad:pad + w] = x
+    else:
+        xp = x
+    # Channel-major source so each copy below writes a contiguous (N, Ho, Wo) block per c.
+    xt = xp.transpose(1, 0, 2, 3)
+    cols = np.empty((c, kh, kw, n, ho, wo), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = _strided_window(xt, i, j, stride, ho, wo)
+    return cols.reshape(group, (c // group) * kh * kw, n * ho * wo)
+
+
+def col2im(cols, x_shape, kh, kw, stride, pad):
+    """Adjoint of im2col: cols (group, C//group*kh*kw, N*Ho*Wo) -> dx (N, C, H, W).
+
+    Overlapping windows accumulate, one vectorised add per kernel offset.
+    """
+    n, c, h, w = x_shape
+    ho, wo = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
+    cols = cols.reshape(c, kh, kw, n, ho, wo)
+    # Accumulate in (C, N, Hp, Wp) so every add is over whole contiguous channel planes.
+    dxt = np.zeros((c, n, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            _strided_window(dxt, i, j, stride, ho, wo)[...] += cols[:, i, j]
+    dxt = dxt[:, :, pad:pad + h, pad:pad + w]
+    return np.ascontiguousarray(dxt.transpose(1, 0, 2, 3))
+
+
+def _check_conv_args(x, w, b, stride, pad, group, layer):
+    """Validate convolution arguments; return (stride, pad, group, Ho, Wo)."""
+    check_float_array(x, "x", layer, ndim=4, expected="(N, C, H, W)")
+    check_float_array(w, "w", layer, ndim=4, expected="(K, C // group, kh, kw)")
+    stride = check_int(stride, "stride", layer, 1)
+    pad = check_int(pad, "pad", layer, 0)
+    group = check_int(group, "group", layer, 1)
+    k, cg, kh, kw = w.shape
+    n, c, h, wid = x.shape
+    if k % group:
+        fail(layer, f"the number of filters K = {k} (w.shape[0]) must be divisible by "
+                    f"group = {group}")
+    if c != cg * group:
+        fail(layer, f"x must have shape (N, {cg * group}, H, W) (C = w.shape[1] * group = "
+                    f"{cg} * {group}), got {x.shape}")
+    check_float_array(b, "b", layer, ndim=1, expected=f"({k},)")
+    check_shape(b, "b", layer, (k,), "(one bias per filter, K = w.shape[0])")
+    check_same_dtype(layer, x=x, w=w, b=b)
+    ho, wo = conv_output_size(h, kh, stride, pad), conv_output_size(wid, kw, stride, pad)
+    if ho < 1 or wo < 1:
+        fail(layer, f"kernel {kh}x{kw} does not fit the padded input {h + 2 * pad}x"
+                    f"{wid + 2 * pad} (x of shape {x.shape}, pad = {pad})")
+    return stride, pad, group, ho, wo
+
+
+def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv'):
+    """Caffe convolution, optionally followed by ReLU.
+
+    x (N, C, H, W), w (K, C // group, kh, kw), b (K,)  ->  y (N, K, Ho, Wo),
+    Ho = (H + 2*pad - kh) // stride + 1. Group g maps input channels
+    [g*C/group, (g+1)*C/group) to output channels [g*K/group, (g+1)*K/group).
+    Returns (y, cache). y is referenced by the cache when relu=True: do not modify it
+    in place before conv_backward.
+    """
+    stride, pad, group, ho, wo = _check_conv_args(x, w, b, stride, pad, group, layer)
+    n = x.shape[0]
+    k, cg, kh, kw = w.shape
+    cols = im2col(x, kh, kw, stride, pad, group)
+    wg = w.reshape(group, k // group, cg * kh * kw)
+    yg = np.empty((group, k // group, n * ho * wo), dtype=x.dtype)
+    for g in range(group):
+        np.matmul(wg[g], cols[g], out=yg[g])
+    # (K, N, Ho, Wo) -> NCHW while adding the bias: one pass instead of copy + add.
+    y = np.empty((n, k, ho, wo), dtype=x.dtype)
+    np.add(yg.reshape(k, n, ho, wo).transpose(1, 0, 2, 3), b.reshape(1, k, 1, 1), out=y)
+    if relu:
+        np.maximum(y, 0, out=y)
+    cache = (x.shape, w, cols, stride, pad, group, (ho, wo), y if relu else None)
+    return y, cache
+
+
+def conv_backward(dy, cache):
+    """Gradients of conv_forward.
+
+    dy (N, K, Ho, Wo) -> (dx (N, C, H, W), dw (K, C // group, kh, kw), db (K,)).
+    When the forward had relu=True the ReLU gradient (y > 0) is applied first.
+    """
+    x_shape, w, cols, stride, pad, group, (ho, wo), y = cache
+    k, cg, kh, kw = w.shape
+    n = x_shape[0]
+    check_float_array(dy, "dy", "conv_backward", ndim=4, expected="(N, K, Ho, Wo)")
+    check_shape(dy, "dy", "conv_backward", (n, k, ho, wo), "(the forward output's shape)")
+    # Channel-major gradient (group, K/group, N*Ho*Wo), matching the cols layout; the ReLU
+    # mask is applied during this same copy.
+    dyt = np.empty((group, k // group, n * ho * wo), dtype=dy.dtype)
+    dyt_view = dyt.reshape(k, n, ho, wo)
+    if y is not None:
+        np.multiply(dy.transpose(1, 0, 2, 3), y.transpose(1, 0, 2, 3) > 0, out=dyt_view)
+    else:
+        dyt_view[...] = dy.transpose(1, 0, 2, 3)
+    db = dyt.sum(axis=2).reshape(k)
+    wg = w.reshape(group, k // group, cg * kh * kw)
+    dw = np.empty_like(wg)
+    dcols = np.empty_like(cols)
+    for g in range(group):
+        np.matmul(dyt[g], cols[g].T, out=dw[g])
+        np.matmul(wg[g].T, dyt[g], out=dcols[g])
+    dx = col2im(dcols, x_shape, kh, kw, stride, pad)
+    return dx, dw.reshape(w.shape), db

@@ -1,0 +1,129 @@
+"""nn/conv.py against a loop-per-output convolution, hand-worked values and float64
+finite differences."""
+import numpy as np
+import pytest
+
+from nn.conv import conv_backward, conv_forward
+from tests.gradcheck import check_layer
+
+
+def naive_conv(x, w, b, stride, pad, group):
+    """Direct definition: one dot product per output position (float64)."""
+    n, c, h, wd = x.shape
+    k, cg, kh, kw = w.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    y = np.zeros((n, k, ho, wo))
+    for o in range(k):
+        g = o // (k // group)
+        for i in range(ho):
+            for j in range(wo):
+                patch = xp[:, g * cg:(g + 1) * cg, i * stride:i * stride + kh,
+                           j * stride:j * stride + kw]
+                y[:, o, i, j] = (patch * w[o]).sum(axis=(1, 2, 3)) + b[o]
+    return y
+
+
+CONFIGS = [  # (N, C, H, W, K, kh, kw, stride, pad, group)
+    (2, 3, 7, 9, 5, 3, 3, 1, 0, 1),
+    (3, 4, 9, 7, 6, 3, 5, 2, 1, 2),
+    (1, 6, 11, 10, 9, 5, 3, 3, 2, 3),
+    (2, 2, 5, 5, 4, 1, 1, 1, 0, 2),
+]
+
+
+def make(rng, cfg, dtype=np.float64):
+    n, c, h, w, k, kh, kw, stride, pad, group = cfg
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((k, c // group, kh, kw)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    return x, wt, b, dict(stride=stride, pad=pad, group=group)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_matches_direct_definition(cfg, dtype):
+    rng = np.random.default_rng(1)
+    x, w, b, kw = make(rng, cfg, dtype)
+    y, _ = conv_forward(x, w, b, **kw)
+    assert y.dtype == dtype and y.flags.c_contiguous
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, naive_conv(x, w, b, **kw), rtol=tol, atol=tol)
+    yr, _ = conv_forward(x, w, b, relu=True, **kw)
+    np.testing.assert_array_equal(yr, np.maximum(y, 0))
+
+
+def test_hand_worked_stride_pad():
+    # 1 channel 3x3 input, 2x2 all-ones kernel, pad 1, stride 2: each output sums the
+    # part of its window inside the image.  x = 1..9 row-major.
+    x = np.arange(1, 10, dtype=np.float64).reshape(1, 1, 3, 3)
+    w = np.ones((1, 1, 2, 2))
+    b = np.array([0.5])
+    y, _ = conv_forward(x, w, b, stride=2, pad=1)
+    # windows (rows, cols) in the image: ({0},{0}), ({0},{1,2}), ({1,2},{0}), ({1,2},{1,2})
+    expected = np.array([[1, 2 + 3], [4 + 7, 5 + 6 + 8 + 9]]) + 0.5
+    np.testing.assert_array_equal(y[0, 0], expected)
+
+
+def test_groups_are_independent():
+    # Changing group 1's input channels must not change group 0's outputs.
+    rng = np.random.default_rng(2)
+    x, w, b, kw = make(rng, (2, 4, 7, 7, 6, 3, 3, 1, 1, 2))
+    y1, _ = conv_forward(x, w, b, **kw)
+    x2 = x.copy()
+    x2[:, 2:] += 1.0
+    y2, _ = conv_forward(x2, w, b, **kw)
+    np.testing.assert_array_equal(y1[:, :3], y2[:, :3])
+    assert np.abs(y1[:, 3:] - y2[:, 3:]).min() > 0
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("relu", [False, True])
+def test_gradients(cfg, relu):
+    rng = np.random.default_rng(3)
+    x, w, b, kw = make(rng, cfg)
+    y, _ = conv_forward(x, w, b, relu=relu, **kw)
+    if relu:  # keep the pre-activation away from the kink at 0
+        pre, _ = conv_forward(x, w, b, **kw)
+        assert np.abs(pre).min() > 1e-4
+        assert (pre > 0).any() and (pre < 0).any()
+    check_layer(conv_forward, conv_backward, (x, w, b), dict(relu=relu, **kw),
+                names=["x", "w", "b"])
+
+
+def test_float32_backward_matches_float64():
+    rng = np.random.default_rng(4)
+    x, w, b, kw = make(rng, CONFIGS[1])
+    dy = rng.standard_normal(conv_forward(x, w, b, **kw)[0].shape)
+    g64 = conv_backward(dy, conv_forward(x, w, b, relu=True, **kw)[1])
+    g32 = conv_backward(dy.astype(np.float32), conv_forward(
+        x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), relu=True, **kw)[1])
+    for a, e in zip(g32, g64):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("args, match", [
+    (dict(x=(2, 5, 7, 7)), r"conv1: x must have shape \(N, 6, H, W\)"),
+    (dict(x=(6, 7, 7)), r"conv1: x must be .*\(N, C, H, W\)"),
+    (dict(b=(5,)), r"conv1: b must have shape \(6,\)"),
+    (dict(w=(6, 3, 9, 9)), r"conv1: kernel 9x9 does not fit"),
+    (dict(w=(5, 3, 3, 3)), r"conv1: .*K = 5.*divisible by group = 2"),
+    (dict(dtype=np.int32), r"conv1: x must be a float32 or float64 array"),
+])
+def test_bad_input_names_layer_and_shape(args, match):
+    x = np.ones(args.get("x", (2, 6, 7, 7)), dtype=args.get("dtype", np.float32))
+    w = np.ones(args.get("w", (6, 3, 3, 3)), dtype=np.float32)
+    b = np.ones(args.get("b", (w.shape[0],)), dtype=np.float32)
+    with pytest.raises(ValueError, match=match):
+        conv_forward(x, w, b, pad=0, group=2, layer="conv1")
+
+
+def test_mixed_dtypes_and_bad_dy_rejected():
+    x = np.ones((1, 2, 5, 5), np.float32)
+    w = np.ones((2, 2, 3, 3), np.float64)
+    with pytest.raises(ValueError, match="conv: w has dtype float64 but x has float32"):
+        conv_forward(x, w, np.ones(2, np.float32))
+    _, cache = conv_forward(x, w.astype(np.float32), np.ones(2, np.float32))
+    with pytest.raises(ValueError, match=r"dy must have shape \(1, 2, 3, 3\)"):
+        conv_backward(np.ones((1, 2, 3, 4), np.float32), cache)
