@@ -1,0 +1,64 @@
+"""Local response normalisation across channels (Caffe's LRN, ACROSS_CHANNELS).
+
+    scale[n, c] = k + alpha / local_size * sum_{c' = c - half .. c + half, clipped} x[n, c']**2
+    y = x * scale ** -beta
+
+Caffe's backward (the same window, since it is symmetric):
+
+    dx = dy * scale**-beta - (2 * alpha * beta / local_size) * x * window_sum(dy * y / scale)
+"""
+import numpy as np
+
+from nn.checks import check_float_array, check_int, check_number, check_shape, fail
+
+
+def channel_window_sum(a, local_size):
+    """a (N, C, ...) -> s (same shape), s[:, c] = sum of a[:, c'] for |c' - c| <= half,
+    channels outside [0, C) skipped. One vectorised add per window offset (local_size - 1
+    adds), which is exact, unlike differences of a cumulative sum."""
+    half = (local_size - 1) // 2
+    s = a.copy()
+    for d in range(1, min(half, a.shape[1] - 1) + 1):
+        s[:, d:] += a[:, :-d]   # channel c - d contributes to c
+        s[:, :-d] += a[:, d:]   # channel c + d contributes to c
+    return s
+
+
+def lrn_forward(x, local_size=5, alpha=1e-4, beta=0.75, k=1.0, layer='norm'):
+    """x (N, C, H, W) -> y (N, C, H, W), Caffe's cross-channel LRN (local_size odd).
+
+    Returns (y, cache); the cache references x and y: do not modify them in place.
+    """
+    check_float_array(x, "x", layer, ndim=4, expected="(N, C, H, W)")
+    local_size = check_int(local_size, "local_size", layer, 1)
+    if local_size % 2 == 0:
+        fail(layer, f"local_size must be odd (a window centred on each channel), got "
+                    f"{local_size}")
+    alpha = check_number(alpha, "alpha", layer, minimum=0.0)
+    beta = check_number(beta, "beta", layer)
+    k = check_number(k, "k", layer)
+    if k <= 0:
+        fail(layer, f"k must be > 0 so that scale stays positive, got {k}")
+    dt = x.dtype.type
+    scale = channel_window_sum(x * x, local_size)
+    scale *= dt(alpha / local_size)
+    scale += dt(k)
+    scale_pow = np.power(scale, dt(-beta))
+    y = x * scale_pow
+    return y, (x, y, scale, scale_pow, local_size, alpha, beta)
+
+
+def lrn_backward(dy, cache):
+    """dy (N, C, H, W) -> dx (N, C, H, W), Caffe's formula (module docstring)."""
+    x, y, scale, scale_pow, local_size, alpha, beta = cache
+    check_float_array(dy, "dy", "lrn_backward", ndim=4, expected="(N, C, H, W)")
+    check_shape(dy, "dy", "lrn_backward", x.shape, "(the forward input's shape)")
+    dt = x.dtype.type
+    ratio = dy * y
+    ratio /= scale
+    acc = channel_window_sum(ratio, local_size)
+    acc *= x
+    acc *= dt(2.0 * alpha * beta / local_size)
+    dx = dy * scale_pow
+    dx -= acc
+    return dx

@@ -1,0 +1,28 @@
+"""ReLU (Caffe's ReLU layer with negative_slope = 0)."""
+import numpy as np
+
+from nn.checks import check_float_array, check_shape
+
+
+def relu_grad(dy, y, layer='relu_backward'):
+    """Gradient through a ReLU given its output: dy * (y > 0), same shape as y.
+
+    Using the output instead of the input is equivalent (y > 0 exactly where x > 0) and
+    lets fused layers (conv, inner product) keep only their output.
+    """
+    check_float_array(dy, "dy", layer, expected=str(y.shape))
+    check_shape(dy, "dy", layer, y.shape, "(the forward output's shape)")
+    return dy * (y > 0)
+
+
+def relu_forward(x, layer='relu'):
+    """y = max(x, 0), any shape. Returns (y, cache); the cache references y, so do not
+    modify y in place before relu_backward."""
+    check_float_array(x, "x", layer, expected="(N, ...)")
+    y = np.maximum(x, 0)
+    return y, y
+
+
+def relu_backward(dy, cache):
+    """dy (shape of y) -> dx = dy where x > 0, else 0."""
+    return relu_grad(dy, cache)
