@@ -1,0 +1,116 @@
+"""Where the network runs: one `Device` per backend, all exposing the same op set.
+
+    cpu   NumPy arrays, the NumPy reference layers (nn/reference.py)
+    emu   NumPy arrays, the CUDA kernels run by the CPU emulator (slow; tests, debugging)
+    cuda  CuPy arrays, the CUDA kernels on the GPU
+
+`get_device(None)` (or 'auto') picks cuda when CuPy imports and sees a GPU, else cpu.
+CuPy and the kernel launchers are imported only when a device needs them.
+"""
+import numpy as np
+
+DEVICE_NAMES = ("cuda", "cpu", "emu")
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for that this machine cannot provide."""
+
+
+class Device:
+    """A backend: `name`, array module `xp`, op namespace `ops` and array helpers.
+
+    runner is the KernelRunner behind `ops` for emu/cuda, None for cpu.
+    """
+
+    def __init__(self, name, xp, ops, runner=None):
+        self.name = name
+        self.xp = xp
+        self.ops = ops
+        self.runner = runner
+
+    def asarray(self, a, dtype=np.float32):
+        """`a` (NumPy, CuPy or a list) as a C-contiguous array of `dtype` on this device."""
+        return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
+
+    def to_numpy(self, a):
+        """A device array (or a scalar) as a NumPy array on the host."""
+        if self.name == "cuda":
+            return self.xp.asnumpy(a)
+        return np.asarray(a)
+
+    def synchronize(self):
+        """Wait for queued GPU work (a no-op on the CPU devices), e.g. before timing."""
+        if self.name == "cuda":
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def __repr__(self):
+        return f"Device({self.name!r})"
+
+
+def _import_cupy_with_gpu():
+    """CuPy if it imports and sees at least one GPU, else raise DeviceError saying why."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a CUDA library failing to load
+        raise DeviceError(f"device 'cuda' needs CuPy (pip install cupy-cuda12x), which "
+                          f"failed to import: {exc}; use --device cpu or emu") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver: CUDARuntimeError
+        raise DeviceError(f"device 'cuda' needs an NVIDIA GPU and driver, and CuPy sees "
+                          f"none ({exc}); use --device cpu or emu") from exc
+    if count < 1:
+        raise DeviceError("device 'cuda' needs an NVIDIA GPU, and CuPy sees none; "
+                          "use --device cpu or emu")
+    return cupy
+
+
+def cuda_available():
+    """True when CuPy imports and sees a GPU (what get_device(None) uses)."""
+    try:
+        _import_cupy_with_gpu()
+        return True
+    except DeviceError:
+        return False
+
+
+def _kernel_device(name, xp):
+    """emu or cuda: the kernel op namespace on that backend's runner."""
+    from kernels.ops import make_ops
+    from kernels.runner import get_runner
+    runner = get_runner(name)
+    return Device(name, xp, make_ops(runner), runner)
+
+
+def get_device(name=None):
+    """The Device called `name` ('cpu', 'emu', 'cuda'; None or 'auto' picks one).
+
+    A Device passed in is returned unchanged, so functions can take either.
+    Raises DeviceError for 'cuda' without CuPy or a GPU, ValueError for unknown names.
+    """
+    if isinstance(name, Device):
+        return name
+    if name is None or name == "auto":
+        name = "cuda" if cuda_available() else "cpu"
+    if name == "cpu":
+        from nn import reference
+        return Device("cpu", np, reference)
+    if name == "emu":
+        return _kernel_device("emu", np)
+    if name == "cuda":
+        return _kernel_device("cuda", _import_cupy_with_gpu())
+    raise ValueError(f"unknown device {name!r}: expected one of {', '.join(DEVICE_NAMES)} "
+                     "or None/'auto'")
+
+
+def add_device_argument(parser):
+    """Add the shared `--device {auto,cuda,cpu,emu}` option to an argparse parser.
+
+    The parsed value goes straight to get_device (auto: cuda when a GPU is usable, else cpu).
+    """
+    parser.add_argument(
+        "--device", choices=("auto",) + DEVICE_NAMES, default="auto",
+        help="where to run: cuda (GPU kernels via CuPy), cpu (NumPy reference), "
+             "emu (the CUDA kernels on the CPU emulator, slow); default auto = cuda "
+             "when a GPU is usable, else cpu")
+    return parser
