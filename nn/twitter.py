@@ -261,6 +261,7 @@ def make_synthetic_dataset(out_dir, n_images=60, seed=0, size=(64, 48), n_folds=
         five_agrees, nested like the real subsets). Half positive (label 1), half negative.
     size: nominal (width, height); each image's sides vary by up to +-25% so the resize
         sees different aspect ratios.
+    The split files are the stratified folds of `generate_fold` with the same `seed`.
     Returns {subset name: number of images}. Deterministic for a given seed.
     """
     if n_images < 2 * n_folds:
