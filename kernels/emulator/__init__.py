@@ -1,0 +1,217 @@
+"""CPU emulator for the CUDA C kernels: build a .cu file with g++ and launch it via ctypes.
+
+How it works
+------------
+The unchanged .cu file is compiled by g++ (C++17, -O2) together with `shim.h` (CUDA's
+qualifiers, built-in variables, vector types, atomics, math intrinsics, device assert) and
+`runtime.cpp` (the scheduler). Each block's threads run as fibers on one OS thread, switching
+only in `__syncthreads()`; blocks run one after another. Python finds the kernels by the
+regex for `extern "C" __global__ void NAME(` and appends `EMU_LAUNCHER(NAME)` for each,
+which exports an entry point plus the arity and one type code per parameter, taken from the
+kernel's own C++ type; that is what the arguments are checked against.
+
+The built library is cached by a hash of the source, prelude, shim, runtime and flags in
+$CAFFENET_EMU_CACHE (default ~/.cache/caffenet-emu), written to a temporary name and then
+renamed, so parallel test processes never see half-written files.
+
+It is stricter than a GPU: shared memory (static and dynamic) is filled with 0xFF bytes at
+every block start (NaN as float, -1 as int); threads run in forward, reverse or seeded random
+order (a new random order after every barrier); a barrier that not all threads of a block
+reach raises KernelLaunchError("divergent barrier ..."); a failed device assert, or an
+invalid memory access, raises KernelLaunchError with kernel, place, block and thread instead
+of killing Python.
+
+Rules for kernel authors (also in RULES.md)
+-------------------------------------------
+1. Every launched kernel is `extern "C" __global__ void name(...)`; parameters are
+   float*, int*, unsigned int* (const or not), int, unsigned int or float.
+2. No #include: what the kernels share is in kernels/prelude.cuh.
+3. Every thread of a block reaches every `__syncthreads()` (the same call, the same number
+   of times): no barrier inside a branch or loop that depends on the thread, no early
+   `return` before a barrier.
+4. No spin-waits on other threads or blocks (flags, locks): threads run one at a time here
+   and blocks one after another, so such a wait never ends.
+5. No warp shuffles, votes or warp-synchronous code (relying on 32 threads in lock-step);
+   reduce through shared memory with `__syncthreads()` between the steps.
+6. Dynamic shared memory only via `EXTERN_SHARED(type, name);` in the kernel body.
+7. Never read shared memory before writing it in the same block (the emulator poisons it).
+8. Scalars are passed as np.int32 / np.uint32 / np.float32, arrays C-contiguous.
+"""
+import ctypes
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+import threading
+
+import numpy as np
+
+from kernels.runner import (KernelLaunchError, Param, assemble_source, compile_error,
+                            find_kernels, parse_param_names, read_text)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHIM_PATH = os.path.join(HERE, 'shim.h')
+RUNTIME_PATH = os.path.join(HERE, 'runtime.cpp')
+
+CXX = os.environ.get('CXX', 'g++')
+CXXFLAGS = ('-std=c++17', '-O2', '-fPIC', '-shared', '-fvisibility=hidden',
+            '-fno-strict-aliasing', '-w')
+ORDERS = {'forward': 0, 'reverse': 1, 'random': 2}
+
+_modules = {}  # (path, context, cache dir) -> (hash, EmuModule)
+_lock = threading.Lock()  # the runtime keeps global state: one launch at a time
+_compiler_id = None
+
+
+def get_cache_dir(override=None):
+    """Directory for built libraries (created if needed)."""
+    path = override or os.environ.get('CAFFENET_EMU_CACHE') or os.path.join(
+        os.path.expanduser('~'), '.cache', 'caffenet-emu')
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _compiler_version():
+    global _compiler_id
+    if _compiler_id is None:
+        try:
+            out = subprocess.run([CXX, '--version'], capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise RuntimeError(f'the kernel emulator needs a C++ compiler ({CXX}): {e}') from e
+        _compiler_id = out.stdout.splitlines()[0] if out.stdout else CXX
+    return _compiler_id
+
+
+def translation_unit(path, display):
+    """(C++ source of the kernel file for g++, kernel names)."""
+    names = find_kernels(read_text(path))
+    launchers = ''.join(f'EMU_LAUNCHER({n})\n' for n in names)
+    source = (f'#include "{SHIM_PATH}"\n' + assemble_source(path, display)
+              + '\n#line 1 "<emulator launchers>"\n' + launchers)
+    return source, names
+
+
+def _build(source, flags, out_dir, display):
+    """Compile `source` + runtime.cpp into out_dir/<hash>.so (cached); return its path."""
+    key = hashlib.sha256('\0'.join(
+        [source, read_text(SHIM_PATH), read_text(RUNTIME_PATH), ' '.join(flags),
+         _compiler_version()]).encode()).hexdigest()[:24]
+    lib = os.path.join(out_dir, f'{key}.so')
+    if os.path.exists(lib):
+        return lib
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix='build-') as tmp:
+        src = os.path.join(tmp, 'kernels.cpp')
+        with open(src, 'w', encoding='utf-8') as f:
+            f.write(source)
+        tmp_lib = os.path.join(tmp, 'kernels.so')
+        cmd = [CXX, *flags, src, RUNTIME_PATH, '-o', tmp_lib]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise compile_error(result.stderr, display, 'g++ (kernel emulator)')
+        os.replace(tmp_lib, lib)  # atomic: other processes see all of it or nothing
+    return lib
+
+
+def _static_shared_by_kernel(lib, names):
+    """{kernel: bytes of static __shared__ it may use} from the library's symbol table.
+
+    Variables declared inside kernel K show up as 'K::var'; those at file scope or inside
+    __device__ helpers cannot be attributed, so they count for every kernel. Falls back to
+    the size of the whole section when objdump is missing.
+    """
+    try:
+        out = subprocess.run(['objdump', '-t', '-C', lib], capture_output=True, text=True,
+                             check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    own = dict.fromkeys(names, 0)
+    common = 0
+    for m in re.finditer(r'\semu_shared\s+([0-9a-fA-F]+)\s+(.+)$', out, re.M):
+        size, symbol = int(m.group(1), 16), m.group(2).strip()
+        if size == 0 or 'emu_shared_anchor' in symbol:
+            continue
+        owner = symbol.split('::')[0] if '::' in symbol else None
+        if owner in own:
+            own[owner] += size
+        else:
+            common += size
+    return {k: v + common for k, v in own.items()}
+
+
+class EmuModule:
+    """A built kernel file: `kernels` (names), `params(name)`, `static_shared(name)`, `launch`."""
+
+    def __init__(self, lib_path, display, names, param_names):
+        self.file = display
+        self.kernels = names
+        self._lib = ctypes.CDLL(lib_path)
+        self._lib.emu_launch.restype = ctypes.c_int
+        self._lib.emu_launch.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint),
+            ctypes.POINTER(ctypes.c_uint), ctypes.c_size_t, ctypes.c_int, ctypes.c_uint64,
+            ctypes.c_char_p, ctypes.c_size_t]
+        self._lib.emu_static_shared_bytes.restype = ctypes.c_size_t
+        self._params, self._entries = {}, {}
+        for name in names:
+            types = getattr(self._lib, f'emu_types_{name}')
+            types.restype = ctypes.c_char_p
+            codes = types().decode().split(',') if getattr(self._lib, f'emu_arity_{name}')() \
+                else []
+            given = param_names.get(name, [])
+            self._params[name] = [Param(c, given[i] if i < len(given) else '')
+                                  for i, c in enumerate(codes)]
+            self._entries[name] = ctypes.cast(getattr(self._lib, f'emu_entry_{name}'),
+                                              ctypes.c_void_p)
+        shared = _static_shared_by_kernel(lib_path, names)
+        total = int(self._lib.emu_static_shared_bytes())
+        self._static_shared = shared or dict.fromkeys(names, total)
+
+    def params(self, name):
+        """[Param, ...] of kernel `name`, from its C++ signature."""
+        return self._params[name]
+
+    def static_shared(self, name):
+        """Bytes of static __shared__ memory kernel `name` uses (an upper bound)."""
+        return self._static_shared[name]
+
+    def launch(self, name, params, grid, block, args, shared_mem, order, seed):
+        """Run kernel `name`; args were already checked against params (runner.check_args)."""
+        keep = []  # ctypes objects that must live until the call returns
+        for p, a in zip(params, args):
+            if p.is_pointer:
+                value = ctypes.c_void_p(a.ctypes.data)
+            elif p.dtype == np.float32:
+                value = ctypes.c_float(float(a))
+            elif p.dtype == np.int32:
+                value = ctypes.c_int32(int(a))
+            else:
+                value = ctypes.c_uint32(int(a))
+            keep.append(value)
+        argv = (ctypes.c_void_p * max(1, len(keep)))(*[ctypes.addressof(v) for v in keep])
+        err = ctypes.create_string_buffer(2048)
+        with _lock:
+            rc = self._lib.emu_launch(self._entries[name], argv, name.encode(),
+                                      (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block),
+                                      shared_mem, ORDERS[order], seed & (2**64 - 1),
+                                      err, len(err))
+        if rc != 0:
+            raise KernelLaunchError(f'{err.value.decode(errors="replace")} [{self.file}, '
+                                    f'grid {grid}, block {block}, order {order}]')
+
+
+def load_module(path, display, context='asm', cache_dir=None):
+    """Build (or reuse) the emulator library for one .cu file; returns an EmuModule.
+
+    Rebuilt when the file, the prelude, the shim or the runtime change.
+    """
+    source, names = translation_unit(path, display)
+    flags = CXXFLAGS + (('-DEMU_USE_UCONTEXT',) if context == 'ucontext' else ())
+    out_dir = get_cache_dir(cache_dir)
+    lib = _build(source, flags, out_dir, display)
+    key = (path, context, out_dir)
+    cached = _modules.get(key)
+    if cached is None or cached[0] != lib:
+        cached = (lib, EmuModule(lib, display, names, parse_param_names(read_text(path))))
+        _modules[key] = cached
+    return cached[1]

@@ -1,0 +1,391 @@
+// kernels/emulator/runtime.cpp -- runs a CUDA grid on one CPU thread.
+//
+// Blocks run one after another. The threads of a block are fibers (each with its own
+// 64 KiB stack and a guard page) that run one at a time and switch only inside
+// __syncthreads(): the scheduler runs every live thread up to its next barrier (one
+// "round"), checks that all of them stopped at the same barrier, then starts the next round.
+// The order of threads within a round is forward, reverse or seeded-random, so kernels that
+// forget a barrier give different results under different orders.
+//
+// Errors (failed device assert, divergent barrier, invalid memory access) never abort the
+// process: the runtime jumps back to the scheduler and emu_launch() returns an error message
+// that Python raises as KernelLaunchError.
+//
+// Context switch: a few lines of x86-64 assembly (about 20 ns per switch); elsewhere, or when
+// built with -DEMU_USE_UCONTEXT, the portable but slower ucontext.
+#include <csetjmp>
+#include <csignal>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#if !defined(__x86_64__) && !defined(EMU_USE_UCONTEXT)
+#define EMU_USE_UCONTEXT 1
+#endif
+#ifdef EMU_USE_UCONTEXT
+#include <ucontext.h>
+#endif
+
+#define EMU_API extern "C" __attribute__((visibility("default")))
+
+struct uint3 { unsigned int x, y, z; };
+struct dim3 { unsigned int x, y, z; };
+
+// The built-in variables the kernels read (declared in shim.h). Hidden visibility: each
+// kernel library has its own copy.
+extern "C" {
+uint3 threadIdx;
+uint3 blockIdx;
+dim3 blockDim;
+dim3 gridDim;
+}
+
+// The section that holds all static __shared__ variables of this library; the anchor makes
+// sure it exists even when a kernel file has none.
+__attribute__((used, section("emu_shared"))) static char emu_shared_anchor[1];
+extern "C" char __start_emu_shared[];
+extern "C" char __stop_emu_shared[];
+
+namespace {
+
+const size_t kStackSize = 64 * 1024;
+const int kMaxThreads = 1024;
+
+enum State { RUNNING, AT_BARRIER, DONE };
+
+struct Fiber {
+    char* stack_base;  // lowest address of the mapping; the first page is the guard
+#ifdef EMU_USE_UCONTEXT
+    ucontext_t ctx;
+#else
+    void* sp;  // saved stack pointer while switched out
+#endif
+    State state;
+    const char* barrier_file;  // where the thread waits (valid when AT_BARRIER)
+    int barrier_line;
+    uint3 tid;
+};
+
+Fiber g_fibers[kMaxThreads];
+int g_num_stacks = 0;  // stacks mapped so far (kept for the life of the process)
+Fiber* g_current = nullptr;
+size_t g_page = 4096;
+
+#ifdef EMU_USE_UCONTEXT
+ucontext_t g_main_ctx;
+#else
+void* g_main_sp = nullptr;
+#endif
+
+// What the running launch is doing.
+void (*g_entry)(void**) = nullptr;
+void** g_args = nullptr;
+const char* g_kernel = "";
+unsigned char* g_dyn_shared = nullptr;
+size_t g_dyn_shared_size = 0;
+size_t g_dyn_shared_capacity = 0;
+
+// Error reporting: the message goes to g_err, then control returns to the scheduler.
+char g_err[2048];
+bool g_failed = false;
+sigjmp_buf g_fault_jmp;
+volatile sig_atomic_t g_in_kernel = 0;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Context switch.
+#ifndef EMU_USE_UCONTEXT
+// void emu_swap(void** save_sp, void* load_sp): push the callee-saved registers, save the
+// stack pointer, load the other one, pop its registers and return into it.
+extern "C" void emu_swap(void** save_sp, void* load_sp);
+__asm__(
+    ".text\n"
+    ".p2align 4\n"
+    ".type emu_swap, @function\n"
+    "emu_swap:\n"
+    "    pushq %rbp\n"
+    "    pushq %rbx\n"
+    "    pushq %r12\n"
+    "    pushq %r13\n"
+    "    pushq %r14\n"
+    "    pushq %r15\n"
+    "    movq %rsp, (%rdi)\n"
+    "    movq %rsi, %rsp\n"
+    "    popq %r15\n"
+    "    popq %r14\n"
+    "    popq %r13\n"
+    "    popq %r12\n"
+    "    popq %rbx\n"
+    "    popq %rbp\n"
+    "    ret\n"
+    ".size emu_swap, .-emu_swap\n");
+#endif
+
+static void switch_to_scheduler() {
+#ifdef EMU_USE_UCONTEXT
+    swapcontext(&g_current->ctx, &g_main_ctx);
+#else
+    emu_swap(&g_current->sp, g_main_sp);
+#endif
+}
+
+static void switch_to_fiber(Fiber* f) {
+    g_current = f;
+    threadIdx = f->tid;
+#ifdef EMU_USE_UCONTEXT
+    swapcontext(&g_main_ctx, &f->ctx);
+#else
+    emu_swap(&g_main_sp, f->sp);
+#endif
+}
+
+// First code a fiber runs: the kernel, then "done" forever.
+static void fiber_main() {
+    g_entry(g_args);
+    g_current->state = DONE;
+    for (;;) switch_to_scheduler();
+}
+
+static bool map_stacks(int n) {
+    for (; g_num_stacks < n; g_num_stacks++) {
+        size_t size = kStackSize + g_page;
+        void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return false;
+        mprotect(p, g_page, PROT_NONE);  // guard page: a stack overflow faults here
+        g_fibers[g_num_stacks].stack_base = static_cast<char*>(p);
+    }
+    return true;
+}
+
+// Make fiber f start at fiber_main on its next switch.
+static void reset_fiber(Fiber* f) {
+    f->state = RUNNING;
+    f->barrier_file = nullptr;
+    f->barrier_line = 0;
+    char* top = f->stack_base + g_page + kStackSize;
+#ifdef EMU_USE_UCONTEXT
+    getcontext(&f->ctx);
+    f->ctx.uc_stack.ss_sp = f->stack_base + g_page;
+    f->ctx.uc_stack.ss_size = kStackSize;
+    f->ctx.uc_link = nullptr;
+    makecontext(&f->ctx, fiber_main, 0);
+#else
+    // Stack as emu_swap expects it: six callee-saved registers, then the return address.
+    // After `ret` the stack pointer is 8 mod 16, as at the entry of any called function.
+    void** sp = reinterpret_cast<void**>(top);  // top is page aligned
+    *--sp = nullptr;                            // fake return address of fiber_main
+    *--sp = reinterpret_cast<void*>(&fiber_main);
+    for (int i = 0; i < 6; i++) *--sp = nullptr;
+    f->sp = sp;
+#endif
+}
+
+static void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+static void fail(const char* fmt, ...) {
+    if (g_failed) return;  // keep the first error
+    g_failed = true;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof(g_err), fmt, ap);
+    va_end(ap);
+}
+
+// ---------------------------------------------------------------------------------------
+// Called from kernel code (see shim.h).
+extern "C" void emu_syncthreads(const char* file, int line) {
+    Fiber* f = g_current;
+    f->state = AT_BARRIER;
+    f->barrier_file = file;
+    f->barrier_line = line;
+    switch_to_scheduler();
+}
+
+extern "C" void* emu_dynamic_shared(void) { return g_dyn_shared; }
+
+extern "C" void emu_assert_fail(const char* expr, const char* file, int line, const char* func) {
+    fail("device assert `%s` failed in kernel %s at %s:%d (in %s), block (%u,%u,%u), "
+         "thread (%u,%u,%u)",
+         expr, g_kernel, file, line, func, blockIdx.x, blockIdx.y, blockIdx.z,
+         g_current->tid.x, g_current->tid.y, g_current->tid.z);
+    // Never resume this thread: the scheduler sees g_failed and abandons the launch.
+    for (;;) switch_to_scheduler();
+}
+
+// ---------------------------------------------------------------------------------------
+// Invalid memory access (including a stack overflow into a guard page) while a kernel runs:
+// jump back to emu_launch instead of killing the Python process.
+static void on_fault(int sig, siginfo_t* info, void*) {
+    if (!g_in_kernel) {  // not ours: fall back to the default action
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    fail("invalid memory access (%s at address %p) in kernel %s, block (%u,%u,%u), "
+         "thread (%u,%u,%u)",
+         sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", info->si_addr, g_kernel, blockIdx.x, blockIdx.y,
+         blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+    siglongjmp(g_fault_jmp, 1);
+}
+
+// Small deterministic generator for the random thread order (splitmix64).
+static uint64_t next_random(uint64_t* state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void make_order(int* order, int n, int mode, uint64_t* rng) {
+    for (int i = 0; i < n; i++) order[i] = mode == 1 ? n - 1 - i : i;
+    if (mode == 2) {  // Fisher-Yates
+        for (int i = n - 1; i > 0; i--) {
+            int j = (int)(next_random(rng) % (uint64_t)(i + 1));
+            int t = order[i];
+            order[i] = order[j];
+            order[j] = t;
+        }
+    }
+}
+
+static void poison_shared() {
+    memset(__start_emu_shared, 0xFF, (size_t)(__stop_emu_shared - __start_emu_shared));
+    if (g_dyn_shared_size) memset(g_dyn_shared, 0xFF, g_dyn_shared_size);
+}
+
+// Check that the threads stopped after a round all wait at the same barrier, or all ended.
+// Returns true when the block is finished.
+static bool check_round(int n, bool* finished) {
+    int first_wait = -1, first_done = -1;
+    for (int i = 0; i < n; i++) {
+        Fiber* f = &g_fibers[i];
+        if (f->state == DONE) {
+            if (first_done < 0) first_done = i;
+        } else if (first_wait < 0) {
+            first_wait = i;
+        } else {
+            Fiber* w = &g_fibers[first_wait];
+            if (f->barrier_line != w->barrier_line || strcmp(f->barrier_file, w->barrier_file)) {
+                fail("divergent barrier in kernel %s, block (%u,%u,%u): thread (%u,%u,%u) waits "
+                     "at __syncthreads() %s:%d but thread (%u,%u,%u) waits at %s:%d",
+                     g_kernel, blockIdx.x, blockIdx.y, blockIdx.z, w->tid.x, w->tid.y, w->tid.z,
+                     w->barrier_file, w->barrier_line, f->tid.x, f->tid.y, f->tid.z,
+                     f->barrier_file, f->barrier_line);
+                return false;
+            }
+        }
+    }
+    if (first_wait >= 0 && first_done >= 0) {
+        Fiber* w = &g_fibers[first_wait];
+        Fiber* d = &g_fibers[first_done];
+        fail("divergent barrier in kernel %s, block (%u,%u,%u): thread (%u,%u,%u) waits at "
+             "__syncthreads() %s:%d but thread (%u,%u,%u) has already returned (every thread "
+             "of a block must reach every barrier)",
+             g_kernel, blockIdx.x, blockIdx.y, blockIdx.z, w->tid.x, w->tid.y, w->tid.z,
+             w->barrier_file, w->barrier_line, d->tid.x, d->tid.y, d->tid.z);
+        return false;
+    }
+    *finished = first_wait < 0;
+    return true;
+}
+
+static void run_block(int n, const int* order_in, int* order, int mode, uint64_t* rng) {
+    unsigned int bx = blockDim.x, by = blockDim.y;
+    for (int i = 0; i < n; i++) {
+        Fiber* f = &g_fibers[i];
+        f->tid = {i % bx, (i / bx) % by, i / (bx * by)};
+        reset_fiber(f);
+    }
+    poison_shared();
+    if (mode == 2) make_order(order, n, mode, rng);
+    else memcpy(order, order_in, sizeof(int) * n);
+    for (;;) {
+        for (int k = 0; k < n; k++) {
+            Fiber* f = &g_fibers[order[k]];
+            f->state = RUNNING;
+            switch_to_fiber(f);
+            if (g_failed) return;
+        }
+        bool finished = false;
+        if (!check_round(n, &finished)) return;
+        if (finished) return;
+        if (mode == 2) make_order(order, n, mode, rng);  // a new order for every round
+    }
+}
+
+// Run grid x block threads of `entry` (an emu_entry_<kernel> function) with `args`.
+// order: 0 forward, 1 reverse, 2 random (seeded). Returns 0, or -1 with a message in err.
+EMU_API int emu_launch(void (*entry)(void**), void** args, const char* kernel,
+                       const unsigned int* grid, const unsigned int* block, size_t dyn_shared,
+                       int order_mode, uint64_t seed, char* err, size_t err_len) {
+    g_page = (size_t)sysconf(_SC_PAGESIZE);
+    int n = (int)(block[0] * block[1] * block[2]);
+    g_failed = false;
+    g_err[0] = '\0';
+    if (n < 1 || n > kMaxThreads) {
+        snprintf(err, err_len, "kernel %s: %d threads per block (1..%d allowed)", kernel, n,
+                 kMaxThreads);
+        return -1;
+    }
+    if (!map_stacks(n)) {
+        snprintf(err, err_len, "kernel %s: cannot allocate fiber stacks", kernel);
+        return -1;
+    }
+    if (dyn_shared > g_dyn_shared_capacity) {
+        delete[] g_dyn_shared;
+        g_dyn_shared = new unsigned char[dyn_shared + 16];
+        g_dyn_shared_capacity = dyn_shared;
+    }
+    g_dyn_shared_size = dyn_shared;
+    g_entry = entry;
+    g_args = args;
+    g_kernel = kernel;
+    gridDim = {grid[0], grid[1], grid[2]};
+    blockDim = {block[0], block[1], block[2]};
+
+    static int order_fixed[kMaxThreads], order[kMaxThreads];
+    make_order(order_fixed, n, order_mode == 2 ? 0 : order_mode, nullptr);
+    uint64_t rng = seed;
+
+    // Catch invalid memory accesses on an alternate signal stack, restoring the previous
+    // handlers (e.g. Python's faulthandler) afterwards.
+    static char alt_stack[64 * 1024];
+    stack_t ss = {}, old_ss;
+    ss.ss_sp = alt_stack;
+    ss.ss_size = sizeof(alt_stack);
+    sigaltstack(&ss, &old_ss);
+    struct sigaction sa = {}, old_segv, old_bus;
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &old_segv);
+    sigaction(SIGBUS, &sa, &old_bus);
+
+    if (sigsetjmp(g_fault_jmp, 1) == 0) {
+        g_in_kernel = 1;
+        for (unsigned int z = 0; z < grid[2] && !g_failed; z++)
+            for (unsigned int y = 0; y < grid[1] && !g_failed; y++)
+                for (unsigned int x = 0; x < grid[0] && !g_failed; x++) {
+                    blockIdx = {x, y, z};
+                    run_block(n, order_fixed, order, order_mode, &rng);
+                }
+    }
+    g_in_kernel = 0;
+    sigaction(SIGSEGV, &old_segv, nullptr);
+    sigaction(SIGBUS, &old_bus, nullptr);
+    sigaltstack(&old_ss, nullptr);
+
+    if (g_failed) {
+        snprintf(err, err_len, "%s", g_err);
+        return -1;
+    }
+    return 0;
+}
+
+// Size in bytes of the static shared memory section (all kernels of the file together).
+EMU_API size_t emu_static_shared_bytes(void) {
+    return (size_t)(__stop_emu_shared - __start_emu_shared) - sizeof(emu_shared_anchor);
+}
