@@ -12,8 +12,9 @@ The whole API in six lines::
 The layer stack is a `spec`: a list of dicts, one per layer, in the order data flows
 (`caffenet_spec()` is CaffeNet's, the default). Types and keys:
 
-    conv     name, num_output, kernel, stride=1, pad=0, group=1, relu, std, bias_fill
-    fc       name, num_output, relu, std, bias_fill   (InnerProduct)
+    conv     name, num_output, kernel, stride=1, pad=0, group=1, relu=False, std=0.01,
+             bias_fill=0.0   (relu fused into the op; std/bias_fill: Caffe's init)
+    fc       name, num_output, relu=False, std=0.01, bias_fill=0.0   (InnerProduct)
     pool     name, kernel, stride, pad=0               (MAX, Caffe's ceil rule)
     lrn      name, local_size, alpha, beta, k=1.0      (across channels)
     relu     name                                      (stand-alone; conv/fc fuse theirs)
@@ -208,7 +209,7 @@ class CaffeNet:
             # Drawn in float32 in the blob shape, so float64, classifier and fully
             # convolutional nets start from the same numbers.
             rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
-            weight = rng.standard_normal(shape, dtype=np.float32) * np.float32(layer["std"])
+            weight = rng.standard_normal(shape, dtype=np.float32) * np.float32(layer.get("std", 0.01))
             bias = np.full(shape[0], layer.get("bias_fill", 0.0), dtype=np.float32)
         elif init == "zeros":
             weight, bias = np.zeros(shape, np.float32), np.zeros(shape[0], np.float32)
@@ -290,10 +291,10 @@ class CaffeNet:
                     x, cache = ops.conv_forward(
                         x, p["weight"], p["bias"], stride=layer.get("stride", 1),
                         pad=layer.get("pad", 0), group=layer.get("group", 1),
-                        relu=layer["relu"], layer=name)
+                        relu=layer.get("relu", False), layer=name)
                 else:
                     x, cache = ops.inner_product_forward(x, p["weight"], p["bias"],
-                                                         relu=layer["relu"], layer=name)
+                                                         relu=layer.get("relu", False), layer=name)
             elif kind == "pool":
                 x, cache = ops.max_pool_forward(x, layer["kernel"], layer["stride"],
                                                 pad=layer.get("pad", 0), layer=name)
