@@ -1,0 +1,243 @@
+"""tools/convert_caffemodel.py against caffemodels built here with a tiny protobuf encoder,
+in the V1 format (BVLC CaffeNet) and the current one, packed and unpacked floats."""
+import struct
+
+import h5py
+import numpy as np
+import pytest
+
+from tools import convert_caffemodel as cc
+
+
+# --- a minimal protobuf encoder (independent of the decoder under test) ------------------
+
+def varint(value):
+    value &= (1 << 64) - 1          # negative int64 -> two's complement, as protobuf does
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def key(number, wire):
+    return varint(number << 3 | wire)
+
+
+def field_varint(number, value):
+    return key(number, 0) + varint(value)
+
+
+def field_bytes(number, payload):
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return key(number, 2) + varint(len(payload)) + payload
+
+
+def blob(array, legacy=False, packed=True, double=False):
+    """BlobProto: shape (new) or num/channels/height/width (legacy, padded to 4-D)."""
+    array = np.asarray(array)
+    out = b""
+    if legacy:
+        dims = (1,) * (4 - array.ndim) + array.shape
+        for number, d in zip((1, 2, 3, 4), dims):
+            out += field_varint(number, d)
+    else:
+        out += field_bytes(7, field_bytes(1, b"".join(varint(d) for d in array.shape)))
+    flat = array.ravel()
+    number, fmt, wire = (8, "<d", 1) if double else (5, "<f", 5)
+    if packed:
+        out += field_bytes(number, b"".join(struct.pack(fmt, v) for v in flat))
+    else:
+        out += b"".join(key(number, wire) + struct.pack(fmt, v) for v in flat)
+    return out
+
+
+def v1_layer(name, type_enum, blobs=(), extra=b""):
+    body = field_bytes(4, name) + field_varint(5, type_enum) + extra
+    return field_bytes(2, body + b"".join(field_bytes(6, b) for b in blobs))
+
+
+def new_layer(name, type_name, blobs=(), extra=b""):
+    body = field_bytes(1, name) + field_bytes(2, type_name) + extra
+    return field_bytes(100, body + b"".join(field_bytes(7, b) for b in blobs))
+
+
+def _rand(rng, *shape):
+    return rng.uniform(-1, 1, size=shape).astype(np.float32)
+
+
+@pytest.fixture
+def weights():
+    rng = np.random.default_rng(0)
+    return {"conv1": (_rand(rng, 5, 3, 3, 3), _rand(rng, 5)),
+            "fc6": (_rand(rng, 7, 45), _rand(rng, 7)),        # in = 5 * 3 * 3
+            "fc8_twitter": (_rand(rng, 2, 7), _rand(rng, 2))}
+
+
+def v1_model(w, packed=True):
+    """Like BVLC CaffeNet: V1 layers, legacy 4-D blob shapes, layers without blobs."""
+    return (field_bytes(1, "CaffeNet")
+            + v1_layer("data", 5)
+            + v1_layer("conv1", 4, [blob(w["conv1"][0], True, packed),
+                                    blob(w["conv1"][1], True, packed)],
+                       extra=field_bytes(2, "data") + field_bytes(3, "conv1"))
+            + v1_layer("relu1", 18)
+            + v1_layer("fc6", 14, [blob(w["fc6"][0], True, packed),
+                                   blob(w["fc6"][1], True, packed)],
+                       extra=key(7, 5) + struct.pack("<f", 1.0))   # blobs_lr, unpacked float
+            + v1_layer("fc8_twitter", 14, [blob(w["fc8_twitter"][0], True, packed),
+                                           blob(w["fc8_twitter"][1], True, packed)]))
+
+
+def new_model(w, packed=True, conv_twin=False):
+    """Current format: shape field; optionally the fully convolutional '-conv' twin."""
+    fc6, fc8 = w["fc6"][0], w["fc8_twitter"][0]
+    if conv_twin:
+        layers = [("fc6-conv", "Convolution", fc6.reshape(7, 5, 3, 3)),
+                  ("fc8_twitter-conv", "Convolution", fc8.reshape(2, 7, 1, 1))]
+    else:
+        layers = [("fc6", "InnerProduct", fc6), ("fc8_twitter", "InnerProduct", fc8)]
+    out = field_bytes(1, "net") + new_layer("data", "Input") + new_layer(
+        "conv1", "Convolution", [blob(w["conv1"][0], packed=packed),
+                                 blob(w["conv1"][1], packed=packed)])
+    out += new_layer("relu1", "ReLU", extra=field_bytes(3, "conv1") + field_bytes(4, "conv1"))
+    bias = {"fc6": w["fc6"][1], "fc8_twitter": w["fc8_twitter"][1]}
+    for name, kind, weight in layers:
+        out += new_layer(name, kind, [blob(weight, packed=packed),
+                                      blob(bias[name.replace("-conv", "")], packed=packed,
+                                           double=not packed)])
+    return out
+
+
+def _check(params, w):
+    assert list(params) == ["conv1", "fc6", "fc8_twitter"]
+    for name, (weight, bias) in w.items():
+        np.testing.assert_array_equal(params[name]["weight"], weight)
+        np.testing.assert_array_equal(params[name]["bias"], bias)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_v1_model(weights, packed):
+    layers = cc.parse_layers(v1_model(weights, packed))
+    assert [(n, t, len(b)) for n, t, b in layers] == [
+        ("data", "V1:5", 0), ("conv1", "Convolution", 2), ("relu1", "V1:18", 0),
+        ("fc6", "InnerProduct", 2), ("fc8_twitter", "InnerProduct", 2)]
+    assert layers[3][2][0].shape == (1, 1, 7, 45)         # legacy fc shape, reshaped later
+    _check(cc.to_params(layers), weights)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("conv_twin", [False, True])
+def test_new_model_and_conv_twin(weights, packed, conv_twin):
+    _check(cc.to_params(cc.parse_layers(new_model(weights, packed, conv_twin))), weights)
+
+
+def test_convert_writes_the_project_hdf5_layout(tmp_path, weights):
+    src = tmp_path / "m.caffemodel"
+    src.write_bytes(v1_model(weights))
+    out = tmp_path / "m.h5"
+    assert cc.main([str(src), str(out)]) == 0
+    with h5py.File(out, "r") as f:
+        assert sorted(f) == ["conv1", "fc6", "fc8_twitter"]
+        for name, (weight, bias) in weights.items():
+            assert f[name]["weight"].dtype == np.float32
+            np.testing.assert_array_equal(f[name]["weight"][()], weight)
+            np.testing.assert_array_equal(f[name]["bias"][()], bias)
+        assert f.attrs["architecture"] == "CaffeNet"
+        assert f.attrs["num_classes"] == 2 and f.attrs["input_size"] == 227
+        assert [s.decode() if isinstance(s, bytes) else s
+                for s in f.attrs["class_names"]] == ["negative", "positive"]
+        np.testing.assert_allclose(f.attrs["mean_bgr"], [104.0070, 116.6688, 122.6789])
+    from nn.weights import load_weights
+    params, attrs = load_weights(str(out))
+    assert list(params) == attrs["layer_order"] == ["conv1", "fc6", "fc8_twitter"]
+
+
+def test_class_options(tmp_path, weights, capsys):
+    src = tmp_path / "m.caffemodel"
+    src.write_bytes(new_model(weights))
+    out = tmp_path / "m.h5"
+    assert cc.main([str(src), str(out), "--class-names", "sad,happy"]) == 0
+    from nn.weights import load_weights
+    assert load_weights(str(out))[1]["class_names"] == ["sad", "happy"]
+    assert cc.main([str(src), str(tmp_path / "x.h5"), "--num-classes", "3"]) == 1
+    assert "has 2 outputs, but num_classes is 3" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
+def _top_level_ends(data):
+    """Byte offsets where top-level fields end (cutting there leaves a valid message)."""
+    ends, pos = {0}, 0
+    for _, _, value in cc.fields(data, 0, len(data), "t"):
+        pos = value[0] + value[1] if isinstance(value, tuple) else None
+        ends.add(pos)
+    return ends
+
+
+def test_every_truncation_inside_a_layer_is_rejected(weights):
+    data = v1_model(weights)
+    boundaries = _top_level_ends(data)
+    for cut in range(1, len(data)):
+        if cut in boundaries:
+            continue
+        with pytest.raises(cc.CaffemodelError):
+            cc.parse_layers(data[:cut], "cut")
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"\xff" * 12, "varint longer than 10 bytes"),
+    (b"\x0a\x80", "truncated varint"),
+    (b"\x0a\x05abc", "runs past the end"),
+    (key(2, 3) + b"\x00", "unsupported wire type 3"),
+    (key(1, 7) + b"\x00", "unsupported wire type 7"),
+    (b"\x00\x01", "field number 0"),
+    (b"", "no layer with weights"),
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "unsupported wire type 7"),   # a JPEG header
+])
+def test_corrupt_bytes_are_rejected(data, message):
+    with pytest.raises(cc.CaffemodelError, match=message):
+        cc.to_params(cc.parse_layers(data))
+
+
+def test_blob_count_must_match_shape():
+    shape = field_bytes(7, field_bytes(1, varint(2) + varint(3)))
+    bad = shape + field_bytes(5, struct.pack("<5f", *[0.5] * 5))    # 5 values for (2, 3)
+    with pytest.raises(cc.CaffemodelError, match=r"layer 'fc' blob 0: blob has 5 values "
+                                                 r"but its shape \(2, 3\) needs 6"):
+        cc.parse_layers(new_layer("fc", "InnerProduct", [bad, blob(np.ones(2))]))
+
+
+def test_layer_errors_name_the_layer():
+    rng = np.random.default_rng(1)
+    one_blob = new_layer("fc7", "InnerProduct", [blob(_rand(rng, 3, 4))])
+    with pytest.raises(cc.CaffemodelError, match="'fc7'.*has 1 blobs, expected 2"):
+        cc.to_params(cc.parse_layers(one_blob))
+    bn = new_layer("bn1", "BatchNorm", [blob(_rand(rng, 3)), blob(_rand(rng, 3))])
+    with pytest.raises(cc.CaffemodelError, match="'bn1' \\(BatchNorm\\).*only Convolution"):
+        cc.to_params(cc.parse_layers(bn))
+    wrong_bias = new_layer("fc7", "InnerProduct", [blob(_rand(rng, 3, 4)), blob(_rand(rng, 4))])
+    with pytest.raises(cc.CaffemodelError, match="bias has 4 values, expected 3"):
+        cc.to_params(cc.parse_layers(wrong_bias))
+
+
+def test_random_corruption_never_escapes_as_another_error(weights):
+    data = bytearray(new_model(weights, conv_twin=True))
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        broken = bytearray(data)
+        for i in rng.integers(0, len(data), size=rng.integers(1, 4)):
+            broken[i] = rng.integers(0, 256)
+        try:
+            cc.to_params(cc.parse_layers(bytes(broken)))
+        except cc.CaffemodelError:
+            pass
+
+
+def test_missing_input_file(tmp_path, capsys):
+    assert cc.main([str(tmp_path / "none.caffemodel"), str(tmp_path / "o.h5")]) == 1
+    assert "none.caffemodel: cannot read" in capsys.readouterr().err
