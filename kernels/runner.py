@@ -134,7 +134,7 @@ class Param:
 
 
 _TYPE_WORDS = {'float', 'double', 'int', 'unsigned', 'signed', 'long', 'short', 'char', 'bool',
-               'float2', 'float4', 'int2', 'int4', 'uint2', 'uint4', 'size_t', 'half'}
+               'float2', 'float4', 'int2', 'int4', 'uint2', 'uint4', 'size_t'}
 _BASE_CODES = {'float': 'float32', 'int': 'int32', 'signed': 'int32', 'signed int': 'int32',
                'unsigned': 'uint32', 'unsigned int': 'uint32'}
 
@@ -154,16 +154,39 @@ def _param_from_c(text):
     return Param(code, name)
 
 
+def _object_macros(clean):
+    """{NAME: body} of the object-like `#define NAME body` lines (continuations joined)."""
+    joined = clean.replace('\\\n', ' ')
+    return {m.group(1): m.group(2).strip() for m in
+            re.finditer(r'^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)(?![\w(])([^\n]*)', joined, re.M)}
+
+
+def _expand(text, macros):
+    """Expand object-like macros in `text` (as the preprocessor would, for parameter lists)."""
+    for _ in range(20):  # nested macros; the bound stops self-referencing ones
+        new = re.sub(r'[A-Za-z_]\w*', lambda m: macros.get(m.group(0), m.group(0)), text)
+        if new == text:
+            break
+        text = new
+    return text
+
+
 def parse_signatures(src):
-    """{kernel name: [Param, ...]} read from the C source (the GPU path has no reflection)."""
+    """{kernel name: [Param, ...]} read from the C source (the GPU path has no reflection).
+
+    Object-like macros in parameter lists are expanded; anything fancier (function-like
+    macros, templates) gives 'unsupported' parameters -- tests/test_emulator.py checks this
+    parser against the emulator's compiler-derived signatures for every kernels/*.cu.
+    """
     clean = strip_comments(src)
+    macros = _object_macros(clean)
     sigs = {}
     for m in _KERNEL_RE.finditer(clean):
         depth, i = 1, m.end()
         while depth and i < len(clean):
             depth += {'(': 1, ')': -1}.get(clean[i], 0)
             i += 1
-        inner = clean[m.end():i - 1].strip()
+        inner = _expand(clean[m.end():i - 1], macros).strip()
         parts = [] if inner in ('', 'void') else inner.split(',')
         sigs[m.group(1)] = [_param_from_c(p) for p in parts]
     return sigs

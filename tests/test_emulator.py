@@ -1,0 +1,559 @@
+"""The kernel runner and the CPU kernel emulator, on tiny kernels written by the tests.
+
+Every good kernel runs under the three thread orders of the emulator (and on the GPU with
+`pytest -m gpu`); the self-tests show that the emulator catches the usual kernel bugs: a
+missing __syncthreads(), reading shared memory before writing it, a barrier not all threads
+reach, a failing device assert, a bad pointer; and that bad launches are refused.
+"""
+import glob
+import os
+import textwrap
+
+import numpy as np
+import pytest
+
+from kernels.runner import (KERNELS_DIR, KernelCompileError, KernelLaunchError, EmuRunner,
+                            get_runner, parse_signatures, read_text, resolve_source)
+
+ORDERS = ('forward', 'reverse', 'random')
+
+GOOD_KERNELS = r'''
+// Toy kernels for tests/test_emulator.py.
+extern "C" __global__ void vec_add(const float* __restrict__ a, const float* b,
+                                   float* out, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = a[i] + b[i];
+}
+
+// Tree reduction over a block of 128 threads: out[block] = sum of its slice of x.
+extern "C" __global__ void block_sum(const float* x, float* out, int n)
+{
+    __shared__ float buf[128];
+    int t = threadIdx.x;
+    int i = blockIdx.x * blockDim.x + t;
+    buf[t] = i < n ? x[i] : 0.0f;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (t < s) buf[t] += buf[t + s];
+        __syncthreads();
+    }
+    if (t == 0) out[blockIdx.x] = buf[0];
+}
+
+// Reverses each block's slice through dynamic shared memory (two types in one file).
+extern "C" __global__ void reverse_blocks(const float* x, float* y, int n)
+{
+    EXTERN_SHARED(float, tile);
+    int t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    tile[t] = i < n ? x[i] : -1.0f;
+    __syncthreads();
+    int j = blockIdx.x * blockDim.x + (blockDim.x - 1 - t);
+    if (j < n) y[j] = tile[t];
+}
+
+extern "C" __global__ void square_ints(const int* x, int* y, int n)
+{
+    EXTERN_SHARED(int, tile);
+    int t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    tile[t] = i < n ? x[i] : 0;
+    __syncthreads();
+    if (i < n) y[i] = tile[t] * tile[t];
+}
+
+// Each thread writes its own coordinates: 8 ints per thread.
+extern "C" __global__ void indices(int* out)
+{
+    unsigned int bid = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    unsigned int tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    int* o = out + 8 * (bid * blockDim.x * blockDim.y * blockDim.z + tid);
+    o[0] = blockIdx.x; o[1] = blockIdx.y; o[2] = blockIdx.z;
+    o[3] = threadIdx.x; o[4] = threadIdx.y; o[5] = threadIdx.z;
+    o[6] = blockDim.x * 100 + blockDim.y * 10 + blockDim.z;
+    o[7] = gridDim.x * 100 + gridDim.y * 10 + gridDim.z;
+}
+
+// Histogram, float sum and maximum through atomics.
+extern "C" __global__ void atomics(const int* labels, const float* v, int* hist,
+                                   float* total, int* biggest, unsigned int* count, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    atomicAdd(&hist[labels[i]], 1);
+    atomicAdd(total, v[i]);
+    atomicMax(biggest, labels[i] * 1000 + (i % 1000));
+    atomicAdd(count, 1u);
+}
+
+// Records in which order the threads of a block ran (a ticket per thread).
+extern "C" __global__ void tickets(int* counter, int* ticket)
+{
+    ticket[threadIdx.x] = atomicAdd(counter, 1);
+}
+
+// A parameter type the runner does not support.
+extern "C" __global__ void takes_double(double* x) { x[0] = 1.0; }
+'''
+
+BUGGY_KERNELS = r'''
+// The tree reduction with the barrier inside the loop forgotten.
+extern "C" __global__ void sum_no_sync(const float* x, float* out)
+{
+    __shared__ float buf[128];
+    int t = threadIdx.x;
+    buf[t] = x[blockIdx.x * blockDim.x + t];
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (t < s) buf[t] += buf[t + s];
+    }
+    if (t == 0) out[blockIdx.x] = buf[0];
+}
+
+// Shift by one through shared memory, barrier forgotten.
+extern "C" __global__ void shift_no_sync(const float* x, float* y)
+{
+    __shared__ float buf[64];
+    int t = threadIdx.x;
+    buf[t] = x[t];
+    y[t] = t > 0 ? buf[t - 1] : 0.0f;
+}
+
+// Reads the whole tile but writes only the first `written` entries.
+extern "C" __global__ void partial_tile(const float* x, float* y, int* yi, int written)
+{
+    __shared__ float tile[32];
+    __shared__ int itile[32];
+    int t = threadIdx.x;
+    if (t < written) { tile[t] = x[t]; itile[t] = 7; }
+    __syncthreads();
+    y[blockIdx.x * blockDim.x + t] = tile[t];
+    yi[blockIdx.x * blockDim.x + t] = itile[t];
+}
+
+// Reads dynamic shared memory nobody wrote.
+extern "C" __global__ void peek_dynamic(float* y)
+{
+    EXTERN_SHARED(float, tile);
+    y[threadIdx.x] = tile[threadIdx.x];
+}
+
+extern "C" __global__ void barrier_in_branch(float* y)
+{
+    if (threadIdx.x < 16) __syncthreads();
+    y[threadIdx.x] = 1.0f;
+}
+
+extern "C" __global__ void early_return(float* y, int n)
+{
+    if (threadIdx.x >= n) return;
+    __syncthreads();
+    y[threadIdx.x] = 1.0f;
+}
+
+extern "C" __global__ void two_barriers(float* y)
+{
+    if (threadIdx.x % 2) {
+        __syncthreads();
+    } else {
+        __syncthreads();
+    }
+    y[threadIdx.x] = 2.0f;
+}
+
+extern "C" __global__ void checked(const float* x, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) assert(x[i] >= 0.0f);
+}
+
+extern "C" __global__ void null_write(float* y)
+{
+    float* p = y + (threadIdx.x == 3 ? -(1L << 40) : 0);
+    *p = 1.0f;
+}
+
+extern "C" __global__ void big_static(float* y)
+{
+    __shared__ float big[4096];  // 16 KiB
+    big[threadIdx.x] = 1.0f;
+    __syncthreads();
+    y[threadIdx.x] = big[threadIdx.x];
+}
+'''
+
+
+def _line_of(source, text):
+    """1-based line number of the first line of `source` containing `text`."""
+    return next(i for i, line in enumerate(source.splitlines(), 1) if text in line)
+
+
+@pytest.fixture(scope='module')
+def sources(tmp_path_factory):
+    """Paths of the toy kernel files (written once per test module)."""
+    d = tmp_path_factory.mktemp('toy_kernels')
+    paths = {}
+    for name, text in (('good.cu', GOOD_KERNELS), ('buggy.cu', BUGGY_KERNELS)):
+        paths[name] = str(d / name)
+        with open(paths[name], 'w') as f:
+            f.write(text)
+    return paths
+
+
+def _runner(backend):
+    if backend == 'cuda':
+        return get_runner('cuda')
+    return EmuRunner(order=backend, seed=12345)
+
+
+@pytest.fixture(params=[*ORDERS, pytest.param('cuda', marks=pytest.mark.gpu)])
+def runner(request):
+    """An emulator under each thread order, and the GPU (pytest -m gpu)."""
+    return _runner(request.param)
+
+
+def to_numpy(a):
+    return a.get() if hasattr(a, 'get') else np.asarray(a)
+
+
+# ---------------------------------------------------------------------------------------
+# Good kernels give the right values under every order.
+
+def test_vector_add(runner, sources):
+    rng = np.random.default_rng(1)
+    n = 1001
+    a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    xp = runner.xp
+    out = xp.full(n, np.nan, dtype=np.float32)
+    runner.kernel(sources['good.cu'], 'vec_add')((n + 127) // 128, 128,
+                                                 (xp.asarray(a), xp.asarray(b), out, np.int32(n)))
+    np.testing.assert_array_equal(to_numpy(out), a + b)
+
+
+def test_block_reduction(runner, sources):
+    rng = np.random.default_rng(2)
+    n = 1001
+    x = rng.uniform(0.5, 1.5, n).astype(np.float32)
+    blocks = (n + 127) // 128
+    xp = runner.xp
+    out = xp.zeros(blocks, dtype=np.float32)
+    runner.kernel(sources['good.cu'], 'block_sum')(blocks, 128, (xp.asarray(x), out, np.int32(n)))
+    expected = np.add.reduceat(x.astype(np.float64), np.arange(0, n, 128))
+    np.testing.assert_allclose(to_numpy(out), expected, rtol=1e-5)
+
+
+def test_dynamic_shared_memory(runner, sources):
+    rng = np.random.default_rng(3)
+    n, block = 203, 64
+    blocks = (n + block - 1) // block
+    x = rng.standard_normal(blocks * block).astype(np.float32)[:n]
+    xp = runner.xp
+    y = xp.zeros(n, dtype=np.float32)
+    runner.kernel(sources['good.cu'], 'reverse_blocks')(blocks, block, (xp.asarray(x), y, np.int32(n)),
+                                                        shared_mem=block * 4)
+    padded = np.concatenate([x, np.full(blocks * block - n, -1.0, np.float32)])
+    expected = padded.reshape(blocks, block)[:, ::-1].reshape(-1)[:n]
+    np.testing.assert_array_equal(to_numpy(y), expected)
+
+    xi = rng.integers(-1000, 1000, n).astype(np.int32)
+    yi = xp.zeros(n, dtype=np.int32)
+    runner.kernel(sources['good.cu'], 'square_ints')(blocks, block, (xp.asarray(xi), yi, np.int32(n)),
+                                                     shared_mem=block * 4)
+    np.testing.assert_array_equal(to_numpy(yi), xi * xi)
+
+
+@pytest.mark.parametrize('grid, block', [((3, 2, 2), (5, 3, 2)), ((7,), (3, 5)), (2, 9)])
+def test_grid_and_block_indices(runner, sources, grid, block):
+    g = (grid if isinstance(grid, tuple) else (grid,)) + (1, 1)
+    b = (block if isinstance(block, tuple) else (block,)) + (1, 1)
+    g, b = g[:3], b[:3]
+    out = runner.xp.full(8 * np.prod(g) * np.prod(b), -7, dtype=np.int32)
+    runner.kernel(sources['good.cu'], 'indices')(grid, block, (out,))
+    # Expected coordinates, blocks and threads both x-fastest.
+    bz, by, bx, tz, ty, tx = np.meshgrid(*(np.arange(d) for d in (g[2], g[1], g[0],
+                                                                   b[2], b[1], b[0])),
+                                         indexing='ij')
+    expected = np.stack([bx, by, bz, tx, ty, tz,
+                         np.full_like(bx, b[0] * 100 + b[1] * 10 + b[2]),
+                         np.full_like(bx, g[0] * 100 + g[1] * 10 + g[2])], axis=-1)
+    np.testing.assert_array_equal(to_numpy(out), expected.reshape(-1))
+
+
+def test_atomics(runner, sources):
+    rng = np.random.default_rng(4)
+    n = 777
+    labels = rng.integers(0, 5, n).astype(np.int32)
+    v = rng.uniform(0.5, 1.0, n).astype(np.float32)
+    xp = runner.xp
+    hist = xp.zeros(5, dtype=np.int32)
+    total = xp.zeros(1, dtype=np.float32)
+    biggest = xp.full(1, -1, dtype=np.int32)
+    count = xp.zeros(1, dtype=np.uint32)
+    runner.kernel(sources['good.cu'], 'atomics')(
+        (n + 63) // 64, 64, (xp.asarray(labels), xp.asarray(v), hist, total, biggest, count,
+                             np.int32(n)))
+    np.testing.assert_array_equal(to_numpy(hist), np.bincount(labels, minlength=5))
+    np.testing.assert_allclose(to_numpy(total)[0], v.astype(np.float64).sum(), rtol=1e-5)
+    assert to_numpy(biggest)[0] == (labels * 1000 + np.arange(n) % 1000).max()
+    assert to_numpy(count)[0] == n
+
+
+# ---------------------------------------------------------------------------------------
+# The emulator's thread orders and strictness.
+
+def _tickets(runner, sources, threads=50):
+    counter = np.zeros(1, np.int32)
+    ticket = np.full(threads, -1, np.int32)
+    runner.kernel(sources['good.cu'], 'tickets')(1, threads, (counter, ticket))
+    return ticket
+
+
+def test_thread_orders(sources):
+    forward = _tickets(EmuRunner(order='forward'), sources)
+    reverse = _tickets(EmuRunner(order='reverse'), sources)
+    random1 = _tickets(EmuRunner(order='random', seed=5), sources)
+    random2 = _tickets(EmuRunner(order='random', seed=5), sources)
+    np.testing.assert_array_equal(forward, np.arange(50))
+    np.testing.assert_array_equal(reverse, np.arange(50)[::-1])
+    assert sorted(random1) == list(range(50))
+    assert not np.array_equal(random1, forward) and not np.array_equal(random1, reverse)
+    np.testing.assert_array_equal(random1, random2)  # seeded: reproducible
+
+
+def test_order_from_environment(monkeypatch):
+    monkeypatch.setenv('CAFFENET_EMU_ORDER', 'random:77')
+    r = EmuRunner()
+    assert (r.order, r.seed) == ('random', 77)
+    monkeypatch.setenv('CAFFENET_EMU_ORDER', 'reverse')
+    assert EmuRunner().order == 'reverse'
+    monkeypatch.setenv('CAFFENET_EMU_ORDER', 'sideways')
+    with pytest.raises(ValueError, match='order'):
+        EmuRunner()
+
+
+def test_missing_syncthreads_in_reduction_gives_wrong_sums(sources):
+    x = np.random.default_rng(6).uniform(0.5, 1.5, 3 * 128).astype(np.float32)
+    expected = x.reshape(3, 128).astype(np.float64).sum(axis=1)
+    results = {}
+    for order in ORDERS:
+        out = np.zeros(3, np.float32)
+        EmuRunner(order=order, seed=1).kernel(sources['buggy.cu'], 'sum_no_sync')(3, 128, (x, out))
+        results[order] = np.allclose(out, expected, rtol=1e-5)
+    # Forward order runs thread 0 to the end before thread 64 adds its part: wrong.
+    assert not results['forward'] and not results['random']
+
+
+def test_missing_syncthreads_caught_by_reverse_order(sources):
+    x = np.random.default_rng(7).standard_normal(64).astype(np.float32)
+    expected = np.concatenate([[0.0], x[:-1]]).astype(np.float32)
+    y = np.zeros(64, np.float32)
+    EmuRunner(order='forward').kernel(sources['buggy.cu'], 'shift_no_sync')(1, 64, (x, y))
+    np.testing.assert_array_equal(y, expected)  # happens to work in forward order...
+    EmuRunner(order='reverse').kernel(sources['buggy.cu'], 'shift_no_sync')(1, 64, (x, y))
+    assert np.isnan(y[1:]).all()  # ...but reverse order reads the poisoned shared memory
+
+
+@pytest.mark.parametrize('order', ORDERS)
+def test_uninitialised_shared_memory_is_poisoned(sources, order):
+    x = np.random.default_rng(8).standard_normal(32).astype(np.float32)
+    y = np.zeros(2 * 32, np.float32)
+    yi = np.zeros(2 * 32, np.int32)
+    kernel = EmuRunner(order=order).kernel(sources['buggy.cu'], 'partial_tile')
+    kernel(2, 32, (x, y, yi, np.int32(32)))  # first a launch that writes everything
+    np.testing.assert_array_equal(y, np.tile(x, 2))
+    kernel(2, 32, (x, y, yi, np.int32(20)))
+    # Both blocks: the unwritten entries are NaN / -1, never left-overs of earlier blocks.
+    y, yi = y.reshape(2, 32), yi.reshape(2, 32)
+    np.testing.assert_array_equal(y[:, :20], np.tile(x[:20], (2, 1)))
+    assert np.isnan(y[:, 20:]).all()
+    assert (yi[:, :20] == 7).all() and (yi[:, 20:] == -1).all()
+
+
+def test_dynamic_shared_memory_is_poisoned(sources):
+    y = np.zeros(8, np.float32)
+    EmuRunner().kernel(sources['buggy.cu'], 'peek_dynamic')(1, 8, (y,), shared_mem=32)
+    assert y.view(np.uint32).tolist() == [0xFFFFFFFF] * 8  # NaN bit pattern
+
+
+@pytest.mark.parametrize('kernel, args, message', [
+    ('barrier_in_branch', (), r'divergent barrier .*barrier_in_branch.*has already returned'),
+    ('early_return', (np.int32(20),), r'divergent barrier .*early_return.*already returned'),
+    ('two_barriers', (), r'divergent barrier .*two_barriers.*buggy.cu:\d+ .*buggy.cu:\d+'),
+])
+@pytest.mark.parametrize('order', ORDERS)
+def test_divergent_barrier_raises(sources, kernel, args, message, order):
+    y = np.zeros(32, np.float32)
+    with pytest.raises(KernelLaunchError, match=message):
+        EmuRunner(order=order).kernel(sources['buggy.cu'], kernel)(1, 32, (y, *args))
+
+
+def test_full_block_passes_early_return_kernel(sources):
+    y = np.zeros(32, np.float32)
+    EmuRunner().kernel(sources['buggy.cu'], 'early_return')(1, 32, (y, np.int32(32)))
+    np.testing.assert_array_equal(y, np.ones(32))
+
+
+def test_failed_assert_names_kernel_file_line_block_thread(sources):
+    x = np.random.default_rng(9).uniform(0.1, 1.0, 300).astype(np.float32)
+    x[200] = -1.0  # block 1, thread 72 with blocks of 128
+    line = _line_of(BUGGY_KERNELS, 'assert(x[i]')
+    kernel = EmuRunner().kernel(sources['buggy.cu'], 'checked')
+    with pytest.raises(KernelLaunchError) as info:
+        kernel(3, 128, (x, np.int32(300)))
+    text = str(info.value)
+    assert 'checked' in text and f'buggy.cu:{line}' in text
+    assert 'block (1,0,0)' in text and 'thread (72,0,0)' in text
+    kernel(3, 128, (np.abs(x), np.int32(300)))  # the emulator still works afterwards
+
+
+def test_invalid_memory_access_raises_instead_of_crashing(sources):
+    y = np.zeros(8, np.float32)
+    with pytest.raises(KernelLaunchError, match=r'invalid memory access .*null_write.*'
+                                                r'thread \(3,0,0\)'):
+        EmuRunner().kernel(sources['buggy.cu'], 'null_write')(1, 8, (y,))
+    x = np.ones(5, np.float32)
+    out = np.zeros(1, np.float32)
+    EmuRunner().kernel(sources['good.cu'], 'block_sum')(1, 128, (x, out, np.int32(5)))
+    assert out[0] == 5.0
+
+
+def test_ucontext_fallback_gives_same_results(sources):
+    r = EmuRunner(order='random', seed=3, context='ucontext')
+    x = np.random.default_rng(10).uniform(0.5, 1.5, 300).astype(np.float32)
+    out = np.zeros(3, np.float32)
+    r.kernel(sources['good.cu'], 'block_sum')(3, 128, (x, out, np.int32(300)))
+    np.testing.assert_allclose(out, np.add.reduceat(x.astype(np.float64), [0, 128, 256]),
+                               rtol=1e-5)
+    with pytest.raises(KernelLaunchError, match='divergent barrier'):
+        r.kernel(sources['buggy.cu'], 'barrier_in_branch')(1, 32, (np.zeros(32, np.float32),))
+
+
+# ---------------------------------------------------------------------------------------
+# Launch checks (the same code runs before a GPU launch).
+
+def _vec_args(n=10):
+    a = np.ones(n, np.float32)
+    return a, a.copy(), np.zeros(n, np.float32), np.int32(n)
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda a: (a[0].astype(np.float64), *a[1:]), r"argument 0 'a' \(const float\*\): expected "
+                                                  r"dtype float32, got float64"),
+    (lambda a: (a[0], np.ones(20, np.float32)[::2], *a[2:]),
+     r"argument 1 'b' .*not C-contiguous"),
+    (lambda a: (*a[:3], 10), r"argument 3 'n' \(int\): expected np.int32, got builtins.int; "
+                             r"wrap Python numbers: np.int32\(10\)"),
+    (lambda a: (*a[:3], np.int64(10)), r"argument 3 'n' \(int\): expected np.int32, got "
+                                       r"numpy.int64"),
+    (lambda a: (*a[:3], np.float32(10)), r"argument 3 .*expected np.int32, got numpy.float32"),
+    (lambda a: (a[0], a[1], [0.0] * 10, a[3]), r"argument 2 'out' .*expected a numpy array"),
+    (lambda a: a[:3], r'takes 4 arguments \(const float\* a, const float\* b, float\* out, '
+                      r'int n\), got 3'),
+    (lambda a: (*a, np.int32(1)), r'takes 4 arguments'),
+])
+def test_bad_arguments_are_refused(sources, change, message):
+    kernel = EmuRunner().kernel(sources['good.cu'], 'vec_add')
+    with pytest.raises(KernelLaunchError, match='kernel vec_add: ' + message):
+        kernel(1, 16, change(_vec_args()))
+
+
+def test_read_only_output_is_refused(sources):
+    a, b, out, n = _vec_args()
+    out.flags.writeable = False
+    with pytest.raises(KernelLaunchError, match="'out'.*read-only"):
+        EmuRunner().kernel(sources['good.cu'], 'vec_add')(1, 16, (a, b, out, n))
+    a.flags.writeable = False  # fine for a const pointer
+    out.flags.writeable = True
+    EmuRunner().kernel(sources['good.cu'], 'vec_add')(1, 16, (a, b, out, n))
+    np.testing.assert_array_equal(out, 2 * np.ones(10))
+
+
+@pytest.mark.parametrize('grid, block, shared, message', [
+    (1, 1025, 0, r'block.x = 1025 is outside 1..1024'),
+    (1, (32, 32, 2), 0, r'2048 threads'),
+    (1, (1, 1, 65), 0, r'block.z = 65 is outside 1..64'),
+    (0, 32, 0, r'grid.x = 0'),
+    ((1, 65536), 32, 0, r'grid.y = 65536'),
+    ((1, 2, 3, 4), 32, 0, r'tuple of 1 to 3'),
+    (1.0, 32, 0, r'grid must be an int'),
+    (1, 32, 48 * 1024 + 4, r'0 static \+ 49156 dynamic .* exceeds 49152'),
+    (1, 32, -4, r'shared_mem must be a non-negative int'),
+])
+def test_bad_launch_configuration_is_refused(sources, grid, block, shared, message):
+    kernel = EmuRunner().kernel(sources['good.cu'], 'vec_add')
+    with pytest.raises(KernelLaunchError, match='kernel vec_add: .*' + message):
+        kernel(grid, block, _vec_args(), shared_mem=shared)
+
+
+def test_static_plus_dynamic_shared_memory_limit(sources):
+    kernel = EmuRunner().kernel(sources['buggy.cu'], 'big_static')
+    assert kernel.kernel.static_shared == 4096 * 4
+    y = np.zeros(32, np.float32)
+    kernel(1, 32, (y,), shared_mem=32 * 1024)  # 16 + 32 KiB: allowed
+    np.testing.assert_array_equal(y, np.ones(32))
+    with pytest.raises(KernelLaunchError, match=r'big_static: shared memory 16384 static \+ '
+                                                r'32772 dynamic'):
+        kernel(1, 32, (y,), shared_mem=32 * 1024 + 4)
+
+
+def test_unknown_kernel_and_unsupported_parameter(sources):
+    r = EmuRunner()
+    with pytest.raises(KernelLaunchError, match=r"'vec_sub' not found in .*good.cu.*vec_add"):
+        r.kernel(sources['good.cu'], 'vec_sub')
+    with pytest.raises(KernelLaunchError, match=r'takes_double: argument 0 .*supports only'):
+        r.kernel(sources['good.cu'], 'takes_double')(1, 1, (np.zeros(1),))
+    with pytest.raises(FileNotFoundError, match='no_such_file.cu'):
+        r.kernel('no_such_file.cu', 'x')
+    with pytest.raises(ValueError, match="'cuda' or 'emu'"):
+        get_runner('opencl')
+
+
+# ---------------------------------------------------------------------------------------
+# Compile errors and signatures.
+
+@pytest.mark.parametrize('context', ['asm', 'ucontext'])
+def test_compile_error_names_file_and_line(tmp_path, context):
+    path = tmp_path / 'broken.cu'
+    path.write_text('extern "C" __global__ void broken(float* y)\n{\n'
+                    '    y[threadIdx.x] = undefined_name;\n}\n')
+    with pytest.raises(KernelCompileError) as info:
+        EmuRunner(context=context).kernel(str(path), 'broken')
+    assert info.value.file.endswith('broken.cu') and info.value.line == 3
+    assert 'broken.cu:3' in str(info.value) and 'undefined_name' in str(info.value)
+
+
+def test_signature_parser_reads_macros_and_names():
+    src = textwrap.dedent('''
+        #define GEOM int N, \\
+                     int C
+        /* extern "C" __global__ void commented_out(float* z) */
+        extern "C" __global__ void k(const float* __restrict__ x, float* y, GEOM,
+                                     unsigned int seed, float scale, const int* idx,
+                                     unsigned* u, int half) {}
+        extern "C" __global__ void __launch_bounds__(256) none(void) {}
+        extern "C" __global__ void odd(double* d, float** pp) {}
+    ''')
+    sigs = parse_signatures(src)
+    assert list(sigs) == ['k', 'none', 'odd']
+    assert [(p.code, p.name) for p in sigs['k']] == [
+        ('ptr const float32', 'x'), ('ptr float32', 'y'), ('int32', 'N'), ('int32', 'C'),
+        ('uint32', 'seed'), ('float32', 'scale'), ('ptr const int32', 'idx'),
+        ('ptr uint32', 'u'), ('int32', 'half')]
+    assert sigs['none'] == []
+    assert [p.code for p in sigs['odd']] == ['unsupported', 'unsupported']
+
+
+def _project_kernel_files():
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(KERNELS_DIR, '*.cu')))
+
+
+@pytest.mark.parametrize('name', _project_kernel_files())
+def test_parser_agrees_with_compiler_on_project_kernels(name):
+    """The GPU path reads signatures with parse_signatures; the emulator asks the compiler."""
+    from kernels import emulator
+    path, display = resolve_source(name)
+    module = emulator.load_module(path, display)
+    parsed = parse_signatures(read_text(path))
+    assert sorted(parsed) == sorted(module.kernels)
+    for kernel in module.kernels:
+        assert [(p.code, p.name) for p in parsed[kernel]] == \
+            [(p.code, p.name) for p in module.params(kernel)], kernel
