@@ -1,0 +1,288 @@
+"""tools/fetch.py against a local HTTP server (127.0.0.1, in a thread): progress, resume,
+checksums, unpacking, conversion. Nothing here reaches the internet."""
+import hashlib
+import http.server
+import io
+import os
+import tarfile
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+
+from nn import twitter
+from tools import fetch
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves server.files {path: bytes}; honours Range unless server.ignore_range;
+    for paths in server.drop_once, the first response stops after half the body."""
+
+    def log_message(self, *args):      # keep test output quiet
+        pass
+
+    def do_GET(self):
+        server = self.server
+        server.requests.append((self.path, self.headers.get("Range")))
+        body = server.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start, status = 0, 200
+        wanted = self.headers.get("Range")
+        if wanted and not server.ignore_range:
+            start = int(wanted.split("=")[1].split("-")[0])
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body) - start))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.end_headers()
+        payload = body[start:]
+        if self.path in server.drop_once:
+            server.drop_once.discard(self.path)
+            self.wfile.write(payload[:len(payload) // 2])
+            self.wfile.flush()
+            self.close_connection = True   # the client sees the body end early
+            return
+        self.wfile.write(payload)
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.delenv(fetch.BASE_URL_ENV, raising=False)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.files, httpd.requests, httpd.drop_once, httpd.ignore_range = {}, [], set(), False
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _payload(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=n, dtype=np.uint8).tobytes()
+
+
+def test_download_with_progress_and_checks(server, tmp_path, capsys):
+    body = _payload(300_001)
+    server.files["/f.bin"] = body
+    dest = tmp_path / "sub" / "f.bin"
+    fetch.download(server.url + "/f.bin", dest, sha1=hashlib.sha1(body).hexdigest(),
+                   sha256=hashlib.sha256(body).hexdigest(), size=len(body))
+    assert dest.read_bytes() == body
+    assert os.listdir(tmp_path / "sub") == ["f.bin"]          # no .part left
+    err = capsys.readouterr().err
+    assert "f.bin: 293.0 KiB / 293.0 KiB (100%)" in err and "/s" in err
+    # a second call finds the verified file and fetches nothing
+    fetch.download(server.url + "/f.bin", dest, sha1=hashlib.sha1(body).hexdigest())
+    assert len(server.requests) == 1 and "already there" in capsys.readouterr().err
+
+
+def test_broken_connection_is_resumed_with_range(server, tmp_path, capsys):
+    body = _payload(200_003, seed=1)
+    server.files["/big.bin"] = body
+    server.drop_once.add("/big.bin")
+    dest = tmp_path / "big.bin"
+    fetch.download(server.url + "/big.bin", dest, retry_wait=0,
+                   sha256=hashlib.sha256(body).hexdigest())
+    assert dest.read_bytes() == body
+    half = len(body) // 2
+    assert server.requests == [("/big.bin", None), ("/big.bin", f"bytes={half}-")]
+    assert "resuming" in capsys.readouterr().err
+
+
+def test_interrupted_download_resumes_on_the_next_run(server, tmp_path):
+    body = _payload(100_001, seed=2)
+    server.files["/d.bin"] = body
+    server.drop_once.add("/d.bin")
+    dest = tmp_path / "d.bin"
+    with pytest.raises(fetch.DownloadError, match="run again to resume from .*d.bin.part"):
+        fetch.download(server.url + "/d.bin", dest, retries=0)
+    part = tmp_path / "d.bin.part"
+    assert part.read_bytes() == body[:len(body) // 2] and not dest.exists()
+    fetch.download(server.url + "/d.bin", dest, retries=0, size=len(body))
+    assert dest.read_bytes() == body and not part.exists()
+    assert server.requests[-1] == ("/d.bin", f"bytes={len(body) // 2}-")
+
+
+def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
+    body = _payload(50_001, seed=3)
+    server.files["/r.bin"] = body
+    server.ignore_range = True
+    (tmp_path / "r.bin.part").write_bytes(b"stale bytes from some other file")
+    fetch.download(server.url + "/r.bin", tmp_path / "r.bin", retries=0)
+    assert (tmp_path / "r.bin").read_bytes() == body
+
+
+def test_complete_part_file_is_finished_without_refetching(server, tmp_path):
+    body = _payload(4_001, seed=4)
+    server.files["/c.bin"] = body
+    (tmp_path / "c.bin.part").write_bytes(body)
+    fetch.download(server.url + "/c.bin", tmp_path / "c.bin", retries=0,
+                   sha1=hashlib.sha1(body).hexdigest())
+    assert (tmp_path / "c.bin").read_bytes() == body
+
+
+@pytest.mark.parametrize("check", ["sha1", "sha256", "size"])
+def test_mismatch_is_rejected_and_nothing_left(server, tmp_path, check):
+    body = _payload(10_007, seed=5)
+    server.files["/m.bin"] = body
+    wrong = {"sha1": {"sha1": hashlib.sha1(b"other").hexdigest()},
+             "sha256": {"sha256": hashlib.sha256(b"other").hexdigest()},
+             "size": {"size": len(body) + 1}}[check]
+    with pytest.raises(fetch.DownloadError, match="expected .*the download was deleted"):
+        fetch.download(server.url + "/m.bin", tmp_path / "m.bin", retries=0, **wrong)
+    assert os.listdir(tmp_path) == []
+
+
+def test_http_errors_are_reported(server, tmp_path):
+    with pytest.raises(fetch.DownloadError, match="/missing.bin: HTTP 404"):
+        fetch.download(server.url + "/missing.bin", tmp_path / "x", retries=0)
+
+
+def _archive(kind, files, top="twitter_release"):
+    """An in-memory zip or tar.gz holding files {relative path: bytes} under `top`/."""
+    buf = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buf, "w") as z:
+            for name, data in files.items():
+                z.writestr(f"{top}/{name}", data)
+    else:
+        with tarfile.open(fileobj=buf, mode="w:gz") as t:
+            for name, data in files.items():
+                info = tarfile.TarInfo(f"{top}/{name}")
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_unpack_strips_the_single_top_folder_and_keeps_other_entries(tmp_path, kind):
+    archive = tmp_path / f"a.{kind}"
+    archive.write_bytes(_archive(kind, {"images/x.jpg": b"xx", "labels.txt": b"x.jpg 1\n"}))
+    target = tmp_path / "data" / "twitter"
+    (target / "splits").mkdir(parents=True)
+    (target / "labels.txt").write_text("old")
+    fetch.unpack(archive, target)
+    assert sorted(os.listdir(target)) == ["images", "labels.txt", "splits"]
+    assert (target / "labels.txt").read_text() == "x.jpg 1\n"
+    assert (target / "images" / "x.jpg").read_bytes() == b"xx"
+    assert sorted(os.listdir(tmp_path / "data")) == ["twitter"]   # temporary folder gone
+
+
+def test_unpack_refuses_unsafe_members_and_non_archives(tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../escape.txt", b"no")
+    with pytest.raises(fetch.DownloadError, match="unsafe member path '../escape.txt'"):
+        fetch.unpack(evil, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+    link = tmp_path / "link.tar"
+    with tarfile.open(link, "w") as t:
+        info = tarfile.TarInfo("x")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        t.addfile(info)
+    with pytest.raises(fetch.DownloadError, match="is a link"):
+        fetch.unpack(link, tmp_path / "out")
+    text = tmp_path / "t.zip"
+    text.write_text("not an archive")
+    with pytest.raises(fetch.DownloadError, match="not a zip or tar archive"):
+        fetch.unpack(text, tmp_path / "out")
+
+
+def _synthetic_files(tmp_path):
+    """The files of a small synthetic dataset: {relative path: bytes}."""
+    root = tmp_path / "synthetic"
+    twitter.make_synthetic_dataset(root, n_images=20, seed=3)
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            files[os.path.relpath(path, root).replace(os.sep, "/")] = open(path, "rb").read()
+    return files
+
+
+def test_main_fetches_dataset_and_splits_from_a_mirror(server, tmp_path, monkeypatch):
+    files = _synthetic_files(tmp_path)
+    dataset = {k: v for k, v in files.items() if not k.startswith("splits/")}
+    server.files["/twitter_dataset.zip"] = _archive("zip", dataset)
+    for name, data in files.items():
+        if name.startswith("splits/"):
+            server.files["/ground_truth/" + name[len("splits/"):]] = data
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv(fetch.BASE_URL_ENV, server.url)        # the env var works too
+    assert fetch.main(["dataset", "splits", "--data-dir", str(data_dir)]) == 0
+    with _no_warning():                 # the fetched split files are used, not generated
+        train, test = twitter.load_fold(data_dir / "twitter", "five", 2)
+    expected = twitter.load_fold(tmp_path / "synthetic", "five", 2)
+    strip = lambda items: [(os.path.basename(p), l) for p, l in items]   # noqa: E731
+    assert (strip(train), strip(test)) == (strip(expected[0]), strip(expected[1]))
+    assert all(os.path.exists(p) for p, _ in train + test)
+    assert (data_dir / "downloads" / "twitter_dataset.zip").exists()
+
+
+class _no_warning:
+    """Context manager failing the test if a warning is raised (the splits must be used)."""
+
+    def __enter__(self):
+        import warnings
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def test_dataset_without_address_explains(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(fetch.BASE_URL_ENV, raising=False)
+    assert fetch.main(["dataset", "--data-dir", str(tmp_path)]) == 1
+    assert "--dataset-archive" in capsys.readouterr().err
+
+
+def test_weights_are_checked_then_converted(server, tmp_path, monkeypatch, capsys):
+    from test_convert_caffemodel import v1_model   # the tests' protobuf encoder
+    rng = np.random.default_rng(7)
+    w = {"conv1": (rng.standard_normal((5, 3, 3, 3)).astype(np.float32),
+                   rng.standard_normal(5).astype(np.float32)),
+         "fc6": (rng.standard_normal((7, 45)).astype(np.float32),
+                 rng.standard_normal(7).astype(np.float32)),
+         "fc8_twitter": (rng.standard_normal((2, 7)).astype(np.float32),
+                         rng.standard_normal(2).astype(np.float32))}
+    model = v1_model(w)
+    server.files["/bvlc_reference_caffenet.caffemodel"] = model
+    weights_dir = tmp_path / "weights"
+    args = ["weights", "--weights-dir", str(weights_dir), "--base-url", server.url,
+            "--retries", "0"]
+    # the real table has BVLC CaffeNet's SHA-1: this small file must be refused
+    assert fetch.main(args) == 1
+    assert "SHA1 is" in capsys.readouterr().err
+    assert not weights_dir.exists() or os.listdir(weights_dir) == []
+    source = fetch.SOURCES["weights"][0]
+    monkeypatch.setitem(fetch.SOURCES, "weights", [source._replace(
+        sha1=hashlib.sha1(model).hexdigest(), num_classes=2)])
+    assert fetch.main(args) == 0
+    from nn.weights import load_weights
+    params, attrs = load_weights(str(weights_dir / "caffenet_imagenet.h5"))
+    assert list(params) == ["conv1", "fc6", "fc8_twitter"] and attrs["num_classes"] == 2
+    np.testing.assert_array_equal(params["fc6"]["weight"], w["fc6"][0])
+
+
+def test_sources_table_is_complete():
+    assert len(fetch.SOURCES["splits"]) == 30
+    caffenet = fetch.SOURCES["weights"][0]
+    assert caffenet.url.startswith("http://dl.caffe.berkeleyvision.org/")
+    assert caffenet.sha1 == "4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46"
+    assert all(s.convert_to.endswith(".h5") for s in fetch.SOURCES["finetuned"])

@@ -1,0 +1,418 @@
+"""Download the Twitter dataset, the paper's split files and the Caffe weights.
+
+    python -m tools.fetch [dataset|splits|weights|finetuned|all ...]
+                          [--data-dir data] [--weights-dir weights] [--base-url URL]
+
+``all`` (the default) is dataset + splits + weights. Downloads resume: bytes go to
+``<file>.part`` and an interrupted transfer continues from there with an HTTP Range
+request (automatically up to --retries times, or on the next run). A finished file is
+checked against its known size and SHA-1/SHA-256 and only then renamed into place; a file
+that fails the check is deleted. Progress (bytes, %, rate) goes to stderr. Caffemodels are
+converted to HDF5 in the weights folder (tools/convert_caffemodel.py).
+
+Every address can be redirected to a mirror with ``--base-url URL`` (or the environment
+variable SENTIMENT_FETCH_BASE_URL): the file is then fetched from ``URL/<mirror path>``
+(the last column below). The tests use this with a local server.
+
+Where things go (see nn/twitter.py for the dataset layout)::
+
+    data/downloads/<archive>              the dataset archive, kept
+    data/twitter/...                      the unpacked dataset (images, label files)
+    data/twitter/splits/<subset>/test<k>/{train,test}.txt
+    weights/<name>.caffemodel             downloaded Caffe weights
+    weights/<name>.h5                     converted weights (nn.weights layout)
+"""
+import argparse
+import collections
+import hashlib
+import http.client
+import os
+import shutil
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+
+BASE_URL_ENV = "SENTIMENT_FETCH_BASE_URL"
+
+Source = collections.namedtuple(
+    "Source", "url mirror_path dest sha1 sha256 size convert_to num_classes")
+Source.__doc__ = """One file to download.
+
+url: the public address (None if unknown); mirror_path: path below --base-url;
+dest: where it goes, relative to the data dir (group dataset/splits) or the weights dir
+(weights/finetuned); sha1, sha256, size: known checks or None; convert_to: for a
+caffemodel, the HDF5 file to convert it into; num_classes: expected outputs (None: read).
+"""
+
+_SPLITS_REPO = ("https://raw.githubusercontent.com/imatge-upc/sentiment-2017-imavis/"
+                "master/ground_truth")
+_UPC = "https://imatge.upc.edu/web/sites/default/files/projects/affective/public_html/2017-imavis"
+
+# --------------------------------------------------------------------------------------
+# The addresses (all public). Checksums are those published with the files; None = none
+# published. The Twitter dataset is distributed from its project page
+# (https://www.cs.rochester.edu/u/qyou/DeepSent/deepsentiment.html); the direct archive
+# address could not be confirmed, so it is None here: download the archive by hand and
+# pass --dataset-archive FILE, or give --dataset-url URL.
+# --------------------------------------------------------------------------------------
+SOURCES = {
+    "dataset": [
+        Source(None, "twitter_dataset.zip", "downloads/twitter_dataset.zip",
+               None, None, None, None, None),
+    ],
+    "splits": [
+        Source(f"{_SPLITS_REPO}/{subset}/test{k}/{part}.txt",
+               f"ground_truth/{subset}/test{k}/{part}.txt",
+               f"twitter/splits/{subset}/test{k}/{part}.txt", None, None, None, None, None)
+        for subset in ("five_agrees", "four_agrees", "three_agrees")
+        for k in range(1, 6) for part in ("train", "test")
+    ],
+    "weights": [   # BVLC reference CaffeNet (ImageNet); SHA-1 from Caffe's model zoo readme
+        Source("http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel",
+               "bvlc_reference_caffenet.caffemodel", "bvlc_reference_caffenet.caffemodel",
+               "4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46", None, None,
+               "caffenet_imagenet.h5", 1000),
+    ],
+    "finetuned": [  # the paper's released models (README of imatge-upc/sentiment-2017-imavis)
+        Source(f"{_UPC}/twitter_finetuned_test4_iter_180.caffemodel",
+               "twitter_finetuned_test4_iter_180.caffemodel",
+               "twitter_finetuned_test4_iter_180.caffemodel", None, None, None,
+               "twitter_finetuned_test4.h5", 2),
+        Source(f"{_UPC}/twitter_finetuned_test4_iter_180_conv.caffemodel",
+               "twitter_finetuned_test4_iter_180_conv.caffemodel",
+               "twitter_finetuned_test4_iter_180_conv.caffemodel", None, None, None,
+               "twitter_finetuned_test4_conv.h5", 2),
+    ],
+}
+TARGETS = ("dataset", "splits", "weights", "finetuned", "all")
+ALL = ("dataset", "splits", "weights")
+
+
+class DownloadError(RuntimeError):
+    """A download or unpack failed; the message names the address or file."""
+
+
+class _Interrupted(Exception):
+    """The transfer stopped early; what arrived is in the .part file."""
+
+
+# --- progress -------------------------------------------------------------------------------
+
+def human(n):
+    """Byte count -> '512 B', '3.4 KiB', '12.0 MiB', '1.2 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+class Progress:
+    """One updating stderr line: 'name: 1.2 MiB / 4.0 MiB (30%) 2.1 MiB/s'."""
+
+    def __init__(self, label, have, total, stream, every=0.25):
+        self.label, self.have, self.total, self.stream = label, have, total, stream
+        self.start, self.start_bytes, self.every, self.last = time.monotonic(), have, every, 0.0
+
+    def line(self):
+        rate = (self.have - self.start_bytes) / max(time.monotonic() - self.start, 1e-6)
+        if self.total:
+            done = f"{human(self.have)} / {human(self.total)} " \
+                   f"({100.0 * self.have / self.total:.0f}%)"
+        else:
+            done = human(self.have)
+        return f"{self.label}: {done} {human(rate)}/s"
+
+    def update(self, n):
+        self.have += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.stream.write("\r" + self.line())
+            self.stream.flush()
+
+    def finish(self):
+        self.stream.write("\r" + self.line() + "\n")
+        self.stream.flush()
+
+
+# --- downloading ----------------------------------------------------------------------------
+
+def _hash(path, algorithm):
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path, sha1=None, sha256=None, size=None):
+    """None if `path` passes the given checks, else a sentence saying what is wrong."""
+    actual = os.path.getsize(path)
+    if size is not None and actual != size:
+        return f"size is {actual} bytes, expected {size}"
+    for algorithm, expected in (("sha1", sha1), ("sha256", sha256)):
+        if expected is not None:
+            got = _hash(path, algorithm)
+            if got != expected.lower():
+                return f"{algorithm.upper()} is {got}, expected {expected}"
+    return None
+
+
+def _content_range_total(value):
+    """'bytes 10-99/100' or 'bytes */100' -> (start or None, total or None)."""
+    try:
+        unit, spec = value.split(" ", 1)
+        span, total = spec.split("/", 1)
+        start = None if span == "*" else int(span.split("-", 1)[0])
+        return start, None if total == "*" else int(total)
+    except (ValueError, AttributeError):
+        return None, None
+
+
+def _transfer(url, part, timeout, stream, label, chunk_size=1 << 16):
+    """Fetch `url` into `part`, continuing after the bytes already there.
+
+    Returns the full size when the server said it (else None). Raises _Interrupted when
+    the connection breaks or closes early, DownloadError on an HTTP error.
+    """
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    headers = {"User-Agent": "sentiment-fetch/1.0"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                          timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:   # nothing left to send: complete, or a stale .part
+            _, total = _content_range_total(e.headers.get("Content-Range"))
+            if total == have:
+                return total
+            os.remove(part)
+            raise _Interrupted("the server refused to resume; starting again") from None
+        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise _Interrupted(f"cannot connect: {getattr(e, 'reason', e)}") from None
+    with response:
+        total = None
+        length = response.headers.get("Content-Length")
+        length = int(length) if length is not None else None
+        if have and response.status == 206:
+            start, total = _content_range_total(response.headers.get("Content-Range"))
+            if start != have:
+                raise DownloadError(f"{url}: server resumed at byte {start}, asked {have}")
+            mode = "ab"
+        else:   # a full response (the server ignored the Range header): start over
+            have, mode, total = 0, "wb", length
+        progress = Progress(label, have, total, stream)
+        received = 0
+        try:
+            with open(part, mode) as f:
+                while True:
+                    chunk = response.read(chunk_size)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    received += len(chunk)
+                    progress.update(len(chunk))
+        except (OSError, http.client.HTTPException) as e:
+            progress.finish()
+            raise _Interrupted(f"connection lost after {human(progress.have)}: {e}") from None
+        progress.finish()
+        if length is not None and received < length:
+            raise _Interrupted(f"connection closed after {human(progress.have)}")
+    return total
+
+
+def download(url, dest, sha1=None, sha256=None, size=None, retries=3, timeout=60,
+             retry_wait=2.0, stream=None):
+    """Download `url` to `dest` with resume, checks and progress; returns `dest`.
+
+    An existing `dest` that passes the checks is kept (nothing is fetched). Bytes go to
+    dest + '.part'; after an interruption the transfer resumes with a Range request, up to
+    `retries` times (waiting retry_wait * attempt seconds), and a later call resumes too.
+    The finished file must match `size` (or the size the server announced), `sha1` and
+    `sha256` when given; otherwise it is deleted and DownloadError raised.
+    """
+    stream = sys.stderr if stream is None else stream
+    dest = os.fspath(dest)
+    label = os.path.basename(dest)
+    if os.path.exists(dest) and verify(dest, sha1, sha256, size) is None:
+        stream.write(f"{label}: already there\n")
+        return dest
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    part = dest + ".part"
+    attempt = 0
+    while True:
+        try:
+            total = _transfer(url, part, timeout, stream, label)
+            break
+        except _Interrupted as e:
+            attempt += 1
+            if attempt > retries:
+                raise DownloadError(f"{url}: {e}; run again to resume from {part}") from None
+            stream.write(f"{label}: {e}; resuming (attempt {attempt} of {retries})\n")
+            time.sleep(retry_wait * attempt)
+    problem = verify(part, sha1, sha256, size if size is not None else total)
+    if problem:
+        os.remove(part)
+        raise DownloadError(f"{url}: {problem}; the download was deleted")
+    os.replace(part, dest)
+    return dest
+
+
+# --- unpacking ------------------------------------------------------------------------------
+
+def _safe_member(name, archive):
+    """Refuse absolute paths and '..' (an archive must not write outside its folder)."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        raise DownloadError(f"{archive}: unsafe member path {name!r}")
+
+
+def unpack(archive, dest_dir):
+    """Extract a zip or tar (plain, gz, bz2, xz) archive into dest_dir; returns dest_dir.
+
+    Everything is extracted to a temporary folder first; if the archive holds a single
+    top-level folder, its contents are used. Entries then replace same-named entries in
+    dest_dir (other entries, e.g. splits/, stay). Links and unsafe paths are refused.
+    """
+    archive, dest_dir = os.fspath(archive), os.fspath(dest_dir)
+    tmp = dest_dir.rstrip("/\\") + ".unpacking"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                for name in z.namelist():
+                    _safe_member(name, archive)
+                z.extractall(tmp)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as t:
+                for member in t.getmembers():
+                    _safe_member(member.name, archive)
+                    if not (member.isfile() or member.isdir()):
+                        raise DownloadError(f"{archive}: member {member.name!r} is a link "
+                                            "or device; refusing to unpack")
+                if hasattr(tarfile, "data_filter"):   # Python >= 3.11.4: belt and braces
+                    t.extractall(tmp, filter="data")
+                else:
+                    t.extractall(tmp)
+        else:
+            raise DownloadError(f"{archive}: not a zip or tar archive")
+        root = tmp
+        entries = os.listdir(tmp)
+        if len(entries) == 1 and os.path.isdir(os.path.join(tmp, entries[0])):
+            root = os.path.join(tmp, entries[0])
+        os.makedirs(dest_dir, exist_ok=True)
+        for entry in os.listdir(root):
+            target = os.path.join(dest_dir, entry)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            elif os.path.lexists(target):
+                os.remove(target)
+            os.replace(os.path.join(root, entry), target)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
+        raise DownloadError(f"{archive}: broken archive: {e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest_dir
+
+
+# --- targets --------------------------------------------------------------------------------
+
+def _url(source, base_url):
+    if base_url:
+        return f"{base_url.rstrip('/')}/{source.mirror_path}"
+    return source.url
+
+
+def fetch_dataset(data_dir, base_url=None, dataset_url=None, archive=None, **kw):
+    """Download (or take `archive`) and unpack the Twitter dataset into data_dir/twitter."""
+    source = SOURCES["dataset"][0]
+    if archive is None:
+        url = dataset_url or _url(source, base_url)
+        if url is None:
+            raise DownloadError(
+                "the Twitter dataset has no confirmed direct address: download it from "
+                "https://www.cs.rochester.edu/u/qyou/DeepSent/deepsentiment.html and run "
+                "`python -m tools.fetch dataset --dataset-archive FILE` (or give "
+                "--dataset-url URL)")
+        archive = download(url, os.path.join(data_dir, source.dest), source.sha1,
+                           source.sha256, source.size, **kw)
+    target = unpack(archive, os.path.join(data_dir, "twitter"))
+    if not os.path.exists(os.path.join(target, "twitter_five_agrees.txt")):
+        print(f"warning: {target} has no twitter_five_agrees.txt; check the archive layout "
+              "(see nn/twitter.py)", file=sys.stderr)
+    return target
+
+
+def fetch_splits(data_dir, base_url=None, **kw):
+    """Download the 30 published split files into data_dir/twitter/splits and check them."""
+    from nn.twitter import DatasetError, read_list
+    for source in SOURCES["splits"]:
+        path = download(_url(source, base_url), os.path.join(data_dir, source.dest),
+                        source.sha1, source.sha256, source.size, **kw)
+        try:
+            read_list(path)
+        except DatasetError as e:
+            os.remove(path)
+            raise DownloadError(f"{e} (downloaded from {_url(source, base_url)}; deleted)")
+
+
+def fetch_weights(weights_dir, group="weights", base_url=None, **kw):
+    """Download the caffemodels of `group` and convert each to HDF5 in weights_dir."""
+    from tools.convert_caffemodel import CaffemodelError, convert
+    for source in SOURCES[group]:
+        url = _url(source, base_url)
+        model = download(url, os.path.join(weights_dir, source.dest), source.sha1,
+                         source.sha256, source.size, **kw)
+        out = os.path.join(weights_dir, source.convert_to)
+        try:
+            convert(model, out, num_classes=source.num_classes)
+        except CaffemodelError as e:
+            raise DownloadError(f"converting {model}: {e}") from None
+        print(f"converted {model} -> {out}", file=sys.stderr)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.fetch", description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("targets", nargs="*", default=["all"], choices=TARGETS,
+                        help="what to fetch (default: all = dataset splits weights)")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--weights-dir", default="weights")
+    parser.add_argument("--base-url", default=os.environ.get(BASE_URL_ENV),
+                        help=f"mirror replacing every address (env {BASE_URL_ENV})")
+    parser.add_argument("--dataset-url", help="address of the Twitter dataset archive")
+    parser.add_argument("--dataset-archive", help="a local copy of the dataset archive")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="automatic resumes per file after a broken connection")
+    args = parser.parse_args(argv)
+    targets = []
+    for target in args.targets:
+        for t in (ALL if target == "all" else (target,)):
+            if t not in targets:
+                targets.append(t)
+    kw = {"retries": args.retries}
+    failed = 0
+    for target in targets:   # one failing target does not stop the others
+        try:
+            if target == "dataset":
+                fetch_dataset(args.data_dir, args.base_url, args.dataset_url,
+                              args.dataset_archive, **kw)
+            elif target == "splits":
+                fetch_splits(args.data_dir, args.base_url, **kw)
+            else:
+                fetch_weights(args.weights_dir, target, args.base_url, **kw)
+        except DownloadError as e:
+            print(f"error ({target}): {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
