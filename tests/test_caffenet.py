@@ -261,6 +261,9 @@ def test_save_load_round_trip(tmp_path):
     assert attrs["input_size"] == TINY_SIZE and attrs["layer_order"] == a.param_layers
     np.testing.assert_allclose(attrs["mean_bgr"], MEAN_BGR)
     assert params["fc6"]["weight"].shape == (5, 24)  # Caffe's blob shape
+    copy = a.to_numpy_params()
+    copy["conv1"]["weight"][...] = 0  # a copy: the net is untouched
+    assert np.abs(a.params["conv1"]["weight"]).min() > 0
     b = tiny_net(seed=2)
     assert not np.array_equal(a.params["conv1"]["weight"], b.params["conv1"]["weight"])
     report = b.load(path)
@@ -276,6 +279,8 @@ def test_save_load_round_trip(tmp_path):
     fc.load(path)
     np.testing.assert_array_equal(fc.params["fc6"]["weight"].reshape(5, 24),
                                   a.params["fc6"]["weight"])
+    fc.save(tmp_path / "fc.h5")  # and writes Caffe's blob shapes back
+    assert load_weights(tmp_path / "fc.h5")[0]["fc6"]["weight"].shape == (5, 24)
 
 
 def test_load_wrong_shape_names_layer_and_both_shapes(tmp_path):
