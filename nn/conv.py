@@ -9,6 +9,7 @@ the whole batch, and the weights need no reshuffling):
 so that  y[g] (K/group, N*Ho*Wo) = w[g] (K/group, C/group*kh*kw) @ cols[g].
 """
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from nn.checks import check_float_array, check_int, check_same_dtype, check_shape, fail
 
@@ -26,7 +27,8 @@ def _strided_window(a, i, j, stride, ho, wo):
 def im2col(x, kh, kw, stride, pad, group):
     """x (N, C, H, W) -> cols (group, C//group * kh * kw, N * Ho * Wo), see module docstring.
 
-    One vectorised copy per kernel offset (kh*kw copies), never a loop over pixels.
+    The windows are a strided view of the padded input (no copy); one transposing copy
+    then writes the whole column matrix, never a loop over pixels.
     """
     n, c, h, w = x.shape
     ho, wo = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
@@ -35,12 +37,10 @@ def im2col(x, kh, kw, stride, pad, group):
         xp[:, :, pad:pad + h, pad:pad + w] = x
     else:
         xp = x
-    # Channel-major source so each copy below writes a contiguous (N, Ho, Wo) block per c.
-    xt = xp.transpose(1, 0, 2, 3)
+    # windows[n, c, p, q, i, j] = xp[n, c, p*stride + i, q*stride + j]
+    windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
     cols = np.empty((c, kh, kw, n, ho, wo), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, i, j] = _strided_window(xt, i, j, stride, ho, wo)
+    cols[...] = windows[:, :, :ho, :wo].transpose(1, 4, 5, 0, 2, 3)
     return cols.reshape(group, (c // group) * kh * kw, n * ho * wo)
 
 

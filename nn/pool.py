@@ -51,19 +51,20 @@ def max_pool_forward(x, kernel, stride, pad=0, layer='pool'):
         xp = np.full((n, c, hp, wp), -np.inf, dtype=x.dtype)
         xp[:, :, pad:pad + h, pad:pad + w] = x
 
-    # Offset index (i * kernel + j) of the running maximum; uint8 is enough for k <= 15.
+    # Offset index (i * kernel + j) of the running maximum; uint8 is enough for k <= 16.
+    # Offsets are visited in increasing order, so "offset = o where v > y" is the same as
+    # offset = max(offset, o * (v > y)), two fast ufuncs instead of a slow masked copy.
     off_dtype = np.uint8 if kernel * kernel <= 256 else np.int32
     y = _strided_window(xp, 0, 0, stride, ho, wo).copy()
     offset = np.zeros((n, c, ho, wo), dtype=off_dtype)
     better = np.empty((n, c, ho, wo), dtype=bool)
-    for i in range(kernel):
-        for j in range(kernel):
-            if i == 0 and j == 0:
-                continue
-            v = _strided_window(xp, i, j, stride, ho, wo)
-            np.greater(v, y, out=better)  # strict: ties stay with the earlier offset
-            np.copyto(y, v, where=better)
-            np.copyto(offset, off_dtype(i * kernel + j), where=better)
+    candidate = np.empty((n, c, ho, wo), dtype=off_dtype)
+    for o in range(1, kernel * kernel):
+        v = _strided_window(xp, o // kernel, o % kernel, stride, ho, wo)
+        np.greater(v, y, out=better)  # strict: ties stay with the earlier offset
+        np.multiply(better, off_dtype(o), out=candidate)
+        np.maximum(offset, candidate, out=offset)
+        np.maximum(y, v, out=y)       # equals v exactly where better, else keeps y
 
     # Flat argmax within the unpadded plane: h = ho*stride - pad + i, w = wo*stride - pad + j.
     row = (np.arange(ho, dtype=np.int32) * stride - pad).reshape(ho, 1)
