@@ -79,33 +79,27 @@ def test_not_hdf5(tmp_path):
         load_weights(path)
 
 
-def test_missing_bias_dataset_names_the_layer(tmp_path):
-    path = tmp_path / "w.h5"
+def _raw_file(path, datasets):
+    """Write {hdf5 path: array} by hand, bypassing save_weights' checks."""
     with h5py.File(path, "w") as f:
-        f.create_dataset("conv1/weight", data=np.ones((2, 3), np.float32))
-    with pytest.raises(WeightsError, match="w.h5.*'conv1'.*'bias'"):
-        load_weights(path)
+        for name, data in datasets.items():
+            f.create_dataset(name, data=data)
+    return path
 
 
-def test_wrong_dtype_names_the_layer(tmp_path):
-    path = tmp_path / "w.h5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("fc6/weight", data=np.ones((2, 3), np.int32))
-        f.create_dataset("fc6/bias", data=np.ones(2, np.float32))
-    with pytest.raises(WeightsError, match="'fc6' weight has dtype int32"):
-        load_weights(path)
+@pytest.mark.parametrize("datasets, message", [
+    ({"conv1/weight": np.ones((2, 3), np.float32)}, r"w.h5: layer 'conv1' has no 'bias'"),
+    ({"fc6/weight": np.ones((2, 3), np.int32), "fc6/bias": np.ones(2, np.float32)},
+     r"w.h5: layer 'fc6' weight has dtype int32"),
+    ({"conv1": np.ones(3, np.float32)}, r"w.h5: 'conv1' is not a layer group"),
+])
+def test_malformed_file_names_file_and_layer(tmp_path, datasets, message):
+    with pytest.raises(WeightsError, match=message):
+        load_weights(_raw_file(tmp_path / "w.h5", datasets))
 
 
 def test_layer_order_naming_a_missing_group(tmp_path):
     path = tmp_path / "w.h5"
     save_weights(path, _params(), layer_order=["conv1", "fc8_twitter", "fc9"])
     with pytest.raises(WeightsError, match="'fc9'"):
-        load_weights(path)
-
-
-def test_dataset_at_root_is_rejected(tmp_path):
-    path = tmp_path / "w.h5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("conv1", data=np.ones(3, np.float32))
-    with pytest.raises(WeightsError, match="'conv1' is not a layer group"):
         load_weights(path)
