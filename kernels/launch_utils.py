@@ -1,0 +1,82 @@
+"""Small helpers shared by the layer launchers of relu, sgd, dropout, pool, lrn, softmax.
+
+They check launcher arguments (device arrays of the right dtype, C-contiguous, with the
+expected shape) and pick grid sizes, so every launcher reports a bad input the same way as
+the NumPy reference: ValueError('<layer>: <argument> must be ... of shape <expected> ...').
+"""
+import numpy as np
+
+from nn.checks import fail
+
+# Threads per block for the 1-D grid-stride kernels, and the cap on their grid size: with a
+# grid-stride loop, a capped grid still covers any n (each thread takes several elements).
+# Tests lower MAX_BLOCKS to force several trips around the loop.
+BLOCK = 256
+MAX_BLOCKS = 8192
+
+
+def describe(a):
+    """Short description of an argument for error messages."""
+    if hasattr(a, "shape") and hasattr(a, "dtype"):
+        return f"{type(a).__module__.split('.')[0]} array of shape {tuple(a.shape)} " \
+               f"and dtype {a.dtype}"
+    return type(a).__name__
+
+
+def check_array(runner, a, name, layer, expected, ndim=None, shape=None, dtype=np.float32):
+    """Check that `a` is a C-contiguous `dtype` array of the runner's array module
+    (numpy for the emulator, cupy on the GPU), with `ndim` axes and/or exactly `shape`.
+
+    `expected` is the human-readable shape for the message, e.g. '(N, C, H, W)'.
+    Returns `a` unchanged.
+    """
+    dtype = np.dtype(dtype)
+    what = f"a C-contiguous {dtype} {runner.xp.__name__} array of shape {expected}"
+    if not isinstance(a, runner.xp.ndarray) or a.dtype != dtype:
+        fail(layer, f"{name} must be {what}, got {describe(a)}")
+    if (ndim is not None and a.ndim != ndim) or \
+            (shape is not None and tuple(a.shape) != tuple(shape)):
+        fail(layer, f"{name} must be {what}, got {describe(a)}")
+    if not a.flags.c_contiguous:
+        fail(layer, f"{name} must be C-contiguous (use xp.ascontiguousarray), got a strided "
+                    f"view of shape {tuple(a.shape)}")
+    if a.size >= 2 ** 31:
+        fail(layer, f"{name} has {a.size} elements; the kernels index with int (< 2**31)")
+    return a
+
+
+def pick_version(version, available, default, layer):
+    """Return `version` (or `default` when None) after checking it is one of `available`."""
+    if version is None:
+        return default
+    if version not in available:
+        fail(layer, f"version must be one of {sorted(available)} or None, got {version!r}")
+    return version
+
+
+def grid_1d(n, block=BLOCK):
+    """Number of blocks for a grid-stride loop over n items: enough for one item per
+    thread, at least 1, at most MAX_BLOCKS."""
+    return int(max(1, min(-(-n // block), MAX_BLOCKS)))
+
+
+def address(a):
+    """Device (cupy) or host (numpy) address of an array's first element."""
+    iface = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
+    return iface["data"][0]
+
+
+def aligned16(*arrays):
+    """True when every array starts on a 16-byte boundary (needed for float4 access)."""
+    return all(address(a) % 16 == 0 for a in arrays)
+
+
+def vector_version(version, arrays, layer):
+    """For the elementwise kernels with a scalar v1 and a float4 v2: v2 by default when all
+    pointers are 16-byte aligned, else v1; asking for v2 on misaligned arrays is an error."""
+    ok = aligned16(*arrays)
+    version = pick_version(version, (1, 2), 2 if ok else 1, layer)
+    if version == 2 and not ok:
+        fail(layer, "version=2 uses float4 loads and needs 16-byte aligned arrays; "
+                    "these are not (use version=1 or a fresh array)")
+    return version

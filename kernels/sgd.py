@@ -1,0 +1,35 @@
+"""Launcher for kernels/sgd.cu: Caffe's momentum SGD update with weight decay, in place.
+
+Same signature as nn/sgd.py with a leading `runner` and an optional `version`
+(1: scalar, 2: float4; default 2 when the arrays are 16-byte aligned).
+"""
+import numpy as np
+
+from nn.checks import check_number, fail
+from kernels.launch_utils import BLOCK, check_array, grid_1d, vector_version
+
+
+def sgd_update(runner, param, grad, history, lr, momentum, weight_decay, grad_scale=1.0,
+               version=None):
+    """In place, param / grad / history float32 device arrays of one shape (any):
+
+        history = momentum * history + lr * (grad * grad_scale + weight_decay * param)
+        param  -= history
+
+    lr and weight_decay already include the blob's lr_mult / decay_mult;
+    grad_scale = 1 / iter_size. `grad` is not modified. Returns None.
+    """
+    layer = "sgd_update"
+    check_array(runner, param, "param", layer, "(any shape)")
+    for name, a in (("grad", grad), ("history", history)):
+        check_array(runner, a, name, layer, f"{tuple(param.shape)} (the shape of param)",
+                    shape=param.shape)
+    if not (param.flags.writeable and history.flags.writeable):
+        fail(layer, "param and history are updated in place and must be writeable")
+    scalars = tuple(np.float32(check_number(v, name, layer)) for v, name in
+                    ((lr, "lr"), (momentum, "momentum"), (weight_decay, "weight_decay"),
+                     (grad_scale, "grad_scale")))
+    v = vector_version(version, (param, grad, history), layer)
+    n = param.size
+    runner.kernel("sgd.cu", f"sgd_update_v{v}")(
+        grid_1d(n // 4 if v == 2 else n), BLOCK, (param, grad, history, np.int32(n)) + scalars)
