@@ -1,0 +1,74 @@
+"""Launchers for kernels/pool.cu: MAX pooling forward/backward, exactly Caffe's rules.
+
+Same signatures as nn/pool.py with a leading `runner` and an optional `version` for the
+forward (1: one thread per output, 2: shared-memory patch per block of 8x32 outputs,
+the default). The output size rule is nn.pool.pool_output_size (shared with the reference).
+"""
+import numpy as np
+
+from nn.checks import check_int, fail
+from nn.pool import pool_output_size
+from kernels.launch_utils import BLOCK, check_array, grid_1d, pick_version
+
+# Output tile of max_pool_forward_v2; must match POOL_TILE_W / POOL_TILE_H in pool.cu.
+TILE_W, TILE_H = 32, 8
+MAX_GRID_Z = 65535          # CUDA's limit on gridDim.z; v2 loops over the remaining planes
+SHARED_LIMIT = 48 * 1024    # bytes of shared memory per block we allow ourselves
+
+
+def _v2_shared_bytes(kernel, stride):
+    """Bytes of the input patch that one v2 block stages in shared memory."""
+    return ((TILE_H - 1) * stride + kernel) * ((TILE_W - 1) * stride + kernel) * 4
+
+
+def max_pool_forward(runner, x, kernel, stride, pad=0, layer='pool', version=None):
+    """x (N, C, H, W) float32 -> y (N, C, Ho, Wo), Caffe's ceil output size.
+
+    Returns (y, cache); cache['argmax'] (N, C, Ho, Wo) int32 holds the flat index
+    h * W + w of each window's maximum within its (H, W) plane (first maximum on ties).
+    """
+    check_array(runner, x, "x", layer, "(N, C, H, W)", ndim=4)
+    kernel = check_int(kernel, "kernel", layer, 1)
+    stride = check_int(stride, "stride", layer, 1)
+    pad = check_int(pad, "pad", layer, 0)
+    n, c, h, w = x.shape
+    if pad >= kernel:
+        fail(layer, f"pad = {pad} must be smaller than kernel = {kernel} (Caffe's rule)")
+    if h + 2 * pad < kernel or w + 2 * pad < kernel:
+        fail(layer, f"kernel {kernel} does not fit the padded input {h + 2 * pad}x"
+                    f"{w + 2 * pad} (x of shape {tuple(x.shape)}, pad = {pad})")
+    shared = _v2_shared_bytes(kernel, stride)
+    version = pick_version(version, (1, 2), 2 if shared <= SHARED_LIMIT else 1, layer)
+    if version == 2 and shared > SHARED_LIMIT:
+        fail(layer, f"version=2 would need {shared} bytes of shared memory for kernel "
+                    f"{kernel}, stride {stride} (limit {SHARED_LIMIT}); use version=1")
+    ho, wo = pool_output_size(h, kernel, stride, pad), pool_output_size(w, kernel, stride, pad)
+    y = runner.xp.empty((n, c, ho, wo), dtype=np.float32)
+    argmax = runner.xp.empty((n, c, ho, wo), dtype=np.int32)
+    args = (x, y, argmax) + tuple(np.int32(v) for v in (n * c, h, w, ho, wo, kernel, stride,
+                                                         pad))
+    if version == 1:
+        runner.kernel("pool.cu", "max_pool_forward_v1")(grid_1d(y.size), BLOCK, args)
+    else:
+        grid = (-(-wo // TILE_W), -(-ho // TILE_H), max(1, min(n * c, MAX_GRID_Z)))
+        runner.kernel("pool.cu", "max_pool_forward_v2")(grid, (TILE_W, TILE_H), args,
+                                                        shared_mem=shared)
+    cache = {"argmax": argmax, "x_shape": (n, c, h, w), "kernel": kernel, "stride": stride,
+             "pad": pad}
+    return y, cache
+
+
+def max_pool_backward(runner, dy, cache):
+    """dy (N, C, Ho, Wo) -> dx (N, C, H, W): every input gathers dy from the windows whose
+    argmax it is (deterministic, no atomics)."""
+    layer = "max_pool_backward"
+    argmax = cache["argmax"]
+    n, c, h, w = cache["x_shape"]
+    ho, wo = argmax.shape[2:]
+    check_array(runner, dy, "dy", layer,
+                f"{tuple(argmax.shape)} (the forward output's shape)", shape=argmax.shape)
+    dx = runner.xp.empty((n, c, h, w), dtype=np.float32)
+    args = (dy, argmax, dx) + tuple(np.int32(v) for v in (
+        n * c, h, w, ho, wo, cache["kernel"], cache["stride"], cache["pad"]))
+    runner.kernel("pool.cu", "max_pool_backward_v1")(grid_1d(dx.size), BLOCK, args)
+    return dx
