@@ -430,8 +430,15 @@ class EmuRunner(KernelRunner):
         self._emulator = emulator
         self._cache_dir = cache_dir
         self._launches = 0
+        self._kernels = {}
 
     def kernel(self, file, name):
+        launch = self._kernels.get((file, name))
+        if launch is None:
+            launch = self._kernels[file, name] = self._make_kernel(file, name)
+        return launch
+
+    def _make_kernel(self, file, name):
         path, display = resolve_source(file)
         module = self._emulator.load_module(path, display, context=self.context,
                                             cache_dir=self._cache_dir)

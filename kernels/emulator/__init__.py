@@ -59,7 +59,7 @@ CXXFLAGS = ('-std=c++17', '-O2', '-fPIC', '-shared', '-fvisibility=hidden',
             '-fno-strict-aliasing', '-w')
 ORDERS = {'forward': 0, 'reverse': 1, 'random': 2}
 
-_modules = {}  # (path, context, cache dir) -> (hash, EmuModule)
+_modules = {}  # (path, context, cache_dir argument) -> EmuModule
 _lock = threading.Lock()  # the runtime keeps global state: one launch at a time
 _compiler_id = None
 
@@ -203,15 +203,16 @@ class EmuModule:
 def load_module(path, display, context='asm', cache_dir=None):
     """Build (or reuse) the emulator library for one .cu file; returns an EmuModule.
 
-    Rebuilt when the file, the prelude, the shim or the runtime change.
+    Each file is built once per process (like CupyRunner); the cache on disk is keyed by a
+    hash of everything that goes into the build, so a changed file, prelude, shim or
+    runtime gives a new library in the next process.
     """
-    source, names = translation_unit(path, display)
-    flags = CXXFLAGS + (('-DEMU_USE_UCONTEXT',) if context == 'ucontext' else ())
-    out_dir = get_cache_dir(cache_dir)
-    lib = _build(source, flags, out_dir, display)
-    key = (path, context, out_dir)
-    cached = _modules.get(key)
-    if cached is None or cached[0] != lib:
-        cached = (lib, EmuModule(lib, display, names, parse_param_names(read_text(path))))
-        _modules[key] = cached
-    return cached[1]
+    key = (path, context, cache_dir)
+    module = _modules.get(key)
+    if module is None:
+        source, names = translation_unit(path, display)
+        flags = CXXFLAGS + (('-DEMU_USE_UCONTEXT',) if context == 'ucontext' else ())
+        lib = _build(source, flags, get_cache_dir(cache_dir), display)
+        module = EmuModule(lib, display, names, parse_param_names(read_text(path)))
+        _modules[key] = module
+    return module
