@@ -1,0 +1,163 @@
+"""Launchers for kernels/conv.cu: Caffe convolution forward and backward on device arrays.
+
+Same signatures as nn/conv.py with a leading `runner` (kernels/runner.py) and an optional
+`version`:
+    1  direct kernels, one thread per output element (conv_*_v1)
+    2  implicit GEMM with 128 x 128 register-blocked tiles (conv_*_v2, default)
+The version chosen in the forward is kept in the cache and used by the backward.
+
+Backward: conv_bias_grad gives db (and, with a fused ReLU, the masked dy the other two
+passes use); then dx and dw. Version 2's weight gradient reduces over N * Ho * Wo, which
+it splits over blocks into partial sums added by conv_sum_partials (deterministic).
+"""
+import numpy as np
+
+from kernels.launch_utils import check_array, pick_version
+from nn.checks import check_int, fail
+from nn.conv import conv_output_size
+
+VERSIONS = (1, 2)
+DEFAULT_VERSION = 2
+
+BLOCK = 256      # threads per block of every conv.cu kernel
+TILE = 128       # version 2's output tile (rows and columns)
+_R_STEP = 8      # version 2's reduction step; split chunks are multiples of it
+
+# Split of version 2's weight-gradient reduction: when there are fewer than
+# SPLIT_BELOW_BLOCKS output tiles, cut the N * Ho * Wo reduction into chunks until there
+# are about SPLIT_TARGET_BLOCKS blocks, each chunk at least MIN_SPLIT_CHUNK long.
+SPLIT_BELOW_BLOCKS = 128
+SPLIT_TARGET_BLOCKS = 256
+MIN_SPLIT_CHUNK = 512
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _geometry(x_shape, w_shape, stride, pad, group, ho, wo):
+    """The 12 int32 geometry arguments every conv.cu kernel takes (CONV_GEOM_PARAMS)."""
+    n, c, h, w = x_shape
+    k, _, kh, kw = w_shape
+    return tuple(np.int32(v) for v in (n, c, h, w, k, kh, kw, stride, pad, group, ho, wo))
+
+
+def _check_conv_args(runner, x, w, b, stride, pad, group, layer):
+    """Validate the forward's arguments; return (stride, pad, group, Ho, Wo)."""
+    check_array(runner, x, "x", layer, "(N, C, H, W)", ndim=4)
+    check_array(runner, w, "w", layer, "(K, C // group, kh, kw)", ndim=4)
+    stride = check_int(stride, "stride", layer, 1)
+    pad = check_int(pad, "pad", layer, 0)
+    group = check_int(group, "group", layer, 1)
+    k, cg, kh, kw = w.shape
+    n, c, h, wid = x.shape
+    if min(k, cg, kh, kw, n) == 0:
+        fail(layer, f"x {tuple(x.shape)} and w {tuple(w.shape)} must not have empty axes")
+    if k % group:
+        fail(layer, f"the number of filters K = {k} (w.shape[0]) must be divisible by "
+                    f"group = {group}")
+    if c != cg * group:
+        fail(layer, f"x must have shape (N, {cg * group}, H, W) (C = w.shape[1] * group = "
+                    f"{cg} * {group}), got {tuple(x.shape)}")
+    check_array(runner, b, "b", layer, f"({k},) (one bias per filter, K = w.shape[0])",
+                shape=(k,))
+    ho, wo = conv_output_size(h, kh, stride, pad), conv_output_size(wid, kw, stride, pad)
+    if ho < 1 or wo < 1:
+        fail(layer, f"kernel {kh}x{kw} does not fit the padded input {h + 2 * pad}x"
+                    f"{wid + 2 * pad} (x of shape {tuple(x.shape)}, pad = {pad})")
+    return stride, pad, group, ho, wo
+
+
+def conv_forward(runner, x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv',
+                 version=None):
+    """Caffe convolution, optionally followed by ReLU (fused into the kernel).
+
+    x (N, C, H, W), w (K, C // group, kh, kw), b (K,)  ->  y (N, K, Ho, Wo),
+    Ho = (H + 2*pad - kh) // stride + 1. Returns (y, cache); with relu=True the cache
+    references y, so do not modify y in place before conv_backward.
+    """
+    version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer)
+    stride, pad, group, ho, wo = _check_conv_args(runner, x, w, b, stride, pad, group, layer)
+    n, k = x.shape[0], w.shape[0]
+    geom = _geometry(x.shape, w.shape, stride, pad, group, ho, wo)
+    y = runner.xp.empty((n, k, ho, wo), dtype=np.float32)
+    if version == 1:
+        grid = (_cdiv(y.size, BLOCK), 1, 1)
+    else:
+        grid = (_cdiv(n * ho * wo, TILE), _cdiv(k // group, TILE), group)
+    runner.kernel("conv.cu", f"conv_forward_v{version}")(
+        grid, (BLOCK, 1, 1), (x, w, b, y) + geom + (np.int32(relu),))
+    cache = dict(x=x, w=w, y=y if relu else None, geom=geom, version=version, layer=layer)
+    return y, cache
+
+
+def conv_backward(runner, dy, cache):
+    """Gradients of conv_forward.
+
+    dy (N, K, Ho, Wo) -> (dx (N, C, H, W), dw (K, C // group, kh, kw), db (K,)).
+    When the forward had relu=True the ReLU gradient (y > 0) is applied first.
+    """
+    x, w, y, geom, version = cache["x"], cache["w"], cache["y"], cache["geom"], \
+        cache["version"]
+    n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)
+    layer = f"{cache['layer']} (backward)"
+    check_array(runner, dy, "dy", layer, f"{(n, k, ho, wo)} (the forward output's shape)",
+                shape=(n, k, ho, wo))
+    xp = runner.xp
+    relu = y is not None
+
+    db = xp.empty((k,), dtype=np.float32)
+    dy_eff = xp.empty_like(dy) if relu else dy
+    runner.kernel("conv.cu", "conv_bias_grad")(
+        (k, 1, 1), (BLOCK, 1, 1),
+        (dy, y if relu else dy, dy_eff, db, np.int32(n), np.int32(k), np.int32(ho * wo),
+         np.int32(relu)))
+
+    dx = xp.empty_like(x)
+    dw = xp.empty_like(w)
+    if version == 1:
+        runner.kernel("conv.cu", "conv_backward_data_v1")(
+            (_cdiv(dx.size, BLOCK), 1, 1), (BLOCK, 1, 1), (dy_eff, w, dx) + geom)
+        runner.kernel("conv.cu", "conv_backward_weights_v1")(
+            (_cdiv(dw.size, BLOCK), 1, 1), (BLOCK, 1, 1), (dy_eff, x, dw) + geom)
+    else:
+        runner.kernel("conv.cu", "conv_backward_data_v2")(
+            (_cdiv(n * h * wid, TILE), _cdiv(c // group, TILE), group), (BLOCK, 1, 1),
+            (dy_eff, w, dx) + geom)
+        _backward_weights_v2(runner, dy_eff, x, dw, geom)
+    return dx, dw, db
+
+
+def _weight_grad_split(reduction, tiles, splits=None):
+    """Chunk length and chunk count for version 2's weight-gradient reduction.
+
+    reduction = N * Ho * Wo, tiles = output tiles per split. splits=None picks by the
+    rule above; an integer asks for (at most) that many chunks. Returns (chunk, count)
+    with chunk a multiple of 8 and count = ceil(reduction / chunk).
+    """
+    if splits is None:
+        splits = 1
+        if tiles < SPLIT_BELOW_BLOCKS:
+            splits = max(1, min(_cdiv(SPLIT_TARGET_BLOCKS, tiles),
+                                reduction // MIN_SPLIT_CHUNK))
+    chunk = _cdiv(_cdiv(reduction, splits), _R_STEP) * _R_STEP
+    return chunk, _cdiv(reduction, chunk)
+
+
+def _backward_weights_v2(runner, dy_eff, x, dw, geom, splits=None):
+    """dw (K, Cg, kh, kw) by conv_backward_weights_v2, with the reduction over N * Ho * Wo
+    split into chunks (partial sums in a (chunks, K, Cg*kh*kw) buffer, then
+    conv_sum_partials) when there are few output tiles. splits: see _weight_grad_split."""
+    n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)
+    cols, rows = (c // group) * kh * kw, k // group
+    grid_xy = (_cdiv(cols, TILE), _cdiv(rows, TILE))
+    chunk, count = _weight_grad_split(n * ho * wo, grid_xy[0] * grid_xy[1] * group, splits)
+    target = dw if count == 1 else runner.xp.empty((count,) + dw.shape, dtype=np.float32)
+    runner.kernel("conv.cu", "conv_backward_weights_v2")(
+        grid_xy + (group * count,), (BLOCK, 1, 1),
+        (dy_eff, x, target) + geom + (np.int32(chunk),))
+    if count > 1:
+        runner.kernel("conv.cu", "conv_sum_partials")(
+            (_cdiv(dw.size, BLOCK), 1, 1), (BLOCK, 1, 1),
+            (target, dw, np.int32(dw.size), np.int32(count)))
+    return dw

@@ -1,0 +1,183 @@
+"""kernels/conv.cu against nn/conv.py: forward and all three gradients, every version, on
+the emulator under two thread orders (and at CaffeNet's layer shapes on the GPU with
+-m gpu).
+
+The reference runs in float64 on the same float32 inputs, so it does not share the
+kernels' summation order; the tolerance scales with each result's magnitude. Shapes are
+small and deliberately ragged: odd sizes, batch 1 and 3, groups, padding, stride > 1,
+non-square kernels, and sizes that cross version 2's 128-wide tiles.
+"""
+import numpy as np
+import pytest
+
+from kernels import conv
+from nn import reference as ref
+
+ORDERS = ("forward", "reverse")
+VERSIONS = (1, 2)
+
+
+@pytest.fixture(params=ORDERS)
+def emu(request):
+    from kernels.runner import get_runner
+    return get_runner("emu", order=request.param)
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    from kernels.runner import get_runner
+    return get_runner("cuda")
+
+
+def to_host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def assert_close(got, want, name=""):
+    """float32 kernel result against a float64 reference, relative to its magnitude."""
+    np.testing.assert_allclose(to_host(got), want, rtol=1e-4,
+                               atol=1e-4 * float(np.abs(want).max()), err_msg=name)
+
+
+def uniform(rng, shape):
+    """float32 values in [-1, -0.1] u [0.1, 1]: no zeros, both signs."""
+    a = rng.uniform(0.1, 1.0, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+    return a.astype(np.float32)
+
+
+def make_problem(x_shape, k, kh, kw, group, seed):
+    rng = np.random.default_rng(seed)
+    x = uniform(rng, x_shape)
+    w = uniform(rng, (k, x_shape[1] // group, kh, kw))
+    b = uniform(rng, (k,))
+    return x, w, b
+
+
+def reference(x, w, b, dy_seed, stride, pad, group, relu):
+    """(y, dy, dx, dw, db) from nn/conv.py in float64; dy is float32 random."""
+    f64 = [a.astype(np.float64) for a in (x, w, b)]
+    y, cache = ref.conv_forward(*f64, stride=stride, pad=pad, group=group, relu=relu)
+    dy = uniform(np.random.default_rng(dy_seed), y.shape)
+    dx, dw, db = ref.conv_backward(dy.astype(np.float64), cache)
+    return y, dy, dx, dw, db
+
+
+def check_conv(runner, x_shape, k, kh, kw, stride, pad, group, relu, version, seed=0,
+               want=None):
+    x, w, b = make_problem(x_shape, k, kh, kw, group, seed)
+    if want is None:
+        want = reference(x, w, b, seed + 1, stride, pad, group, relu)
+    y_ref, dy, dx_ref, dw_ref, db_ref = want
+    xp = runner.xp
+    y, cache = conv.conv_forward(runner, xp.asarray(x), xp.asarray(w), xp.asarray(b),
+                                 stride=stride, pad=pad, group=group, relu=relu,
+                                 version=version)
+    dx, dw, db = conv.conv_backward(runner, xp.asarray(dy), cache)
+    assert y.shape == y_ref.shape and dx.shape == x.shape and dw.shape == w.shape
+    for name, got, ref_value in (("y", y, y_ref), ("dx", dx, dx_ref), ("dw", dw, dw_ref),
+                                 ("db", db, db_ref)):
+        assert_close(got, ref_value, f"{name} v{version} {x_shape} k={k} {kh}x{kw} "
+                                     f"s={stride} p={pad} g={group} relu={relu}")
+    if relu:  # the mask must really have removed something, or the test proves nothing
+        assert 0 < (y_ref > 0).mean() < 1
+
+
+# (x_shape, K, kh, kw, stride, pad, group)
+CASES = [
+    ((1, 3, 9, 11), 5, 3, 3, 1, 0, 1),       # plain, batch 1
+    ((3, 4, 10, 9), 6, 3, 5, 2, 1, 2),       # non-square kernel, stride 2, groups
+    ((3, 6, 13, 12), 9, 5, 5, 3, 2, 3),      # stride 3 with padding, 3 groups
+    ((1, 3, 23, 21), 7, 11, 11, 4, 0, 1),    # conv1-like: 11x11 stride 4
+    ((3, 4, 12, 13), 6, 3, 3, 1, 1, 2),      # N*Ho*Wo = 468 and N*H*W: several col tiles
+    ((1, 2, 7, 6), 131, 3, 3, 1, 1, 1),      # 131 filters: two row tiles (forward, dw)
+    ((1, 129, 5, 4), 3, 1, 1, 1, 0, 1),      # 129 channels: two row tiles (dx), 1x1
+]
+IDS = ["plain", "stride2-group2", "stride3-pad2-group3", "conv1-like", "col-tiles",
+       "131-filters", "129-channels"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_conv_matches_reference(emu, case, relu, version):
+    check_conv(emu, *case, relu=relu, version=version)
+
+
+@pytest.mark.parametrize("splits", [1, 3, 7])
+def test_conv_weight_grad_split_reduction(emu, splits):
+    """Version 2's weight gradient with its reduction over N*Ho*Wo = 3*7*6 = 126 cut into
+    chunks (multiples of 8, the last one short) summed by conv_sum_partials."""
+    x_shape, k, kh, kw, stride, pad, group = (3, 4, 9, 8), 6, 3, 3, 1, 0, 2
+    x, w, b = make_problem(x_shape, k, kh, kw, group, seed=5)
+    _, dy, _, dw_ref, _ = reference(x, w, b, 6, stride, pad, group, relu=False)
+    _, cache = conv.conv_forward(emu, x, w, b, stride=stride, pad=pad, group=group)
+    dw = np.empty_like(w)
+    conv._backward_weights_v2(emu, dy, x, dw, cache["geom"], splits=splits)
+    assert_close(dw, dw_ref, f"splits={splits}")
+
+
+def test_weight_grad_split_rule():
+    """Few tiles: chunks of >= 512 up to about 256 blocks; many tiles: one chunk.
+    conv1 at batch 64 (3 tiles, N*Ho*Wo = 193600) gets 86 chunks of 2256."""
+    assert conv._weight_grad_split(193600, 3) == (2256, 86)
+    assert conv._weight_grad_split(193600, 200) == (193600, 1)
+    assert conv._weight_grad_split(300, 1) == (304, 1)
+    chunk, count = conv._weight_grad_split(126, 4, 3)
+    assert chunk % 8 == 0 and (count - 1) * chunk < 126 <= count * chunk
+
+
+def test_conv_default_version_is_2(emu):
+    x, w, b = make_problem((1, 2, 5, 5), 3, 3, 3, 1, seed=7)
+    _, cache = conv.conv_forward(emu, x, w, b)
+    assert cache["version"] == 2
+
+
+def test_conv_bad_inputs(emu):
+    x, w, b = make_problem((2, 4, 6, 6), 6, 3, 3, 2, seed=8)
+    with pytest.raises(ValueError, match=r"conv2: x must have shape \(N, 4, H, W\)"):
+        conv.conv_forward(emu, x[:, :3].copy(), w, b, group=2, layer="conv2")
+    with pytest.raises(ValueError, match=r"conv: the number of filters K = 6 .* group = 4"):
+        conv.conv_forward(emu, np.ones((2, 8, 6, 6), np.float32), w, b, group=4)
+    with pytest.raises(ValueError, match=r"conv: b .*\(6,\)"):
+        conv.conv_forward(emu, x, w, b[:5].copy(), group=2)
+    with pytest.raises(ValueError, match=r"conv: x must be a C-contiguous float32"):
+        conv.conv_forward(emu, x.astype(np.float64), w, b, group=2)
+    with pytest.raises(ValueError, match=r"conv: w must be C-contiguous"):
+        conv.conv_forward(emu, x, np.asfortranarray(w), b, group=2)
+    with pytest.raises(ValueError, match=r"conv: stride must be an integer >= 1"):
+        conv.conv_forward(emu, x, w, b, stride=0, group=2)
+    with pytest.raises(ValueError, match=r"conv: kernel 3x3 does not fit"):
+        conv.conv_forward(emu, x[:, :, :2, :2].copy(), w, b, group=2)
+    with pytest.raises(ValueError, match="conv: version"):
+        conv.conv_forward(emu, x, w, b, group=2, version=3)
+    _, cache = conv.conv_forward(emu, x, w, b, group=2, layer="conv5")
+    with pytest.raises(ValueError, match=r"conv5 \(backward\): dy .*\(2, 6, 4, 4\)"):
+        conv.conv_backward(emu, np.ones((2, 6, 4, 5), np.float32), cache)
+
+
+# ---- GPU: CaffeNet's convolution layers (skipped without a GPU) ------------------------
+
+# name: (input (C, H, W), K, kernel, stride, pad, group), as in Caffe's CaffeNet.
+CAFFENET_CONVS = {
+    "conv1": ((3, 227, 227), 96, 11, 4, 0, 1),
+    "conv2": ((96, 27, 27), 256, 5, 1, 2, 2),
+    "conv3": ((256, 13, 13), 384, 3, 1, 1, 1),
+    "conv4": ((384, 13, 13), 384, 3, 1, 1, 2),
+    "conv5": ((384, 13, 13), 256, 3, 1, 1, 2),
+}
+_gpu_reference = {}   # (layer, batch) -> reference results, shared by both versions
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("name", list(CAFFENET_CONVS))
+def test_conv_gpu_caffenet_shapes(cuda, name, batch, version):
+    (c, h, w), k, ks, stride, pad, group = CAFFENET_CONVS[name]
+    args = ((batch, c, h, w), k, ks, ks, stride, pad, group)
+    key = (name, batch)
+    if key not in _gpu_reference:
+        x, wt, b = make_problem(args[0], k, ks, ks, group, seed=11)
+        _gpu_reference[key] = reference(x, wt, b, 12, stride, pad, group, relu=True)
+    check_conv(cuda, *args, relu=True, version=version, seed=11, want=_gpu_reference[key])
