@@ -138,6 +138,9 @@ class CaffeNet:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"CaffeNet: dtype must be float32 or float64, got {self.dtype}")
+        if self.dtype != np.float32 and self.device.name != "cpu":
+            raise ValueError(f"CaffeNet: the {self.device.name} kernels are float32 only; "
+                             f"float64 needs device='cpu'")
         self.spec = [dict(layer) for layer in (spec or caffenet_spec(num_classes, last_layer))]
         _check_spec(self.spec)
         self.fully_conv = bool(fully_conv)

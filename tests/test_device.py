@@ -141,6 +141,9 @@ def test_emu_device_runs_the_net_like_the_reference():
     dev = _kernel_device("emu")
     assert dev.name == "emu" and dev.xp is np and dev.runner is not None
     assert sorted(vars(dev.ops)) == sorted(OP_NAMES)
+    with pytest.raises(ValueError, match="float32 only"):
+        CaffeNet(spec=[dict(type="fc", name="fc", num_output=2)], input_size=3, device=dev,
+                 dtype=np.float64)
     _assert_same_run(_run_tiny(dev), _run_tiny("cpu"))
 
 
