@@ -296,17 +296,65 @@ def check_args(kernel, params, args, array_type, array_module):
 # ---------------------------------------------------------------------------------------
 # Runners.
 
+class KernelInfo:
+    """What the launch checks need to know about one kernel (`launch.kernel` of a launcher)."""
+
+    def __init__(self, name, file, params, static_shared, max_threads=MAX_THREADS_PER_BLOCK):
+        self.name, self.file, self.params = name, file, params
+        self.static_shared, self.max_threads = static_shared, max_threads
+
+    def __repr__(self):
+        return f'<kernel {self.name} from {self.file}>'
+
+
 class KernelRunner:
-    """Base class: `xp`, `name`, `kernel(file, name)` and `synchronize()`."""
+    """Base class: `xp`, `name`, `kernel(file, name)` and `synchronize()`.
+
+    Subclasses provide `_array_type` (the array class launches accept) and
+    `_load(path, display, name) -> (KernelInfo, run)`, where `run(grid3, block3, args,
+    shared_mem)` starts the kernel once the arguments have been checked.
+    """
     name = None
     xp = None
+    _array_type = None
+
+    def __init__(self):
+        self._kernels = {}  # (file, name) -> launcher
 
     def kernel(self, file, name):
-        """Callable `kernel(grid, block, args, shared_mem=0)` for kernel `name` in `file`."""
+        """Callable `kernel(grid, block, args, shared_mem=0)` for kernel `name` in `file`.
+
+        `file` is a name in kernels/ ('conv.cu') or a path. The callable has the attribute
+        `kernel` (a KernelInfo with the parameters and the static shared memory size).
+        """
+        launch = self._kernels.get((file, name))
+        if launch is None:
+            path, display = resolve_source(file)
+            info, run = self._load(path, display, name)
+            launch = self._kernels[file, name] = self._launcher(info, run)
+        return launch
+
+    def _launcher(self, info, run):
+        array_type, array_module = self._array_type, self.xp.__name__
+
+        def launch(grid, block, args, shared_mem=0):
+            grid3, block3, shared_mem = check_launch(info.name, grid, block, shared_mem,
+                                                     info.static_shared, info.max_threads)
+            check_args(info.name, info.params, args, array_type, array_module)
+            run(grid3, block3, tuple(args), shared_mem)
+        launch.kernel = info
+        return launch
+
+    def _load(self, path, display, name):
         raise NotImplementedError
 
     def synchronize(self):
         """Wait until all launched kernels have finished."""
+
+
+def _missing_kernel(name, display, names):
+    return (f'kernel {name!r} not found in {display}; its extern "C" __global__ kernels: '
+            f'{", ".join(names) or "none"}')
 
 
 def load_nvrtc():
@@ -338,68 +386,50 @@ def load_nvrtc():
     raise ImportError(f'NVRTC could not be loaded: {error}')
 
 
-class _Kernel:
-    """A launchable kernel; `params` is its signature, `launch` the backend's launcher."""
-
-    def __init__(self, name, file, params, static_shared, launch, max_threads):
-        self.name, self.file, self.params = name, file, params
-        self.static_shared, self._launch, self.max_threads = static_shared, launch, max_threads
-
-    def __repr__(self):
-        return f'<kernel {self.name} from {self.file}>'
-
-
 class CupyRunner(KernelRunner):
-    """Runs kernels on the GPU; each .cu is compiled once per process (cupy.RawModule)."""
+    """Runs kernels on the GPU; each .cu is compiled once per process (cupy.RawModule).
+
+    The GPU has no reflection, so argument types come from `parse_signatures` (checked
+    against the emulator's compiler-derived types by tests/test_emulator.py).
+    """
     name = 'cuda'
-    _modules = {}  # path -> (cupy.RawModule, signatures, display name)
+    _modules = {}  # path -> (cupy.RawModule, signatures), shared by all CupyRunners
 
     def __init__(self):
+        super().__init__()
         load_nvrtc()
         import cupy
         self.xp = cupy
-        self._cupy = cupy
+        self._array_type = cupy.ndarray
 
     def _module(self, path, display):
         entry = self._modules.get(path)
         if entry is None:
-            cupy = self._cupy
-            source = assemble_source(path, display)
-            module = cupy.RawModule(code=source, options=NVRTC_OPTIONS)
+            cupy = self.xp
+            module = cupy.RawModule(code=assemble_source(path, display), options=NVRTC_OPTIONS)
             try:
                 module.compile()
             except cupy.cuda.compiler.CompileException as e:
                 raise compile_error(str(e), display, 'NVRTC') from None
-            entry = (module, parse_signatures(read_text(path)), display)
-            self._modules[path] = entry
+            entry = self._modules[path] = (module, parse_signatures(read_text(path)))
         return entry
 
-    def kernel(self, file, name):
-        path, display = resolve_source(file)
-        module, sigs, display = self._module(path, display)
+    def _load(self, path, display, name):
+        module, sigs = self._module(path, display)
         if name not in sigs:
             raise KernelLaunchError(_missing_kernel(name, display, sigs))
         fn = module.get_function(name)
         attrs = fn.attributes
-        kernel = _Kernel(name, display, sigs[name], int(attrs['shared_size_bytes']), None,
-                         min(MAX_THREADS_PER_BLOCK, int(attrs['max_threads_per_block'])))
-        cupy = self._cupy
+        # Registers may limit a kernel to fewer than 1024 threads per block.
+        info = KernelInfo(name, display, sigs[name], int(attrs['shared_size_bytes']),
+                          min(MAX_THREADS_PER_BLOCK, int(attrs['max_threads_per_block'])))
 
-        def launch(grid, block, args, shared_mem=0):
-            grid3, block3, shared_mem = check_launch(name, grid, block, shared_mem,
-                                                     kernel.static_shared, kernel.max_threads)
-            check_args(name, kernel.params, args, cupy.ndarray, 'cupy')
-            fn(grid3, block3, tuple(args), shared_mem=shared_mem)
-        launch.kernel = kernel
-        return launch
+        def run(grid3, block3, args, shared_mem):
+            fn(grid3, block3, args, shared_mem=shared_mem)
+        return info, run
 
     def synchronize(self):
-        self._cupy.cuda.get_current_stream().synchronize()
-
-
-def _missing_kernel(name, display, names):
-    return (f'kernel {name!r} not found in {display}; its extern "C" __global__ kernels: '
-            f'{", ".join(names) or "none"}')
+        self.xp.cuda.get_current_stream().synchronize()
 
 
 class EmuRunner(KernelRunner):
@@ -413,8 +443,10 @@ class EmuRunner(KernelRunner):
     """
     name = 'emu'
     xp = np
+    _array_type = np.ndarray
 
     def __init__(self, order=None, seed=0, context='asm', cache_dir=None):
+        super().__init__()
         from kernels import emulator
         if order is None:
             env = os.environ.get('CAFFENET_EMU_ORDER', 'forward')
@@ -430,33 +462,21 @@ class EmuRunner(KernelRunner):
         self._emulator = emulator
         self._cache_dir = cache_dir
         self._launches = 0
-        self._kernels = {}
 
-    def kernel(self, file, name):
-        launch = self._kernels.get((file, name))
-        if launch is None:
-            launch = self._kernels[file, name] = self._make_kernel(file, name)
-        return launch
-
-    def _make_kernel(self, file, name):
-        path, display = resolve_source(file)
+    def _load(self, path, display, name):
         module = self._emulator.load_module(path, display, context=self.context,
                                             cache_dir=self._cache_dir)
         if name not in module.kernels:
             raise KernelLaunchError(_missing_kernel(name, display, module.kernels))
         params = module.params(name)
-        static_shared = module.static_shared(name)
+        info = KernelInfo(name, display, params, module.static_shared(name))
 
-        def launch(grid, block, args, shared_mem=0):
-            grid3, block3, shared_mem = check_launch(name, grid, block, shared_mem,
-                                                     static_shared)
-            check_args(name, params, args, np.ndarray, 'numpy')
+        def run(grid3, block3, args, shared_mem):
+            # Every launch gets its own random stream, reproducible from the seed.
             self._launches += 1
             module.launch(name, params, grid3, block3, args, shared_mem, self.order,
                           self.seed * 1000003 + self._launches)
-        launch.kernel = _Kernel(name, display, params, static_shared, None,
-                                MAX_THREADS_PER_BLOCK)
-        return launch
+        return info, run
 
 
 def get_runner(name, **kwargs):
