@@ -24,7 +24,8 @@ def sgd_update(runner, param, grad, history, lr, momentum, weight_decay, grad_sc
     for name, a in (("grad", grad), ("history", history)):
         check_array(runner, a, name, layer, f"{tuple(param.shape)} (the shape of param)",
                     shape=param.shape)
-    if not (param.flags.writeable and history.flags.writeable):
+    # numpy arrays can be read-only; cupy's flags have no `writeable` (always writeable).
+    if not all(getattr(a.flags, "writeable", True) for a in (param, history)):
         fail(layer, "param and history are updated in place and must be writeable")
     scalars = tuple(np.float32(check_number(v, name, layer)) for v, name in
                     ((lr, "lr"), (momentum, "momentum"), (weight_decay, "weight_decay"),
