@@ -78,3 +78,12 @@ def check_number(value, name, layer, minimum=None, maximum=None, max_inclusive=T
         bracket = "]" if max_inclusive else ")"
         fail(layer, f"{name} must be a finite number in [{lo}, {hi}{bracket}, got {value!r}")
     return value
+
+
+def check_upstream_grad(dy, shape, dtype, layer):
+    """A backward's dy must match the forward output's shape and dtype exactly."""
+    check_float_array(dy, "dy", layer, expected=str(tuple(shape)))
+    check_shape(dy, "dy", layer, shape, "(the forward output's shape)")
+    if dy.dtype != dtype:
+        fail(layer, f"dy has dtype {dy.dtype} but the forward ran in {dtype}")
+    return dy

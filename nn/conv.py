@@ -11,7 +11,8 @@ so that  y[g] (K/group, N*Ho*Wo) = w[g] (K/group, C/group*kh*kw) @ cols[g].
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from nn.checks import check_float_array, check_int, check_same_dtype, check_shape, fail
+from nn.checks import (check_float_array, check_int, check_same_dtype, check_shape,
+                       check_upstream_grad, fail)
 
 
 def conv_output_size(size, kernel, stride, pad):
@@ -19,7 +20,7 @@ def conv_output_size(size, kernel, stride, pad):
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def _strided_window(a, i, j, stride, ho, wo):
+def strided_window(a, i, j, stride, ho, wo):
     """View a[..., i + stride*p, j + stride*q] for p < ho, q < wo (last two axes)."""
     return a[..., i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
 
@@ -56,7 +57,7 @@ def col2im(cols, x_shape, kh, kw, stride, pad):
     dxt = np.zeros((c, n, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            _strided_window(dxt, i, j, stride, ho, wo)[...] += cols[:, i, j]
+            strided_window(dxt, i, j, stride, ho, wo)[...] += cols[:, i, j]
     dxt = dxt[:, :, pad:pad + h, pad:pad + w]
     return np.ascontiguousarray(dxt.transpose(1, 0, 2, 3))
 
@@ -121,8 +122,7 @@ def conv_backward(dy, cache):
     x_shape, w, cols, stride, pad, group, (ho, wo), y = cache
     k, cg, kh, kw = w.shape
     n = x_shape[0]
-    check_float_array(dy, "dy", "conv_backward", ndim=4, expected="(N, K, Ho, Wo)")
-    check_shape(dy, "dy", "conv_backward", (n, k, ho, wo), "(the forward output's shape)")
+    check_upstream_grad(dy, (n, k, ho, wo), w.dtype, "conv_backward")
     # Channel-major gradient (group, K/group, N*Ho*Wo), matching the cols layout; the ReLU
     # mask is applied during this same copy.
     dyt = np.empty((group, k // group, n * ho * wo), dtype=dy.dtype)

@@ -2,7 +2,7 @@
 exactly the same elements for a given seed (see docs/design.md, "The dropout hash")."""
 import numpy as np
 
-from nn.checks import check_float_array, check_int, check_number, check_shape, fail
+from nn.checks import check_float_array, check_int, check_number, check_upstream_grad, fail
 
 _U32 = np.uint32
 
@@ -55,8 +55,8 @@ def dropout_forward(x, ratio, seed, train=True, layer='dropout'):
 
 def dropout_backward(dy, cache):
     """dy (shape of x) -> dx: the same mask and scale as the forward (identity in test)."""
-    check_float_array(dy, "dy", "dropout_backward")
     if cache is None:
+        check_float_array(dy, "dy", "dropout_backward")
         return dy
-    check_shape(dy, "dy", "dropout_backward", cache.shape, "(the forward input's shape)")
+    check_upstream_grad(dy, cache.shape, cache.dtype, "dropout_backward")
     return dy * cache

@@ -1,7 +1,7 @@
 """Inner product (Caffe's InnerProduct layer): y = x W^T + b, optionally fused ReLU."""
 import numpy as np
 
-from nn.checks import check_float_array, check_same_dtype, check_shape, fail
+from nn.checks import check_float_array, check_same_dtype, check_shape, check_upstream_grad, fail
 from nn.relu import relu_grad
 
 
@@ -36,9 +36,7 @@ def inner_product_backward(dy, cache):
     The ReLU gradient is included when the forward had relu=True.
     """
     x_shape, x2, w, y = cache
-    check_float_array(dy, "dy", "inner_product_backward", ndim=2, expected="(N, O)")
-    check_shape(dy, "dy", "inner_product_backward", (x2.shape[0], w.shape[0]),
-                "(the forward output's shape)")
+    check_upstream_grad(dy, (x2.shape[0], w.shape[0]), w.dtype, "inner_product_backward")
     if y is not None:
         dy = relu_grad(dy, y, "inner_product_backward")
     dx = (dy @ w).reshape(x_shape)

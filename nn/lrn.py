@@ -9,7 +9,7 @@ Caffe's backward (the same window, since it is symmetric):
 """
 import numpy as np
 
-from nn.checks import check_float_array, check_int, check_number, check_shape, fail
+from nn.checks import check_float_array, check_int, check_number, check_upstream_grad, fail
 
 
 def channel_window_sum(a, local_size):
@@ -51,8 +51,7 @@ def lrn_forward(x, local_size=5, alpha=1e-4, beta=0.75, k=1.0, layer='norm'):
 def lrn_backward(dy, cache):
     """dy (N, C, H, W) -> dx (N, C, H, W), Caffe's formula (module docstring)."""
     x, y, scale, scale_pow, local_size, alpha, beta = cache
-    check_float_array(dy, "dy", "lrn_backward", ndim=4, expected="(N, C, H, W)")
-    check_shape(dy, "dy", "lrn_backward", x.shape, "(the forward input's shape)")
+    check_upstream_grad(dy, x.shape, x.dtype, "lrn_backward")
     dt = x.dtype.type
     ratio = dy * y
     ratio /= scale

@@ -8,8 +8,8 @@ row-major window order, as Caffe does.
 """
 import numpy as np
 
-from nn.checks import check_float_array, check_int, check_shape, fail
-from nn.conv import _strided_window
+from nn.checks import check_float_array, check_int, check_upstream_grad, fail
+from nn.conv import strided_window
 
 
 def pool_output_size(size, kernel, stride, pad):
@@ -55,12 +55,12 @@ def max_pool_forward(x, kernel, stride, pad=0, layer='pool'):
     # Offsets are visited in increasing order, so "offset = o where v > y" is the same as
     # offset = max(offset, o * (v > y)), two fast ufuncs instead of a slow masked copy.
     off_dtype = np.uint8 if kernel * kernel <= 256 else np.int32
-    y = _strided_window(xp, 0, 0, stride, ho, wo).copy()
+    y = strided_window(xp, 0, 0, stride, ho, wo).copy()
     offset = np.zeros((n, c, ho, wo), dtype=off_dtype)
     better = np.empty((n, c, ho, wo), dtype=bool)
     candidate = np.empty((n, c, ho, wo), dtype=off_dtype)
     for o in range(1, kernel * kernel):
-        v = _strided_window(xp, o // kernel, o % kernel, stride, ho, wo)
+        v = strided_window(xp, o // kernel, o % kernel, stride, ho, wo)
         np.greater(v, y, out=better)  # strict: ties stay with the earlier offset
         np.multiply(better, off_dtype(o), out=candidate)
         np.maximum(offset, candidate, out=offset)
@@ -71,7 +71,7 @@ def max_pool_forward(x, kernel, stride, pad=0, layer='pool'):
     col = (np.arange(wo, dtype=np.int32) * stride - pad).reshape(1, wo)
     oi, oj = np.divmod(offset.astype(np.int32), np.int32(kernel))
     argmax = (row + oi) * np.int32(w) + (col + oj)
-    cache = {'argmax': argmax, 'offset': offset, 'x_shape': x.shape,
+    cache = {'argmax': argmax, 'offset': offset, 'x_shape': x.shape, 'dtype': x.dtype,
              'kernel': kernel, 'stride': stride, 'pad': pad, 'padded': (hp, wp)}
     return y, cache
 
@@ -83,8 +83,7 @@ def max_pool_backward(dy, cache):
     kernel, stride, pad = cache['kernel'], cache['stride'], cache['pad']
     offset = cache['offset']
     ho, wo = offset.shape[2:]
-    check_float_array(dy, "dy", "max_pool_backward", ndim=4, expected="(N, C, Ho, Wo)")
-    check_shape(dy, "dy", "max_pool_backward", offset.shape, "(the forward output's shape)")
+    check_upstream_grad(dy, offset.shape, cache['dtype'], "max_pool_backward")
     dxp = np.zeros((n, c) + cache['padded'], dtype=dy.dtype)
     picked = np.empty_like(dy)
     for i in range(kernel):
@@ -93,7 +92,7 @@ def max_pool_backward(dy, cache):
             # distinct, so a strided add is a correct scatter; overlaps between windows
             # accumulate across offsets.
             np.multiply(dy, offset == i * kernel + j, out=picked)
-            _strided_window(dxp, i, j, stride, ho, wo)[...] += picked
+            strided_window(dxp, i, j, stride, ho, wo)[...] += picked
     if dxp.shape[2:] == (h, w) and pad == 0:
         return dxp
     return np.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + w])

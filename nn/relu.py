@@ -1,7 +1,7 @@
 """ReLU (Caffe's ReLU layer with negative_slope = 0)."""
 import numpy as np
 
-from nn.checks import check_float_array, check_shape
+from nn.checks import check_float_array, check_upstream_grad
 
 
 def relu_grad(dy, y, layer='relu_backward'):
@@ -10,8 +10,7 @@ def relu_grad(dy, y, layer='relu_backward'):
     Using the output instead of the input is equivalent (y > 0 exactly where x > 0) and
     lets fused layers (conv, inner product) keep only their output.
     """
-    check_float_array(dy, "dy", layer, expected=str(y.shape))
-    check_shape(dy, "dy", layer, y.shape, "(the forward output's shape)")
+    check_upstream_grad(dy, y.shape, y.dtype, layer)
     return dy * (y > 0)
 
 
