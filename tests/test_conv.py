@@ -127,3 +127,6 @@ def test_mixed_dtypes_and_bad_dy_rejected():
     _, cache = conv_forward(x, w.astype(np.float32), np.ones(2, np.float32))
     with pytest.raises(ValueError, match=r"dy must have shape \(1, 2, 3, 3\)"):
         conv_backward(np.ones((1, 2, 3, 4), np.float32), cache)
+    with pytest.raises(ValueError, match="conv_backward: dy has dtype float64 but the forward "
+                                         "ran in float32"):
+        conv_backward(np.ones((1, 2, 3, 3)), cache)
