@@ -9,7 +9,9 @@ import pytest
 from nn import reference as ref
 from kernels import launch_utils, pool
 
-ORDERS = ("forward", "reverse")
+# These kernels synchronise through shared memory, so a random thread order (a new one at
+# every barrier) is added to catch a missing __syncthreads.
+ORDERS = ("forward", "reverse", "random")
 
 
 @pytest.fixture(params=ORDERS)
