@@ -1,0 +1,467 @@
+"""Ask a trained CaffeNet what it sees: p(positive) / p(negative), and sentiment maps.
+
+    python predict.py photo.jpg                       # label and probabilities
+    python predict.py photos/ a.jpg --json            # one JSON record per image
+    python predict.py photo.jpg --map                 # also photo_map.png (red/green overlay)
+    python predict.py photo.jpg --map --map-style smooth --save-npy --out maps/
+
+Classification follows the training's test path: the whole image resized to 256x256,
+the centre 227x227 crop (or, with --oversample, the average over Caffe's ten crops),
+BGR, minus the ImageNet mean. The map follows Campos et al. (2017): the classifier made
+fully convolutional (fc6/fc7/fc8 as convolutions), the whole image resized to
+--map-size (451), giving a grid of softmax cells (8x8 at 451), one per 32-pixel step.
+
+Exit status: 0 when every image was processed, 1 when any image failed (each failure is
+one line on stderr naming the file; the other images are still processed), 2 for a
+usage, weights or device problem (nothing processed).
+"""
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_WEIGHTS = os.path.join('weights', 'twitter.h5')    # relative to the repository root
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp',
+                    '.ppm', '.pgm')
+MAP_SUFFIX = '_map'
+# Images kept in memory for drawing the maps of one batch, in pixels: a batch is run early
+# when its originals reach this, so a folder of huge photos cannot exhaust the memory.
+MAP_PIXEL_BUDGET = 64_000_000
+
+# Layers every CaffeNet weight file must have, before its last (classifier) layer.
+TRUNK_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7')
+
+
+class SetupError(Exception):
+    """A problem that stops the whole run (weights, device, arguments): exit status 2."""
+
+
+class ImageFailure(Exception):
+    """One image could not be processed; the message is one line naming the file."""
+
+
+# ------------------------------------------------------------------------ command line
+
+
+def build_parser():
+    """The argparse parser of predict.py."""
+    from nn.device import add_device_argument
+    parser = argparse.ArgumentParser(
+        prog='predict.py',
+        description='Visual sentiment of images with a fine-tuned CaffeNet: prints the '
+                    'label and p(positive), p(negative) per image; --map also draws where '
+                    'the network sees positive (green) and negative (red) content.',
+        epilog='Exit status: 0 all images done, 1 some image failed (one line each on '
+               'stderr, the others are still processed), 2 bad weights/device/arguments.')
+    parser.add_argument('inputs', nargs='+', metavar='IMAGE|FOLDER',
+                        help='image files, or folders whose image files (%s; not *%s.png, '
+                             'not recursive) are all processed' % (
+                                 ' '.join(IMAGE_EXTENSIONS), MAP_SUFFIX))
+    parser.add_argument('--weights', default=None, metavar='FILE',
+                        help='HDF5 weights (from train.py or tools/convert_caffemodel.py); '
+                             f'default: {DEFAULT_WEIGHTS} in the repository, a fixed name: '
+                             'copy or link the model you want there (train.py writes '
+                             'weights/twitter_<agree>_fold<k>.h5)')
+    parser.add_argument('--oversample', action='store_true',
+                        help="average over Caffe's ten crops (corners, centre, mirrored) "
+                             'instead of the centre crop')
+    parser.add_argument('--json', action='store_true',
+                        help='print one JSON record per image (JSON lines) instead of text; '
+                             'a failed image gives {"file": ..., "error": ...}')
+    parser.add_argument('--batch-size', type=int, default=8, metavar='N',
+                        help='images per forward pass (default 8)')
+    parser.add_argument('--map', action='store_true',
+                        help='also write <name>_map.png: the image, at its own size, with '
+                             'the sentiment map blended over it')
+    parser.add_argument('--map-style', choices=('paper', 'smooth'), default='paper',
+                        help="paper (default): flat cells, green = p(positive), red = "
+                             "p(negative), blended 50/50; smooth: bilinear, red-yellow-green "
+                             "scale, legend strip at the bottom")
+    parser.add_argument('--map-size', type=int, default=451, metavar='S',
+                        help='side the image is resized to for the map (default 451 -> 8x8 '
+                             'cells); must be >= 227. S = 227 + 32k gives (k+1)^2 cells; '
+                             'otherwise Caffe\'s rounded-up pooling gives ceil((S-230)/32)+1 '
+                             'cells per side')
+    parser.add_argument('--save-npy', action='store_true',
+                        help='with --map, also write <name>_map.npy: the raw probabilities, '
+                             'float32 (num_classes, h, w) in class order (np.save)')
+    parser.add_argument('--out', metavar='DIR', default=None,
+                        help='write maps into DIR (created if needed) instead of next to '
+                             'each image')
+    parser.add_argument('--force', action='store_true',
+                        help='overwrite existing map files (never done otherwise)')
+    add_device_argument(parser)
+    return parser
+
+
+def check_args(parser, args):
+    """Argument combinations argparse cannot check itself (parser.error exits with 2)."""
+    if args.batch_size < 1:
+        parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
+    if args.map_size < 227:
+        parser.error(f'--map-size must be at least 227 (the classifier\'s window), '
+                     f'got {args.map_size}')
+    if args.save_npy and not args.map:
+        parser.error('--save-npy needs --map')
+    if args.out is not None and not args.map:
+        parser.error('--out needs --map (only maps are written to files)')
+    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f'--out {args.out}: exists and is not a folder')
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def expand_inputs(inputs):
+    """Command-line paths -> list of (image path, error message or None), in order.
+
+    A folder contributes its image files (sorted; our own *_map.png outputs are skipped);
+    a missing path or a folder without images becomes an error entry.
+    """
+    entries = []
+    for path in inputs:
+        if os.path.isdir(path):
+            names = sorted(n for n in os.listdir(path)
+                           if not n.startswith('.')
+                           and n.lower().endswith(IMAGE_EXTENSIONS)
+                           and not n.lower().endswith(MAP_SUFFIX + '.png')
+                           and os.path.isfile(os.path.join(path, n)))
+            if not names:
+                entries.append((path, f'{path}: folder has no image files '
+                                      f'({" ".join(IMAGE_EXTENSIONS)})'))
+            entries.extend((os.path.join(path, n), None) for n in names)
+        elif os.path.exists(path):
+            entries.append((path, None))
+        else:
+            entries.append((path, f'{path}: no such file or folder'))
+    return entries
+
+
+def map_paths(image_path, args):
+    """(png path, npy path or None) of an image's map, next to it or in --out."""
+    folder = args.out if args.out is not None else os.path.dirname(image_path)
+    stem = os.path.splitext(os.path.basename(image_path))[0] + MAP_SUFFIX
+    png = os.path.join(folder, stem + '.png')
+    return png, (os.path.join(folder, stem + '.npy') if args.save_npy else None)
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+class Model:
+    """The network and what predict.py needs to know about its weight file.
+
+    net: the fully convolutional CaffeNet (at 227x227 its output is the classifier's, as
+    a 1x1 map). class_names: list of num_classes str.
+    mean_shift: float32 (3, 1, 1) added to preprocessed images when the file's mean_bgr
+    differs from the one preprocessing subtracts (zero for every file of this project).
+    """
+
+    def __init__(self, net, class_names, mean_shift):
+        self.net = net
+        self.class_names = class_names
+        self.mean_shift = mean_shift
+
+    def probabilities(self, batch):
+        """Class probabilities of a (N, 3, S, S) float32 batch: (N, C, h, w) NumPy
+        ((N, C, 1, 1) for S = 227)."""
+        if self.mean_shift.any():
+            batch = batch + self.mean_shift
+        return self.net.predict(batch)
+
+
+def resolve_weights(path):
+    """The weight file to use: `path`, or the default one (checked to exist)."""
+    if path is not None:
+        return path
+    default = os.path.join(ROOT, DEFAULT_WEIGHTS)
+    if not os.path.isfile(default):
+        folder = os.path.dirname(default)
+        found = sorted(n for n in os.listdir(folder) if n.endswith('.h5')) \
+            if os.path.isdir(folder) else []
+        hint = f'; weight files there: {", ".join(found)}' if found else ''
+        raise SetupError(f'{default}: no such weight file (the default); pass --weights FILE '
+                         f'or put the model there{hint}')
+    return default
+
+
+# The last model loaded by this process, so that repeated main() calls (tests, notebooks)
+# do not re-read 230 MB: ((real path, inode, size, mtime, device name), Model).
+_LAST_MODEL = [None, None]
+
+
+def load_model(path, device):
+    """Read a CaffeNet weight file and build the fully convolutional network on `device`.
+
+    One network serves both jobs: at 227x227 the fully convolutional net gives exactly the
+    classifier's output (a 1x1 map), and at 451x451 the 8x8 sentiment map. The last layer
+    is the last entry of the file's layer_order; num_classes and class_names come from the
+    root attributes. Raises SetupError naming the file and what is wrong (missing, not
+    HDF5, not CaffeNet, a layer missing or of the wrong shape). The result is cached for
+    the same unchanged file and device.
+    """
+    try:
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, device.name)
+    except OSError:
+        key = None                              # load_weights reports the missing file
+    if key is not None and _LAST_MODEL[0] == key:
+        return _LAST_MODEL[1]
+    _LAST_MODEL[:] = [None, None]               # free the old network before the new one
+    model = _read_model(path, device)
+    _LAST_MODEL[:] = [key, model]
+    return model
+
+
+def _read_model(path, device):
+    """load_model without the cache."""
+    import numpy as np
+    from nn.caffenet import CaffeNet
+    from nn.weights import INPUT_SIZE, MEAN_BGR, WeightsError, load_weights
+
+    try:
+        params, attrs = load_weights(path)
+    except WeightsError as exc:
+        raise SetupError(str(exc)) from None
+    architecture = attrs.get('architecture', 'CaffeNet')
+    if architecture != 'CaffeNet':
+        raise SetupError(f'{path}: architecture is {architecture!r}, expected CaffeNet')
+    order = list(attrs.get('layer_order') or params)
+    last = order[-1]
+    missing = [name for name in TRUNK_LAYERS if name not in params]
+    if missing or last in TRUNK_LAYERS:
+        raise SetupError(f'{path}: not CaffeNet classifier weights: layers {missing or [last]} '
+                         f'{"are missing" if missing else "cannot be the last layer"} '
+                         f'(expected {", ".join(TRUNK_LAYERS)}, then a classifier such as '
+                         f'fc8_twitter)')
+    bias = np.shape(params[last]['bias'])
+    num_classes = int(attrs.get('num_classes', bias[0] if len(bias) == 1 else 0))
+    if bias != (num_classes,) or num_classes < 2:
+        raise SetupError(f'{path}: last layer {last!r} has bias shape {bias} but the file '
+                         f'says num_classes={num_classes} (need >= 2 classes)')
+    class_names = [str(c) for c in attrs.get('class_names', [])] or \
+        [str(i) for i in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise SetupError(f'{path}: {len(class_names)} class_names {class_names} for '
+                         f'{num_classes} classes')
+    if int(attrs.get('input_size', INPUT_SIZE)) != INPUT_SIZE:
+        raise SetupError(f'{path}: input_size is {attrs["input_size"]}, CaffeNet needs '
+                         f'{INPUT_SIZE}')
+    mean = np.asarray(attrs.get('mean_bgr', MEAN_BGR), dtype=np.float64)
+    if mean.shape != (3,):
+        raise SetupError(f'{path}: mean_bgr must be 3 numbers (B, G, R), got {mean.tolist()}')
+    mean_shift = (np.asarray(MEAN_BGR) - mean).astype(np.float32).reshape(3, 1, 1)
+
+    net = CaffeNet(num_classes=num_classes, last_layer=last, class_names=class_names,
+                   device=device, fully_conv=True, init='zeros')
+    try:
+        net.load_params({name: params[name] for name in net.param_layers if name in params},
+                        strict=True, source=path)
+    except WeightsError as exc:
+        raise SetupError(str(exc)) from None
+    return Model(net, class_names, mean_shift)
+
+
+# ------------------------------------------------------------------------------ images
+
+
+class Item:
+    """One image on its way through a batch.
+
+    crops: (k, 3, 227, 227) float32 (k = 1 centre crop, or 10 with --oversample);
+    map_input: (3, S, S) float32 or None; rgb: (H, W, 3) uint8 kept for the overlay.
+    probs (C,) and prob_map (C, h, w) are filled in by the forward pass.
+    """
+
+    def __init__(self, path, error=None):
+        self.path = path
+        self.error = error
+        self.crops = self.map_input = self.rgb = None
+        self.png = self.npy = None
+        self.probs = self.prob_map = None
+
+
+def prepare(item, args, planned):
+    """Load and preprocess item.path (sets crops, map_input, rgb); raise ImageFailure.
+
+    planned: map paths already claimed by earlier images of this call (updated here), so
+    two images with one name cannot overwrite each other's map.
+    """
+    from nn import preprocess
+    if args.map:
+        item.png, item.npy = map_paths(item.path, args)
+        for out in (item.png, item.npy):
+            if out is None:
+                continue
+            if os.path.abspath(out) in planned:
+                raise ImageFailure(f'{item.path}: its map {out} is also the map of '
+                                   f'{planned[os.path.abspath(out)]} in this call; '
+                                   f'use separate --out folders')
+            if os.path.exists(out) and not args.force:
+                raise ImageFailure(f'{item.path}: {out} exists; use --force to overwrite it')
+        for out in (item.png, item.npy):
+            if out is not None:
+                planned[os.path.abspath(out)] = item.path
+    try:
+        rgb = preprocess.load_image(item.path)
+    except preprocess.ImageError as exc:
+        raise ImageFailure(str(exc)) from None
+    except MemoryError:
+        raise ImageFailure(f'{item.path}: cannot read image: too large for memory') from None
+    resized = preprocess.resize_image(rgb, preprocess.RESIZE)
+    item.crops = (preprocess.ten_crops(resized) if args.oversample
+                  else preprocess.center_crop(resized)[None])
+    if args.map:
+        item.map_input = preprocess.resize_image(rgb, args.map_size)
+        item.rgb = rgb
+
+
+def run_batch(model, items):
+    """One forward pass for the classification crops (and one for the maps) of a batch.
+
+    Sets item.probs (C,) as the mean over the item's crops and item.prob_map (C, h, w).
+    """
+    import numpy as np
+    ready = [item for item in items if item.error is None]
+    if not ready:
+        return
+    crops = np.concatenate([item.crops for item in ready])
+    probs = model.probabilities(crops)[:, :, 0, 0]                  # (sum k, C)
+    start = 0
+    for item in ready:
+        k = len(item.crops)
+        item.probs = probs[start:start + k].mean(axis=0)
+        start += k
+    if ready[0].map_input is not None:
+        maps = model.probabilities(np.stack([item.map_input for item in ready]))
+        for item, prob_map in zip(ready, maps):
+            item.prob_map = np.ascontiguousarray(prob_map, dtype=np.float32)
+
+
+def write_map(item, model, args):
+    """Render and write item's overlay PNG (and .npy); raise ImageFailure on write errors."""
+    from nn import sentiment_map
+    neg, pos = sentiment_map.class_indices(model.class_names)
+    overlay = sentiment_map.render_overlay(item.rgb, item.prob_map, neg, pos,
+                                           style=args.map_style)
+    try:
+        sentiment_map.save_png(item.png, overlay)
+        if item.npy is not None:
+            sentiment_map.save_npy(item.npy, item.prob_map)
+    except OSError as exc:
+        raise ImageFailure(f'{item.path}: cannot write its map: {exc}') from None
+
+
+def prob_order(class_names):
+    """Class indices in printing order: positive then negative when the names say so."""
+    names = [n.lower() for n in class_names]
+    if 'positive' in names and 'negative' in names:
+        first = [names.index('positive'), names.index('negative')]
+        return first + [i for i in range(len(names)) if i not in first]
+    return list(range(len(names)))
+
+
+def record(item, model):
+    """The JSON-able result of a processed item."""
+    names = model.class_names
+    label = int(item.probs.argmax())
+    rec = {'file': item.path, 'label': names[label], 'label_index': label,
+           'probs': {names[i]: float(item.probs[i]) for i in prob_order(names)}}
+    if item.prob_map is not None:
+        rec['map'] = item.png
+        rec['map_cells'] = list(item.prob_map.shape[1:])
+        if item.npy is not None:
+            rec['npy'] = item.npy
+    return rec
+
+
+def text_line(rec):
+    """The human-readable line of a record (the same numbers as the JSON, 4 decimals)."""
+    probs = '  '.join(f'p({name})={p:.4f}' for name, p in rec['probs'].items())
+    line = f"{rec['file']}: {rec['label']}  {probs}"
+    if 'map' in rec:
+        line += f"  map={rec['map']}"
+        if 'npy' in rec:
+            line += f"  npy={rec['npy']}"
+    return line
+
+
+def one_line(message):
+    """Error messages are one line (an exception text may contain newlines)."""
+    return ' '.join(str(message).split())
+
+
+# -------------------------------------------------------------------------------- main
+
+
+def report(item, model, args, out, err):
+    """Write item's map (if any) and print its result or error; return True if it failed."""
+    if item.error is None and item.prob_map is not None:
+        try:
+            write_map(item, model, args)
+        except ImageFailure as exc:
+            item.error = str(exc)
+    if item.error is not None:
+        message = one_line(item.error)
+        print(f'predict.py: error: {message}', file=err)
+        if args.json:
+            print(json.dumps({'file': item.path, 'error': message}), file=out)
+        return True
+    rec = record(item, model)
+    print(json.dumps(rec) if args.json else text_line(rec), file=out)
+    return False
+
+
+def main(argv=None, out=None, err=None):
+    """Run predict.py with argv (default sys.argv[1:]); returns the exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    try:
+        from nn.device import DeviceError, get_device
+        try:
+            device = get_device(args.device)
+        except DeviceError as exc:
+            raise SetupError(str(exc)) from None
+        if args.map:
+            from nn.sentiment_map import class_indices
+        model = load_model(resolve_weights(args.weights), device)
+        if args.map:
+            try:
+                class_indices(model.class_names)
+            except ValueError as exc:
+                raise SetupError(f'--map: {exc}') from None
+            if args.out is not None:
+                os.makedirs(args.out, exist_ok=True)
+    except (SetupError, OSError) as exc:
+        print(f'predict.py: error: {one_line(exc)}', file=err)
+        return 2
+
+    failed = False
+    planned = {}
+    batch, pixels = [], 0
+    entries = expand_inputs(args.inputs)
+    for index, (path, error) in enumerate(entries):
+        item = Item(path, error)
+        if item.error is None:
+            try:
+                prepare(item, args, planned)
+                pixels += 0 if item.rgb is None else item.rgb.shape[0] * item.rgb.shape[1]
+            except ImageFailure as exc:
+                item.error = str(exc)
+        batch.append(item)
+        ready = sum(item.error is None for item in batch)
+        if ready >= args.batch_size or pixels >= MAP_PIXEL_BUDGET or index == len(entries) - 1:
+            run_batch(model, batch)
+            for done in batch:
+                failed |= report(done, model, args, out, err)
+            batch, pixels = [], 0
+        out.flush()
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
