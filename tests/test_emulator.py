@@ -510,13 +510,15 @@ def test_unknown_kernel_and_unsupported_parameter(sources):
 # ---------------------------------------------------------------------------------------
 # Compile errors and signatures.
 
-@pytest.mark.parametrize('context', ['asm', 'ucontext'])
-def test_compile_error_names_file_and_line(tmp_path, context):
+@pytest.mark.parametrize('backend', ['asm', 'ucontext',
+                                     pytest.param('cuda', marks=pytest.mark.gpu)])
+def test_compile_error_names_file_and_line(tmp_path, backend):
     path = tmp_path / 'broken.cu'
     path.write_text('extern "C" __global__ void broken(float* y)\n{\n'
                     '    y[threadIdx.x] = undefined_name;\n}\n')
+    runner = get_runner('cuda') if backend == 'cuda' else EmuRunner(context=backend)
     with pytest.raises(KernelCompileError) as info:
-        EmuRunner(context=context).kernel(str(path), 'broken')
+        runner.kernel(str(path), 'broken')
     assert info.value.file.endswith('broken.cu') and info.value.line == 3
     assert 'broken.cu:3' in str(info.value) and 'undefined_name' in str(info.value)
 
