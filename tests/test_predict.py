@@ -324,6 +324,45 @@ def test_bad_and_unusual_images(tmp_path, weights):
     assert 0 < p['tiny'] < 1 and 0 < p['huge'] < 1
 
 
+def test_unreadable_file_and_failed_write_skip_only_that_image(tmp_path, weights, monkeypatch):
+    path, _ = weights
+    imgs = [_save(tmp_path / f'{n}.png', _make_image(21 + i, 230, 240))
+            for i, n in enumerate(['locked', 'ok', 'nowrite'])]
+    from nn.sentiment_map import save_png as real_save
+    real_open = Image.open
+
+    def open_locked(fp, *args, **kw):               # as root, chmod 000 would not stop a read
+        if str(fp) == imgs[0]:
+            raise PermissionError(13, 'Permission denied', str(fp))
+        return real_open(fp, *args, **kw)
+
+    def save_failing(out, rgb):
+        if 'nowrite' in out:
+            raise OSError(28, 'No space left on device')
+        real_save(out, rgb)
+
+    monkeypatch.setattr(Image, 'open', open_locked)
+    monkeypatch.setattr('nn.sentiment_map.save_png', save_failing)
+    status, out, err = _run(imgs + ['--weights', path, '--map'])
+    assert status == 1
+    assert out.splitlines()[0].startswith(f'{imgs[1]}: ') and out.count('\n') == 1
+    lines = err.splitlines()
+    assert len(lines) == 2
+    assert imgs[0] in lines[0] and 'Permission denied' in lines[0]
+    assert imgs[2] in lines[1] and 'cannot write its map' in lines[1]
+    assert os.path.exists(tmp_path / 'ok_map.png')
+    assert not os.path.exists(tmp_path / 'nowrite_map.png')
+
+
+def test_auto_device_without_driver_skips_cupy(monkeypatch):
+    monkeypatch.setattr(os.path, 'exists', lambda p: False)
+    monkeypatch.setattr(sys, 'platform', 'linux')
+    assert predict.device_name('auto') == 'cpu'
+    assert predict.device_name('emu') == 'emu' and predict.device_name('cuda') == 'cuda'
+    monkeypatch.setattr(os.path, 'exists', lambda p: p == '/dev/nvidiactl')
+    assert predict.device_name('auto') == 'auto'
+
+
 # ------------------------------------------------------------------------------ weights
 
 
