@@ -21,11 +21,12 @@ splits from the label file (and warns that it did). `make_synthetic_dataset` wri
 small generated dataset in exactly this layout, for offline runs and tests.
 """
 import os
-import uuid
 import warnings
 
 import numpy as np
 from PIL import Image
+
+from nn.atomic import atomic_write
 
 AGREES = ("five", "four", "three")
 NUM_FOLDS = 5
@@ -35,25 +36,6 @@ DEFAULT_DATA_DIR = os.path.join("data", "twitter")
 
 class DatasetError(ValueError):
     """A list file or dataset folder is missing or malformed (the message names the file)."""
-
-
-def atomic_write(path, write):
-    """Create `path` atomically: `write(tmp_path)` fills a temporary file, then it is renamed.
-
-    A crash midway never leaves a half-written `path`; the temporary file is removed.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def subset_name(agree):

@@ -12,9 +12,10 @@ Files are read with h5py only (never pickle) and written atomically: a temporary
 next to the target, then ``os.replace``, so a crash never leaves half a file behind.
 """
 import os
-import uuid
 
 import numpy as np
+
+from nn.atomic import atomic_write
 
 # The ImageNet mean pixel, in Caffe's BGR channel order, that preprocessing subtracts.
 MEAN_BGR = (104.0070, 116.6688, 122.6789)
@@ -64,8 +65,8 @@ def save_weights(path, params, **attrs):
     _check_params(path, params)
     attrs = dict(attrs)
     attrs.setdefault("layer_order", list(params))
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+
+    def write(tmp):
         with h5py.File(tmp, "w") as f:
             for layer, blobs in params.items():
                 group = f.create_group(layer)
@@ -79,11 +80,8 @@ def save_weights(path, params, **attrs):
                     f.attrs.create(key, [str(v) for v in value], dtype=string)
                 else:
                     f.attrs[key] = value
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def _plain(key, value):
