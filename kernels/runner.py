@@ -197,8 +197,10 @@ def parse_param_names(src):
     return {k: [p.name for p in v] for k, v in parse_signatures(src).items()}
 
 
-_LOCATION_RES = (re.compile(r'^(?P<file>[^\n:()]+):(?P<line>\d+):(?:\d+:)? *(?:fatal )?error', re.M),
-                 re.compile(r'^(?P<file>[^\n()]+)\((?P<line>\d+)\): *(?:catastrophic )?error', re.M))
+# Where the first error is: g++ writes 'file:12:5: error', NVRTC 'file(12): error'.
+_LOCATION_RES = (
+    re.compile(r'^(?P<file>[^\n:()]+):(?P<line>\d+):(?:\d+:)? *(?:fatal )?error', re.M),
+    re.compile(r'^(?P<file>[^\n()]+)\((?P<line>\d+)\): *(?:catastrophic )?error', re.M))
 
 
 def compile_error(log, default_file, compiler):

@@ -248,16 +248,16 @@ def test_dynamic_shared_memory(runner, sources):
     x = rng.standard_normal(blocks * block).astype(np.float32)[:n]
     xp = runner.xp
     y = xp.zeros(n, dtype=np.float32)
-    runner.kernel(sources['good.cu'], 'reverse_blocks')(blocks, block, (xp.asarray(x), y, np.int32(n)),
-                                                        shared_mem=block * 4)
+    kernel = runner.kernel(sources['good.cu'], 'reverse_blocks')
+    kernel(blocks, block, (xp.asarray(x), y, np.int32(n)), shared_mem=block * 4)
     padded = np.concatenate([x, np.full(blocks * block - n, -1.0, np.float32)])
     expected = padded.reshape(blocks, block)[:, ::-1].reshape(-1)[:n]
     np.testing.assert_array_equal(to_numpy(y), expected)
 
     xi = rng.integers(-1000, 1000, n).astype(np.int32)
     yi = xp.zeros(n, dtype=np.int32)
-    runner.kernel(sources['good.cu'], 'square_ints')(blocks, block, (xp.asarray(xi), yi, np.int32(n)),
-                                                     shared_mem=block * 4)
+    kernel = runner.kernel(sources['good.cu'], 'square_ints')
+    kernel(blocks, block, (xp.asarray(xi), yi, np.int32(n)), shared_mem=block * 4)
     np.testing.assert_array_equal(to_numpy(yi), xi * xi)
 
 
