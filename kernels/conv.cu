@@ -382,6 +382,10 @@ __device__ __forceinline__ void ig_tile(int mode, const ConvGeom& g, const float
     for (int i = 0; i < 8; ++i)
         for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
 
+    /* As in gemm_v3, threads whose sub-tile lies wholly outside out skip the arithmetic
+       (e.g. backward data with Cg = 48 channels: 4 of 16 thread rows have work). */
+    int live = (m0 + ty * 4 < M) && (n0 + tx * 4 < Ncol);
+
     /* Double buffering exactly as in gemm_v3: fetch the next slab into registers while
        multiplying the current one; one barrier per step. */
     float va[4], vb[4];
@@ -397,7 +401,7 @@ __device__ __forceinline__ void ig_tile(int mode, const ConvGeom& g, const float
             ig_fetch_a(mode, g, A, grp, M, r_end, m0, r0 + IG_BK, t, va);
             ig_fetch_b(mode, g, B, grp, Ncol, r_end, n0, r0 + IG_BK, t, vb);
         }
-        ig_multiply_slab(As + buf * IG_SLAB, Bs + buf * IG_SLAB, ty, tx, acc);
+        if (live) ig_multiply_slab(As + buf * IG_SLAB, Bs + buf * IG_SLAB, ty, tx, acc);
         if (has_next) {
             ig_stash_a(As + (buf ^ 1) * IG_SLAB, t, va);
             ig_stash_b(Bs + (buf ^ 1) * IG_SLAB, t, vb);

@@ -238,6 +238,11 @@ extern "C" __global__ void gemm_v3(const float* A, const float* B, float* C,
     for (int i = 0; i < 8; ++i)
         for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
 
+    /* A thread whose first row (or column) strip lies outside C has nothing to compute
+       (its second strip, 64 further, is outside too): at batch 1 only 16 of the 256
+       threads have work.  It still loads and reaches every barrier. */
+    int live = (m0 + ty * 4 < M) && (n0 + tx * 4 < N);
+
     float va[4], vb[4];
     g3_fetch(A, a_kc, M, K, m0, k_begin, k_end, a_vec, t, va);
     g3_fetch(B, b_kc, N, K, n0, k_begin, k_end, b_vec, t, vb);
@@ -252,7 +257,7 @@ extern "C" __global__ void gemm_v3(const float* A, const float* B, float* C,
             g3_fetch(A, a_kc, M, K, m0, k0 + G3_BK, k_end, a_vec, t, va);
             g3_fetch(B, b_kc, N, K, n0, k0 + G3_BK, k_end, b_vec, t, vb);
         }
-        g3_multiply_slab(As[buf], Bs[buf], ty, tx, acc);
+        if (live) g3_multiply_slab(As[buf], Bs[buf], ty, tx, acc);
         if (has_next) {
             /* The other buffer was last read in the previous step, which every thread
                finished before the barrier that ended it. */

@@ -116,6 +116,19 @@ def test_conv_weight_grad_split_reduction(emu, splits):
     assert_close(dw, dw_ref, f"splits={splits}")
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[4] > 1],
+                         ids=[i for c, i in zip(CASES, IDS) if c[4] > 1])
+def test_conv_backward_data_v2_strided(emu, case):
+    """conv_backward dispatches stride > 1 to the v1 gather; the v2 kernel must still be
+    right there (its B operand is zero between strides)."""
+    x_shape, k, kh, kw, stride, pad, group = case
+    x, w, b = make_problem(x_shape, k, kh, kw, group, seed=9)
+    _, dy, dx_ref, _, _ = reference(x, w, b, 10, stride, pad, group, relu=False)
+    _, cache = conv.conv_forward(emu, x, w, b, stride=stride, pad=pad, group=group)
+    dx = conv._backward_data(emu, dy, w, np.empty_like(x), cache["geom"], version=2)
+    assert_close(dx, dx_ref, f"{case}")
+
+
 def test_weight_grad_split_rule():
     """Few tiles: chunks of >= 512 up to about 256 blocks; many tiles: one chunk.
     conv1 at batch 64 (3 tiles, N*Ho*Wo = 193600) gets 86 chunks of 2256."""
