@@ -185,8 +185,11 @@ __device__ __forceinline__ void g3_fetch(const float* src, int k_contig, int row
 __device__ __forceinline__ void g3_stash(float* S, int k_contig, int t, const float v[4]) {
     if (k_contig)
         for (int i = 0; i < 4; ++i) S[((t % 2) * 4 + i) * G3_LD + t / 2] = v[i];
-    else
-        for (int i = 0; i < 4; ++i) S[(t / 32) * G3_LD + (t % 32) * 4 + i] = v[i];
+    else {   /* one 128-bit store: 4 scalar stores 4 floats apart would hit 8 banks */
+        float4 q;
+        q.x = v[0]; q.y = v[1]; q.z = v[2]; q.w = v[3];
+        *(float4*)(S + (t / 32) * G3_LD + (t % 32) * 4) = q;
+    }
 }
 
 /* The register micro-kernel shared with conv.cu's implicit GEMM (kept identical there):
