@@ -122,7 +122,12 @@ def expand_inputs(inputs):
     entries = []
     for path in inputs:
         if os.path.isdir(path):
-            names = sorted(n for n in os.listdir(path)
+            try:
+                listing = os.listdir(path)
+            except OSError as exc:
+                entries.append((path, f'{path}: cannot list folder: {exc.strerror}'))
+                continue
+            names = sorted(n for n in listing
                            if not n.startswith('.')
                            and n.lower().endswith(IMAGE_EXTENSIONS)
                            and not n.lower().endswith(MAP_SUFFIX + '.png')
@@ -304,18 +309,13 @@ def prepare(item, args, planned):
     from nn import preprocess
     if args.map:
         item.png, item.npy = map_paths(item.path, args)
-        for out in (item.png, item.npy):
-            if out is None:
-                continue
-            if os.path.abspath(out) in planned:
-                raise ImageFailure(f'{item.path}: its map {out} is also the map of '
-                                   f'{planned[os.path.abspath(out)]} in this call; '
-                                   f'use separate --out folders')
+        outs = [os.path.abspath(p) for p in (item.png, item.npy) if p is not None]
+        for out in outs:
+            if out in planned:
+                raise ImageFailure(f'{item.path}: its map {out} would overwrite the map of '
+                                   f'{planned[out]} from this call; use separate --out folders')
             if os.path.exists(out) and not args.force:
                 raise ImageFailure(f'{item.path}: {out} exists; use --force to overwrite it')
-        for out in (item.png, item.npy):
-            if out is not None:
-                planned[os.path.abspath(out)] = item.path
     try:
         rgb = preprocess.load_image(item.path)
     except preprocess.ImageError as exc:
@@ -328,6 +328,7 @@ def prepare(item, args, planned):
     if args.map:
         item.map_input = preprocess.resize_image(rgb, args.map_size)
         item.rgb = rgb
+        planned.update((out, item.path) for out in outs)
 
 
 def run_batch(model, items):
@@ -439,10 +440,9 @@ def main(argv=None, out=None, err=None):
             device = get_device(device_name(args.device))
         except DeviceError as exc:
             raise SetupError(str(exc)) from None
-        if args.map:
-            from nn.sentiment_map import class_indices
         model = load_model(resolve_weights(args.weights), device)
         if args.map:
+            from nn.sentiment_map import class_indices
             try:
                 class_indices(model.class_names)
             except ValueError as exc:
