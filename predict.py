@@ -390,9 +390,15 @@ def record(item, model):
     return rec
 
 
-def text_line(rec):
-    """The human-readable line of a record (the same numbers as the JSON, 4 decimals)."""
-    probs = '  '.join(f'p({name})={p:.4f}' for name, p in rec['probs'].items())
+def text_line(rec, top=5):
+    """The human-readable line of a record (the same numbers as the JSON, 4 decimals).
+
+    Networks with more than `top` classes (an ImageNet model) show the `top` most likely.
+    """
+    items = list(rec['probs'].items())
+    if len(items) > top:
+        items = sorted(items, key=lambda kv: -kv[1])[:top]
+    probs = '  '.join(f'p({name})={p:.4f}' for name, p in items)
     line = f"{rec['file']}: {rec['label']}  {probs}"
     if 'map' in rec:
         line += f"  map={rec['map']}"

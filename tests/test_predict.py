@@ -131,6 +131,13 @@ def test_oversample_is_the_ten_crop_average(tmp_path, weights):
     assert abs(centre_only[1] - got[1]) > 1e-4                # ten crops do change the result
 
 
+def test_text_line_of_many_classes_shows_the_top_five():
+    probs = {f'class{i}': p for i, p in enumerate([0.05, 0.3, 0.02, 0.2, 0.1, 0.25, 0.08])}
+    line = predict.text_line({'file': 'x.jpg', 'label': 'class1', 'probs': probs})
+    assert line == ('x.jpg: class1  p(class1)=0.3000  p(class5)=0.2500  p(class3)=0.2000  '
+                    'p(class4)=0.1000  p(class6)=0.0800')
+
+
 def test_many_images_in_one_call_equal_one_call_each(tmp_path, weights):
     path, _ = weights
     folder = tmp_path / 'folder'
