@@ -2,9 +2,10 @@
 
 The weights are a real-size CaffeNet made here (random, rescaled so that the output depends
 visibly on the image) and saved once per module. Expected values are computed
-independently of predict.py: preprocessing written out with Pillow and NumPy slicing, and
-the plain classifier (fc layers as inner products) on 227x227 windows of the map input
-for the fully convolutional map.
+independently of predict.py: preprocessing written out with Pillow and NumPy slicing, the
+plain classifier (fc layers as inner products) for the classification, and for the map
+the classifier's fc6/fc7/fc8 applied as matrix products to every 6x6 window of pool5 (the
+fully convolutional net is exactly that, except for zero padding at the borders).
 """
 import io
 import json
