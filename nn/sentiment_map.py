@@ -42,7 +42,8 @@ def map_grid_size(size):
     """
     size = int(size)
     if size < 227:
-        raise ValueError(f"map size must be at least 227 pixels (the classifier's window), got {size}")
+        raise ValueError(f"map size must be at least 227 pixels (the classifier's window), "
+                         f"got {size}")
     return -(-(size - 230) // 32) + 1
 
 
