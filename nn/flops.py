@@ -277,3 +277,19 @@ def network_counts(layers, batch, train=False):
     if train:
         total += sgd_counts(param_count(layers))
     return total
+
+
+def matmul_counts(m, n, k):
+    """C (m, n) = A (m, k) @ B (k, n): m*n*k MACs, 2 FLOPs each; reads A and B, writes C."""
+    return Counts(m * n * k, 2 * m * n * k, FLOAT_BYTES * (m * k + k * n + m * n))
+
+
+def fc_products(layer, batch):
+    """The three matrix products of an fc layer as {pass: (m, n, k)}:
+    forward y = x W^T (N, O, D); backward-data dx = dy W (N, D, O);
+    backward-weights dW = dy^T x (O, D, N)."""
+    if layer.kind != 'fc':
+        raise ValueError(f"layer {layer.name!r} ({layer.kind}) is not an fc layer")
+    o, d = weight_shape(layer)
+    return {'forward': (batch, o, d), 'backward_data': (batch, d, o),
+            'backward_weights': (o, d, batch)}

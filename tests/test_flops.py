@@ -91,6 +91,20 @@ def test_network_totals():
     assert train.bytes > fwd.bytes + flops.sgd_counts(60_965_224).bytes
 
 
+def test_fc_products_by_hand():
+    fc7 = _by_name(caffenet_layers())['fc7']
+    prods = flops.fc_products(fc7, 3)
+    assert prods == {'forward': (3, 4096, 4096), 'backward_data': (3, 4096, 4096),
+                     'backward_weights': (4096, 4096, 3)}
+    # (2 x 5) @ (5 x 7): 70 MACs; reads 10 + 35 floats, writes 14.
+    assert flops.matmul_counts(2, 7, 5) == Counts(70, 140, 4 * (10 + 35 + 14))
+    # The fc layer's forward is its product plus the bias.
+    fwd = layer_counts(fc7, 3)['forward']
+    assert fwd.macs == flops.matmul_counts(*prods['forward']).macs
+    with pytest.raises(ValueError, match='conv1'):
+        flops.fc_products(caffenet_layers()[0], 1)
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match='batch'):
         layer_counts(caffenet_layers()[0], 0)

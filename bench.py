@@ -1,0 +1,1141 @@
+#!/usr/bin/env python
+"""How fast are the hand-written kernels? Time every layer of CaffeNet, honestly.
+
+    python bench.py                          # GPU if there is one, else the CPU path
+    python bench.py --device cpu --batch 16  # the NumPy reference, next to PyTorch CPU
+    python bench.py --only conv2 --versions  # one layer, every kept kernel version
+    python bench.py --json results.json      # every figure, device and settings
+
+For every kernel at CaffeNet's real layer shapes (forward and backward of conv1..conv5,
+fc6..fc8, pooling, LRN, ReLU, dropout, softmax-loss, and the SGD update) it reports the
+median time over repeated runs after warm-up, GFLOP/s and GB/s from the counts in
+nn/flops.py, the fraction of the machine's roofline measured in the same run (a large copy
+for bandwidth, the best FP32 matrix product for compute), and the same operation through
+the library a user would otherwise pick (cuBLAS via CuPy, cuDNN via PyTorch, or PyTorch's
+CPU build), with the ratio. Then the whole network: training step and inference
+images/s, and batch-1 latency, next to PyTorch running the identical network.
+
+Every result is checked against the NumPy reference in float64 before it is timed; a
+result that disagrees is reported as WRONG and not timed. See docs/benchmarks.md.
+"""
+import argparse
+import datetime
+import functools
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+
+import numpy as np
+
+from nn import flops
+
+CHECK_IMAGES = 2        # images (leading rows) compared with the float64 reference
+TOLERANCE = 1e-4        # max |result - reference| / max |reference|: float32 against float64
+FLUSH_BYTES = 256 << 20  # written between GPU runs: several times any GPU's L2 cache
+GPU_BATCHES = (256, 1)
+CPU_BATCH = 16
+SGD_LAYER = 'fc6'       # the SGD update is timed on the largest blob, fc6's weights
+DROPOUT_SEED = 1234
+SGD_ARGS = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
+OP_NAMES = ('conv_forward', 'conv_backward', 'inner_product_forward', 'inner_product_backward',
+            'max_pool_forward', 'max_pool_backward', 'lrn_forward', 'lrn_backward',
+            'relu_forward', 'relu_backward', 'dropout_forward', 'dropout_backward',
+            'softmax', 'softmax_loss_forward', 'softmax_loss_backward', 'accuracy',
+            'sgd_update')
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run as asked (no GPU for --device cuda, unknown --only...)."""
+
+
+# ------------------------------------------------------------------------------ timers
+def cpu_flush_bytes():
+    """Bytes to write to flush the CPU caches: 4x the last-level cache (Linux sysfs),
+    at least 32 MiB, at most FLUSH_BYTES."""
+    biggest = 0
+    folder = '/sys/devices/system/cpu/cpu0/cache'
+    entries = os.listdir(folder) if os.path.isdir(folder) else []
+    for entry in entries:
+        try:
+            with open(os.path.join(folder, entry, 'size')) as f:
+                text = f.read().strip()
+            scale = {'K': 1 << 10, 'M': 1 << 20}.get(text[-1:], 1)
+            biggest = max(biggest, int(text.rstrip('KM')) * scale)
+        except (OSError, ValueError):
+            continue  # not a cache folder (uevent), or an unreadable size
+    return int(min(max(4 * biggest, 32 << 20), FLUSH_BYTES))
+
+
+class CpuTimer:
+    """Wall-clock time of a host function (the CPU path and PyTorch CPU), with the CPU
+    caches flushed before every run, as on the GPU."""
+    name = 'perf_counter, caches flushed'
+
+    _flush_buf = None  # one buffer shared by every CpuTimer
+
+    def __init__(self):
+        if CpuTimer._flush_buf is None:
+            CpuTimer._flush_buf = np.empty(cpu_flush_bytes() // 4, dtype=np.float32)
+        self.flush_buf = CpuTimer._flush_buf
+
+    def measure(self, fn, warmup, repeats, flush=True):
+        """Run fn warmup times, then time it repeats times; returns the seconds list."""
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            if flush:
+                self.flush_buf.fill(0)  # evicts what the last run left in the caches
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return times
+
+
+class GpuTimer:
+    """CUDA-event time of GPU work, with the L2 cache flushed before every run.
+
+    `lib` is 'cupy' or 'torch': the events, the flush buffer and the timed work must be on
+    the same library's current stream, so each library gets its own timer.
+    """
+
+    def __init__(self, lib, module):
+        self.lib, self.m = lib, module
+        self.name = f'CUDA events ({lib}), L2 flushed'
+        if lib == 'cupy':
+            self.flush_buf = module.empty(FLUSH_BYTES // 4, dtype=module.float32)
+        else:
+            self.flush_buf = module.empty(FLUSH_BYTES // 4, dtype=module.float32, device='cuda')
+
+    def _event(self):
+        if self.lib == 'cupy':
+            return self.m.cuda.Event()
+        return self.m.cuda.Event(enable_timing=True)
+
+    def _flush(self):
+        # Writing a buffer larger than L2 evicts what the previous run left in it.
+        if self.lib == 'cupy':
+            self.flush_buf.fill(0)
+        else:
+            self.flush_buf.zero_()
+
+    def measure(self, fn, warmup, repeats, flush=True):
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            if flush:
+                self._flush()
+            start, end = self._event(), self._event()
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            ms = (self.m.cuda.get_elapsed_time(start, end) if self.lib == 'cupy'
+                  else start.elapsed_time(end))
+            times.append(ms / 1e3)
+        return times
+
+
+# ------------------------------------------------------------------------------ cases
+class Case:
+    """One timed operation at one layer's shape.
+
+    make(rng, batch) -> {name: numpy array}: the inputs (float32; labels int32).
+    prepare(ops, inputs) -> state: untimed set-up (e.g. the forward whose cache a backward
+        needs); run(ops, state) -> tuple of outputs: the timed call. Both are written once
+        against the op set, so the same code runs our kernels and the float64 reference.
+    per_sample: for each output, whether its leading axis follows the inputs' leading axis
+        (then rows of the full-batch output can be checked too).
+    check_all: the reference is cheap enough to check the whole batch (dropout: its mask
+        depends on the flat index, so rows cannot be checked apart; loss: a batch mean).
+    op: the op-set function timed (for --versions); counts: flops.Counts at this batch;
+    vendor: the (kind, pass) key of the library version, or None.
+    """
+
+    def __init__(self, name, layer, op, counts, make, prepare, run, per_sample,
+                 vendor=None, check_all=False):
+        self.name, self.layer, self.op, self.counts = name, layer, op, counts
+        self.make, self.prepare, self.run, self.per_sample = make, prepare, run, per_sample
+        self.vendor, self.check_all = vendor, check_all
+
+
+def _normal(rng, shape, scale=1.0):
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
+
+
+def _forward_fn(layer):
+    """(op family, fwd(ops, t) -> (out, cache)) for a layer, written against the op set."""
+    p, name, kind = layer.params, layer.name, layer.kind
+    if kind == 'conv':
+        return 'conv', lambda ops, t: ops.conv_forward(
+            t['x'], t['w'], t['b'], stride=p['stride'], pad=p['pad'], group=p['group'],
+            layer=name)
+    if kind == 'fc':
+        return 'inner_product', lambda ops, t: ops.inner_product_forward(
+            t['x'], t['w'], t['b'], layer=name)
+    if kind == 'pool':
+        return 'max_pool', lambda ops, t: ops.max_pool_forward(
+            t['x'], p['kernel'], p['stride'], pad=p['pad'], layer=name)
+    if kind == 'lrn':
+        return 'lrn', lambda ops, t: ops.lrn_forward(
+            t['x'], local_size=p['local_size'], alpha=p['alpha'], beta=p['beta'], k=p['k'],
+            layer=name)
+    if kind == 'relu':
+        return 'relu', lambda ops, t: ops.relu_forward(t['x'])
+    if kind == 'dropout':
+        return 'dropout', lambda ops, t: ops.dropout_forward(t['x'], p['ratio'], DROPOUT_SEED,
+                                                             train=True)
+    if kind == 'loss':
+        return 'softmax_loss', lambda ops, t: ops.softmax_loss_forward(t['x'], t['labels'])
+    raise BenchError(f'layer {name!r}: no benchmark for layer kind {kind!r}')
+
+
+def _make_inputs(layer):
+    """make(rng, n) for a layer: x, dy (and He-scaled w, b; or scores and labels)."""
+    if layer.kind == 'loss':
+        c = layer.in_shape[0]
+        return lambda rng, n: {'x': _normal(rng, (n, c), 3.0),
+                               'labels': rng.integers(0, c, size=n).astype(np.int32)}
+    if layer.kind in ('conv', 'fc'):
+        w_shape = flops.weight_shape(layer)
+        std = np.sqrt(2.0 / np.prod(w_shape[1:]))
+        return lambda rng, n: {'x': _normal(rng, (n,) + layer.in_shape),
+                               'w': _normal(rng, w_shape, std),
+                               'b': _normal(rng, (w_shape[0],), 0.1),
+                               'dy': _normal(rng, (n,) + layer.out_shape)}
+    return lambda rng, n: {'x': _normal(rng, (n,) + layer.in_shape),
+                           'dy': _normal(rng, (n,) + layer.out_shape)}
+
+
+def _numpy_matmul(a, b, trans_a=False, trans_b=False):
+    """The CPU path's matrix product (NumPy's BLAS), with kernels/gemm.py's signature."""
+    return (a.T if trans_a else a) @ (b.T if trans_b else b)
+
+
+# The three fc products, written once for every array library (NumPy, CuPy, PyTorch):
+# pass -> (our call through ops.matmul, the library's `@`, outputs with a row per image).
+_PRODUCTS = {
+    'forward': (lambda ops, t: ops.matmul(t['x'], t['w'], trans_b=True),
+                lambda T: T['x'] @ T['w'].T, True),
+    'backward_data': (lambda ops, t: ops.matmul(t['dy'], t['w']),
+                      lambda T: T['dy'] @ T['w'], True),
+    'backward_weights': (lambda ops, t: ops.matmul(t['dy'], t['x'], trans_a=True),
+                         lambda T: T['dy'].T @ T['x'], False),
+}
+
+
+def _product_cases(layer, batch):
+    """An fc layer's three bare matrix products (no bias), each its own Case: the fc
+    layer's backward does two of them at once, here they are timed apart."""
+    o, d = flops.weight_shape(layer)
+    std = np.sqrt(2.0 / d)
+
+    def make(rng, n):
+        return {'x': _normal(rng, (n, d)), 'w': _normal(rng, (o, d), std),
+                'dy': _normal(rng, (n, o))}
+    cases = []
+    for pass_, (m, n, k) in flops.fc_products(layer, batch).items():
+        ours, _, per_sample = _PRODUCTS[pass_]
+        cases.append(Case(f'{layer.name}.gemm_{pass_}', layer.name, 'matmul',
+                          flops.matmul_counts(m, n, k), make, lambda ops, t: t,
+                          lambda ops, t, f=ours: (f(ops, t),), (per_sample,),
+                          ('gemm', pass_)))
+    return cases
+
+
+def _layer_cases(layer, batch):
+    """The two Cases of one flops.Layer at `batch`: forward, and backward (for conv and
+    fc: the data and weight gradients together, as the op set's backward returns them)."""
+    counts = flops.layer_counts(layer, batch)
+    op, fwd = _forward_fn(layer)
+    make, name, kind = _make_inputs(layer), layer.name, layer.kind
+    bwd_op = f'{op}_backward'
+    if kind == 'loss':
+        bwd_prepare = lambda ops, t: fwd(ops, t)[1]                        # noqa: E731
+        bwd_run = lambda ops, cache: (ops.softmax_loss_backward(cache),)  # noqa: E731
+        per_sample = ((False,), (False,))  # a batch mean; dscores carries 1/N
+    else:
+        bwd_prepare = lambda ops, t: (fwd(ops, t)[1], t['dy'])            # noqa: E731
+
+        def bwd_run(ops, s):
+            out = getattr(ops, bwd_op)(s[1], s[0])
+            return tuple(out) if isinstance(out, tuple) else (out,)
+        # conv/fc return (dx, dw, db): only dx has a row per image.
+        per_sample = ((True,), (True, False, False) if kind in ('conv', 'fc') else (True,))
+    if kind in ('conv', 'fc'):
+        bwd_counts = counts['backward_data'] + counts['backward_weights']
+    else:
+        bwd_counts = counts['backward']
+    check_all = kind in ('dropout', 'loss')
+    products = _product_cases(layer, batch) if kind == 'fc' else []
+    return products + [
+        Case(f'{name}.forward', name, f'{op}_forward', counts['forward'], make,
+             lambda ops, t: t, lambda ops, t: (fwd(ops, t)[0],), per_sample[0],
+             (kind, 'forward'), check_all),
+        Case(f'{name}.backward', name, bwd_op, bwd_counts, make, bwd_prepare, bwd_run,
+             per_sample[1], (kind, 'backward'), check_all),
+    ]
+
+
+def _sgd_case(layers):
+    """The SGD update of the largest blob (fc6's weights), in place."""
+    layer = next(l for l in layers if l.name == SGD_LAYER)
+    shape = flops.weight_shape(layer)
+
+    def make(rng, n):
+        # The "batch" of an update is its rows: the check takes the first and last rows.
+        return {'param': _normal(rng, shape, 0.01), 'grad': _normal(rng, shape, 0.01),
+                'history': _normal(rng, shape, 0.001)}
+
+    def prepare(ops, t):
+        return {k: v.copy() for k, v in t.items()}  # the update is in place
+
+    def run(ops, s):
+        ops.sgd_update(s['param'], s['grad'], s['history'], **SGD_ARGS)
+        return s['param'], s['history']
+
+    counts = flops.sgd_counts(shape[0] * shape[1])
+    return Case(f'sgd.{SGD_LAYER}', 'sgd', 'sgd_update', counts, make, prepare, run,
+                (True, True))
+
+
+def build_cases(layers, batch, sgd=True):
+    """Every Case of CaffeNet at `batch`, in network order, then (sgd=True) the SGD
+    update, whose size does not depend on the batch."""
+    cases = [c for layer in layers for c in _layer_cases(layer, batch)]
+    return cases + ([_sgd_case(layers)] if sgd else [])
+
+
+def select(cases, only):
+    """The cases `--only` names: a layer ('conv3'), a case ('conv3.backward') or 'sgd'."""
+    if not only:
+        return cases
+    wanted = [w.strip() for w in only.split(',') if w.strip()]
+    chosen = [c for c in cases if c.name in wanted or c.layer in wanted]
+    return chosen
+
+
+# ------------------------------------------------------------------------------ checking
+def max_rel_error(got, want):
+    """max |got - want| / max |want| as a float (inf on a shape mismatch, nan stays nan)."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        return float('inf')
+    if got.size == 0:
+        return 0.0
+    # One float64 temporary (a gradient can be 37M long); reshape keeps scalars arrays.
+    diff = np.subtract(got.reshape(-1), want.reshape(-1), dtype=np.float64)
+    np.abs(diff, out=diff)
+    scale = max(float(np.abs(want).max()), 1e-30)
+    return float(diff.max() / scale)
+
+
+def check_rows(n):
+    """Rows (images) compared with the reference: the first and the last, where the
+    edge cases of a tiled kernel live; at most CHECK_IMAGES of them."""
+    return sorted({0, n - 1})[:CHECK_IMAGES]
+
+
+def _take_rows(inputs, rows):
+    """The chosen rows of every batched input (weights and biases stay whole)."""
+    return {n: (a if n in ('w', 'b') else np.ascontiguousarray(a[rows]))
+            for n, a in inputs.items()}
+
+
+class Library:
+    """Moves NumPy inputs into one library's arrays and results back.
+
+    to_lib(a) keeps integer arrays integer; to_numpy(a) handles Python floats too.
+    """
+
+    def __init__(self, name, to_lib, to_numpy):
+        self.name, self.to_lib, self.to_numpy = name, to_lib, to_numpy
+
+    def convert(self, inputs):
+        return {n: self.to_lib(a) for n, a in inputs.items()}
+
+
+def gate(case, run_fn, lib, inputs, full_outputs=None):
+    """Compare a result with the float64 NumPy reference; returns (ok, max_rel_error).
+
+    run_fn(lib_inputs) -> outputs runs the subject on inputs converted by `lib`. It is run
+    on the check rows (the first and last image; the whole batch for case.check_all) and
+    every output is compared; `full_outputs`, the subject's outputs on the whole timed
+    batch, are compared on the same rows of their per-sample outputs.
+    """
+    reference = reference_ops()
+    n = len(next(iter(inputs.values())))
+    rows = list(range(n)) if case.check_all else check_rows(n)
+    small = _take_rows(inputs, rows)
+    small64 = {k: (a.astype(np.float64) if a.dtype.kind == 'f' else a) for k, a in small.items()}
+    truth = case.run(reference, case.prepare(reference, small64))
+    got = run_fn(lib.convert(small))
+    errors = [max_rel_error(lib.to_numpy(g), t) for g, t in zip(got, truth)]
+    if len(got) != len(truth):
+        errors.append(float('inf'))
+    if full_outputs is not None:
+        for per_sample, g, t in zip(case.per_sample, full_outputs, truth):
+            if per_sample:
+                errors.append(max_rel_error(np.asarray(lib.to_numpy(g))[rows], t))
+    worst = max(errors)
+    return bool(worst <= TOLERANCE), worst
+
+
+# ------------------------------------------------------------------------------ vendors
+def _torch_impls(torch):
+    """PyTorch's version of each (kind, pass): (prepare(T, layer), run(state)) on tensors.
+
+    The same code runs on PyTorch CPU and CUDA (cuDNN). Dropout and SGD have no exact
+    PyTorch twin (PyTorch's masks and momentum formula differ) and are not compared.
+    """
+    F = torch.nn.functional
+    aten = torch.ops.aten
+
+    def conv_args(L):
+        p = L.params
+        return [p['stride']] * 2, [p['pad']] * 2, p['group']
+
+    def conv_fwd(T, L):
+        s, pad, g = conv_args(L)
+        return lambda: (F.conv2d(T['x'], T['w'], T['b'], s, pad, 1, g),)
+
+    def conv_bwd(T, L):
+        s, pad, g = conv_args(L)
+        return lambda: tuple(aten.convolution_backward(
+            T['dy'], T['x'], T['w'], [T['w'].shape[0]], s, pad, [1, 1], False, [0, 0], g,
+            [True, True, True]))
+
+    def pool_fwd(T, L):
+        p = L.params
+        return lambda: (F.max_pool2d(T['x'], p['kernel'], p['stride'], p['pad'],
+                                     ceil_mode=True, return_indices=True)[0],)
+
+    def pool_bwd(T, L):
+        p = L.params
+        k, s, pad = [p['kernel']] * 2, [p['stride']] * 2, [p['pad']] * 2
+        _, idx = F.max_pool2d(T['x'], k, s, pad, ceil_mode=True, return_indices=True)
+        return lambda: (aten.max_pool2d_with_indices_backward(
+            T['dy'], T['x'], k, s, pad, [1, 1], True, idx),)
+
+    def lrn(x, L):
+        p = L.params
+        # PyTorch divides alpha by size, like Caffe: scale = k + alpha/n * sum x^2.
+        return F.local_response_norm(x, p['local_size'], p['alpha'], p['beta'], p['k'])
+
+    def autograd_bwd(forward):
+        def prepare(T, L):
+            x = T['x'].detach().requires_grad_(True)
+            y = forward(x, L, T)
+            dy = T.get('dy')
+            return lambda: torch.autograd.grad(y, x, dy, retain_graph=True)
+        return prepare
+
+    return {
+        **_matmul_impls(),
+        ('fc', 'forward'): lambda T, L: (lambda: (F.linear(T['x'], T['w'], T['b']),)),
+        ('conv', 'forward'): conv_fwd,
+        ('conv', 'backward'): conv_bwd,
+        ('pool', 'forward'): pool_fwd,
+        ('pool', 'backward'): pool_bwd,
+        ('lrn', 'forward'): lambda T, L: (lambda: (lrn(T['x'], L),)),
+        ('lrn', 'backward'): autograd_bwd(lambda x, L, T: lrn(x, L)),
+        ('relu', 'forward'): lambda T, L: (lambda: (F.relu(T['x']),)),
+        ('relu', 'backward'): lambda T, L: (lambda: (aten.threshold_backward(T['dy'], T['x'], 0),)),
+        ('loss', 'forward'): lambda T, L: (lambda: (F.cross_entropy(T['x'], T['labels'].long()),)),
+        ('loss', 'backward'): autograd_bwd(
+            lambda x, L, T: F.cross_entropy(x, T['labels'].long())),
+    }
+
+
+def _matmul_impls():
+    """fc layers and their bare products through any array library's `@` (cuBLAS for
+    CuPy): fc forward y = x W^T + b; fc backward dx = dy W, dW = dy^T x, db = sum of dy."""
+    impls = {('fc', 'forward'): lambda T, L: (lambda: (T['x'] @ T['w'].T + T['b'],)),
+             ('fc', 'backward'): lambda T, L: (
+                 lambda: (T['dy'] @ T['w'], T['dy'].T @ T['x'], T['dy'].sum(0)))}
+    for pass_, (_, lib_fn, _) in _PRODUCTS.items():
+        impls[('gemm', pass_)] = lambda T, L, f=lib_fn: (lambda: (f(T),))
+    return impls
+
+
+class Vendor:
+    """The library a user would otherwise pick, for the cases it can run."""
+
+    def __init__(self, name, lib, timer, impls):
+        self.name, self.lib, self.timer, self.impls = name, lib, timer, impls
+
+    def runner(self, case, layer):
+        """prepare(T) -> the timed callable for `case`, or None when not comparable."""
+        make = self.impls.get(case.vendor) if case.vendor else None
+        if make is None:
+            return None
+        return lambda T: make(T, layer)
+
+
+def _torch_vendor(torch, device_kind):
+    dev = 'cuda' if device_kind == 'cuda' else 'cpu'
+
+    def to_lib(a):
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.to(dev) if dev == 'cuda' else t
+
+    lib = Library('torch', to_lib, lambda t: t.detach().cpu().numpy() if hasattr(t, 'detach')
+                  else np.asarray(t))
+    timer = GpuTimer('torch', torch) if dev == 'cuda' else CpuTimer()
+    what = 'cuDNN (PyTorch)' if dev == 'cuda' else 'PyTorch CPU'
+    return Vendor(f'{what} {torch.__version__}', lib, timer, _torch_impls(torch))
+
+
+def _cublas_vendor(cp):
+    lib = Library('cupy', cp.asarray, lambda a: cp.asnumpy(a) if hasattr(a, 'device') else np.asarray(a))
+    return Vendor(f'cuBLAS (CuPy {cp.__version__} matmul)', lib, GpuTimer('cupy', cp),
+                  _matmul_impls())
+
+
+def import_torch(disabled, device_kind):
+    """torch (imported lazily) set up for a fair FP32 comparison, or None with why."""
+    if disabled:
+        return None, 'disabled with --no-torch'
+    try:
+        import torch
+    except ImportError:
+        return None, 'PyTorch is not installed (pip install torch; never a project requirement)'
+    if device_kind == 'cuda':
+        if not torch.cuda.is_available():
+            return None, f'PyTorch {torch.__version__} has no CUDA here'
+        torch.backends.cudnn.allow_tf32 = False       # true FP32, like our kernels
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True         # let cuDNN pick its fastest algorithm
+    return torch, None
+
+
+# ------------------------------------------------------------------------------ devices
+def subject_ops(device):
+    """The op namespace to time: a copy of device.ops plus `matmul` (the gemm launcher on
+    the GPU, NumPy's on the CPU). Tests replace this function to inject bugs."""
+    ops = types.SimpleNamespace(**{n: getattr(device.ops, n) for n in OP_NAMES})
+    ops.matmul = _numpy_matmul
+    if device.runner is not None:
+        try:
+            from kernels.gemm import matmul
+            ops.matmul = functools.partial(matmul, device.runner)
+        except ImportError as exc:
+            ops.matmul = _missing(f'kernels/gemm.py: {exc}')
+    return ops
+
+
+def reference_ops():
+    """The NumPy reference op set (plus matmul): the truth every result is checked against."""
+    from nn import reference
+    ops = types.SimpleNamespace(**{n: getattr(reference, n) for n in OP_NAMES})
+    ops.matmul = _numpy_matmul
+    return ops
+
+
+def _missing(why):
+    """An op that is not there: calling it raises ImportError(why)."""
+    def op(*args, **kwargs):
+        raise ImportError(why)
+    return op
+
+
+def open_device(name):
+    """(Device, timer, array Library) for 'cpu' or 'cuda'; BenchError when impossible."""
+    from nn.device import DeviceError, get_device
+    if name == 'auto':
+        from nn.device import cuda_available
+        name = 'cuda' if cuda_available() else 'cpu'
+    if name == 'cuda':
+        try:
+            device = get_device('cuda')
+        except DeviceError as exc:
+            raise BenchError(f'--device cuda needs an NVIDIA GPU with CuPy, and: {exc}. '
+                             'Run `python bench.py --device cpu` to time the CPU path; '
+                             'GPU figures need a GPU.') from exc
+        except ImportError:
+            # Some launcher is missing: time the kernels that exist, report the others.
+            device = _partial_kernel_device()
+        cp = device.xp
+        timer = GpuTimer('cupy', cp)
+    else:  # cpu, or emu: the CUDA kernels on the CPU emulator (checks the kernel path)
+        device = get_device(name)
+        timer = CpuTimer()
+    lib = Library(device.name, lambda a: device.asarray(a, a.dtype), device.to_numpy)
+    return device, timer, lib
+
+
+def _partial_kernel_device():
+    """A cuda Device whose missing kernel ops raise their ImportError when called."""
+    from kernels.ops import OP_FAMILIES
+    from kernels.runner import get_runner
+    from nn.device import Device
+    runner = get_runner('cuda')
+    ops = types.SimpleNamespace()
+    for op, family in OP_FAMILIES.items():
+        try:
+            fn = functools.partial(getattr(importlib.import_module(f'kernels.{family}'), op),
+                                   runner)
+        except (ImportError, AttributeError) as exc:
+            fn = _missing(f'kernels/{family}.py: {type(exc).__name__}: {exc}')
+        setattr(ops, op, fn)
+    return Device('cuda', runner.xp, ops, runner)
+
+
+def measure_peaks(device, timer):
+    """The machine's own limits, measured now: copy bandwidth and FP32 matmul rate.
+
+    Bandwidth: a large copy (read + write counted). Compute: the best FP32 matrix product
+    on offer (CuPy's cuBLAS with TF32 off on the GPU, NumPy's BLAS on the CPU). The best
+    run counts: a peak is what the machine can do, not what it usually does.
+    """
+    xp = device.xp
+    if device.name == 'cuda':
+        n_copy, n_mm, runs = (1 << 30) // 4, 8192, 10
+    else:  # the copy is well beyond the caches; the product takes ~1 GFLOP per run
+        n_copy, n_mm, runs = cpu_flush_bytes() // 4, 1024, 5
+    src = xp.ones(n_copy, dtype=xp.float32)
+    dst = xp.empty_like(src)
+    t_copy = min(timer.measure(lambda: xp.copyto(dst, src), 1, runs, flush=False))
+    a = xp.asarray(np.random.default_rng(0).standard_normal((n_mm, n_mm), dtype=np.float32))
+    c = xp.empty_like(a)
+    t_mm = min(timer.measure(lambda: xp.matmul(a, a, out=c), 1, runs, flush=False))
+    del src, dst, a, c
+    return {'bandwidth_GBps': 2 * n_copy * 4 / t_copy / 1e9,
+            'fp32_GFLOPs': 2 * n_mm ** 3 / t_mm / 1e9,
+            'bandwidth_how': f'{xp.__name__}.copyto of {n_copy * 4 >> 20} MiB, read + write',
+            'fp32_how': f'{xp.__name__}.matmul {n_mm}x{n_mm} float32'
+                        + (' (cuBLAS, CUPY_TF32=' + os.environ.get('CUPY_TF32', '') + ')'
+                           if device.name == 'cuda' else ' (NumPy BLAS)')}
+
+
+# ------------------------------------------------------------------------------ one case
+def _rates(counts, seconds, peaks):
+    """GFLOP/s, GB/s, the bound (roofline term that dominates) and % of that roofline."""
+    gflops = counts.flops / seconds / 1e9
+    gbps = counts.bytes / seconds / 1e9
+    t_compute = counts.flops / (peaks['fp32_GFLOPs'] * 1e9)
+    t_memory = counts.bytes / (peaks['bandwidth_GBps'] * 1e9)
+    bound = 'compute' if t_compute >= t_memory else 'memory'
+    return {'gflops': gflops, 'gbps': gbps, 'bound': bound,
+            'roofline_fraction': max(t_compute, t_memory) / seconds}
+
+
+def _timed(timer, fn, args, images=None):
+    """Time fn: {'time_s': median, 'times_s': all runs} (+ 'images_per_s')."""
+    times = timer.measure(fn, args.warmup, args.repeats)
+    out = {'time_s': statistics.median(times), 'times_s': times}
+    if images:
+        out['images_per_s'] = images / out['time_s']
+    return out
+
+
+def _time_checked(case, run_fn, lib, inputs, timer, args):
+    """Gate, then time: {'status', 'max_rel_error', 'time_s', 'times_s'} (+ 'error')."""
+    try:
+        state_inputs = lib.convert(inputs)
+        full = run_fn(state_inputs, keep=True)
+        ok, err = gate(case, lambda t: run_fn(t, keep=False), lib, inputs, full)
+        out = {'status': 'ok' if ok else 'WRONG', 'max_rel_error': err}
+        if ok:
+            out.update(_timed(timer, run_fn.timed, args))
+        return out
+    except Exception as exc:  # a missing launcher or a crash must not stop the run
+        return {'status': 'ERROR', 'error': f'{type(exc).__name__}: {exc}'}
+
+
+class _Runner:
+    """Calls a subject on converted inputs; remembers the last state for timing."""
+
+    def __init__(self, prepare, run):
+        self.prepare, self.run, self.timed = prepare, run, None
+
+    def __call__(self, lib_inputs, keep):
+        state = self.prepare(lib_inputs)
+        if keep:
+            self.timed = functools.partial(self.run, state)
+        return self.run(state)
+
+
+def _checked_row(case, runner, lib, inputs, timer, args, peaks):
+    """_time_checked plus the rates when it was timed."""
+    row = _time_checked(case, runner, lib, inputs, timer, args)
+    if 'time_s' in row:
+        row.update(_rates(case.counts, row['time_s'], peaks))
+    return row
+
+
+def bench_case(case, layer, ops, lib, timer, vendor, args, batch, peaks, versions=None):
+    """Check and time one case with our ops (and each kept version), then the vendor."""
+    inputs = case.make(np.random.default_rng(args.seed), batch)
+    row = {'name': case.name, 'layer': case.layer, 'op': case.op, 'batch': batch,
+           'macs': case.counts.macs, 'flops': case.counts.flops, 'bytes': case.counts.bytes}
+    ours = _Runner(lambda t: case.prepare(ops, t), lambda s: case.run(ops, s))
+    row.update(_checked_row(case, ours, lib, inputs, timer, args, peaks))
+    if versions:
+        row['versions'] = []
+        for label, vops in versions:
+            r = _Runner(lambda t, o=vops: case.prepare(o, t), lambda s, o=vops: case.run(o, s))
+            v = {'version': label, **_checked_row(case, r, lib, inputs, timer, args, peaks)}
+            if 'version must be one of' in v.get('error', ''):
+                continue  # tried from DEFAULT_VERSIONS, and this launcher does not keep it
+            row['versions'].append(v)
+    make = vendor.runner(case, layer) if vendor is not None else None
+    if make is not None:
+        r = _Runner(make, lambda fn: fn())
+        v = {'name': vendor.name,
+             **_checked_row(case, r, vendor.lib, inputs, vendor.timer, args, peaks)}
+        if 'time_s' in v and 'time_s' in row:
+            v['vendor_time_over_ours'] = v['time_s'] / row['time_s']
+        row['vendor'] = v
+    return row
+
+
+DEFAULT_VERSIONS = (1, 2)  # launchers without a VERSIONS tuple keep a v1 and a v2
+
+
+def kernel_versions(device, case):
+    """[(label, ops)] for each kept version of the kernel `case` times (kernel devices).
+
+    The launcher's module-level VERSIONS lists them (else DEFAULT_VERSIONS; a version
+    the launcher does not keep then shows as an ERROR row naming it). A backward that
+    takes no `version=` follows its forward's (kernels/conv.py and gemm.py keep it in the
+    cache), so the forward op is the one bound.
+    """
+    import inspect
+    from kernels.ops import OP_FAMILIES
+    if device.runner is None:
+        return None
+    family = 'gemm' if case.op == 'matmul' else OP_FAMILIES[case.op]
+    module = importlib.import_module(f'kernels.{family}')
+    target = case.op
+    if 'version' not in inspect.signature(getattr(module, target)).parameters:
+        target = case.op.replace('_backward', '_forward')
+        if not hasattr(module, target) or \
+                'version' not in inspect.signature(getattr(module, target)).parameters:
+            return []
+    out = []
+    for v in getattr(module, 'VERSIONS', DEFAULT_VERSIONS):
+        ops = subject_ops(device)
+        setattr(ops, target, functools.partial(getattr(module, target), device.runner,
+                                               version=v))
+        out.append((str(v), ops))
+    return out
+
+
+# ------------------------------------------------------------------------------ network
+def _fresh_params(net, seed):
+    """He-scaled random weights and non-zero biases, so every layer shapes the scores."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in net.blob_shapes.items():
+        fan_in = int(np.prod(shape[1:]))
+        params[name] = {'weight': _normal(rng, shape, np.sqrt(2.0 / fan_in)),
+                        'bias': _normal(rng, (shape[0],), 0.1)}
+    return params
+
+
+def torch_caffenet(torch, spec, params, device):
+    """The identical CaffeNet in PyTorch (FP32), our weights copied in.
+
+    Convolution groups, LocalResponseNorm(5, 1e-4, 0.75, k=1) (PyTorch divides alpha
+    by the size like Caffe), max pooling with ceil_mode=True (Caffe's rounding).
+    """
+    nn = torch.nn
+    mods, flat = [], False
+    for layer in spec:
+        kind, name = layer['type'], layer['name']
+        if kind in ('conv', 'fc'):
+            w = torch.from_numpy(params[name]['weight'])
+            b = torch.from_numpy(params[name]['bias'])
+            if kind == 'conv':
+                g = layer.get('group', 1)
+                m = nn.Conv2d(w.shape[1] * g, w.shape[0], w.shape[2], layer.get('stride', 1),
+                              layer.get('pad', 0), groups=g)
+            else:
+                if not flat:
+                    mods.append(nn.Flatten())
+                    flat = True
+                m = nn.Linear(w.shape[1], w.shape[0])
+            with torch.no_grad():
+                m.weight.copy_(w.reshape(m.weight.shape))
+                m.bias.copy_(b)
+            mods.append(m)
+            if layer.get('relu'):
+                mods.append(nn.ReLU(inplace=True))
+        elif kind == 'pool':
+            mods.append(nn.MaxPool2d(layer['kernel'], layer['stride'], layer.get('pad', 0),
+                                     ceil_mode=True))
+        elif kind == 'lrn':
+            mods.append(nn.LocalResponseNorm(layer['local_size'], layer['alpha'],
+                                             layer['beta'], layer.get('k', 1.0)))
+        elif kind == 'relu':
+            mods.append(nn.ReLU(inplace=True))
+        elif kind == 'dropout':
+            mods.append(nn.Dropout(layer['ratio']))
+    return nn.Sequential(*mods).to(device)
+
+
+def _torch_sgd(torch, model, spec):
+    """SGD with Caffe's multipliers: weights lr x1 decay x1, biases lr x2 no decay."""
+    weights = [p for n, p in model.named_parameters() if n.endswith('weight')]
+    biases = [p for n, p in model.named_parameters() if n.endswith('bias')]
+    lr, wd = SGD_ARGS['lr'], SGD_ARGS['weight_decay']
+    return torch.optim.SGD([{'params': weights, 'lr': lr, 'weight_decay': wd},
+                            {'params': biases, 'lr': 2 * lr, 'weight_decay': 0.0}],
+                           lr=lr, momentum=SGD_ARGS['momentum'])
+
+
+def bench_network(device, sub_device, lib, timer, torch, args, batch):
+    """Whole-network figures at `batch`: inference, training step, and batch-1 latency.
+
+    Checked first: scores (test mode), and loss plus every gradient (train mode, the
+    same dropout masks) against the float64 reference network with the same weights.
+    """
+    from nn.caffenet import CaffeNet
+    from nn.solver import SGDSolver
+    rng = np.random.default_rng(args.seed)
+    net = CaffeNet(num_classes=args.classes, device=sub_device, dropout_seed=DROPOUT_SEED,
+                   init='zeros')  # (weights are loaded below)
+    params = _fresh_params(net, args.seed)
+    # A copy: on the CPU the net may keep the very arrays it is given, and the timed
+    # training steps update them in place; PyTorch must start from the same weights.
+    net.load_params({n: {b: a.copy() for b, a in blobs.items()} for n, blobs in params.items()},
+                    strict=True, source='bench')
+    truth = CaffeNet(num_classes=args.classes, device='cpu', dropout_seed=DROPOUT_SEED,
+                     dtype=np.float64, init='zeros')
+    truth.load_params(params, strict=True, source='bench')
+    solver = SGDSolver(net, base_lr=SGD_ARGS['lr'], momentum=SGD_ARGS['momentum'],
+                       weight_decay=SGD_ARGS['weight_decay'], lr_policy='fixed')
+
+    size = net.input_size
+    x_host = _normal(rng, (batch, 3, size, size), 30.0)  # roughly mean-subtracted pixels
+    labels_host = rng.integers(0, args.classes, size=batch).astype(np.int32)
+    rows = check_rows(batch)
+    x_check, labels_check = x_host[rows], labels_host[rows]
+    x, labels = device.asarray(x_host), device.asarray(labels_host, np.int32)
+
+    # Gate: test-mode scores of the check images, alone and inside the whole batch, then
+    # one training step's loss and gradients (both nets on their first dropout masks).
+    want = truth.forward(x_check.astype(np.float64))
+    errs = [max_rel_error(device.to_numpy(net.forward(device.asarray(x_check))), want),
+            max_rel_error(device.to_numpy(net.forward(x))[rows], want)]
+    if max(errs) <= TOLERANCE:  # (a wrong forward needs no gradient check)
+        loss, grads, _ = net.loss_and_grads(device.asarray(x_check),
+                                            device.asarray(labels_check, np.int32))
+        t_loss, t_grads, _ = truth.loss_and_grads(x_check.astype(np.float64), labels_check)
+        errs.append(max_rel_error(loss, t_loss))
+        for name in t_grads:
+            for blob in ('weight', 'bias'):
+                errs.append(max_rel_error(device.to_numpy(grads[name][blob]),
+                                          t_grads[name][blob]))
+    err = max(errs)
+    status = 'ok' if err <= TOLERANCE else 'WRONG'
+
+    def infer(xb):
+        return net.predict(xb)
+
+    def train_step():
+        _, g, _ = net.loss_and_grads(x, labels)
+        solver.step(g)
+
+    report = []
+    plan = [('inference', batch, lambda: infer(x)), ('training_step', batch, train_step)]
+    if batch != 1:
+        plan.append(('latency', 1, lambda: infer(x[:1])))
+    for what, n, fn in plan:
+        row = {'name': f'net.{what}', 'batch': n, 'status': status, 'max_rel_error': err,
+               'flops': flops.network_counts(flops.caffenet_layers(args.classes), n,
+                                             train=(what == 'training_step')).flops}
+        if status == 'ok':
+            row.update(_timed(timer, fn, args, n))
+            row['gflops'] = row['flops'] / row['time_s'] / 1e9
+        report.append(row)
+    if torch is not None:
+        _torch_network(torch, device, net, params, x_host, labels_host, report, want, args)
+    return report
+
+
+def _torch_network(torch, device, net, params, x_host, labels_host, rows, want, args):
+    """Time PyTorch running the identical network; add 'torch' to each row."""
+    dev = 'cuda' if device.name == 'cuda' else 'cpu'
+    model = torch_caffenet(torch, net.spec, params, dev)
+    opt = _torch_sgd(torch, model, net.spec)
+    F = torch.nn.functional
+    x = torch.from_numpy(x_host).to(dev)
+    y = torch.from_numpy(labels_host.astype(np.int64)).to(dev)
+    timer = GpuTimer('torch', torch) if dev == 'cuda' else CpuTimer()
+    model.eval()
+    with torch.no_grad():
+        err = max_rel_error(model(x[check_rows(len(x_host))]).cpu().numpy(), want)
+    status = 'ok' if err <= TOLERANCE else 'WRONG'
+    name = f"PyTorch {torch.__version__} {'CUDA' if dev == 'cuda' else 'CPU'}"
+
+    def infer(xb):
+        with torch.no_grad():
+            return torch.softmax(model(xb), 1).cpu()
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for row in rows:
+        what = row['name'].split('.', 1)[1]
+        t = {'name': name, 'status': status, 'max_rel_error': err}
+        if status == 'ok':
+            model.train(what == 'training_step')
+            fn = train_step if what == 'training_step' else functools.partial(
+                infer, x[:row['batch']])
+            t.update(_timed(timer, fn, args, row['batch']))
+            if 'time_s' in row:
+                t['vendor_time_over_ours'] = t['time_s'] / row['time_s']
+        row['torch'] = t
+
+
+# ------------------------------------------------------------------------------ report
+def machine_info(device, torch):
+    info = {'platform': platform.platform(), 'processor': platform.processor() or platform.machine(),
+            'cpu_count': os.cpu_count(), 'python': platform.python_version(),
+            'numpy': np.__version__, 'torch': getattr(torch, '__version__', None)}
+    if device.name == 'cuda':
+        cp = device.xp
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        name = props['name']
+        info.update(device_name=name.decode() if isinstance(name, bytes) else str(name),
+                    cupy=cp.__version__,
+                    cuda_driver_api=cp.cuda.runtime.driverGetVersion(),
+                    cuda_runtime=cp.cuda.runtime.runtimeGetVersion(),
+                    l2_cache_bytes=int(props.get('l2CacheSize', 0)))
+        try:
+            info['driver'] = subprocess.run(
+                ['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
+                capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            info['driver'] = None
+    else:
+        info['device_name'] = f'CPU ({info["processor"]}, {info["cpu_count"]} logical cores)'
+    return info
+
+
+def _fmt_time(s):
+    return '-' if s is None else (f'{s * 1e3:9.3f}' if s >= 1e-4 else f'{s * 1e6:7.1f}us')
+
+
+def print_table(report, out=None):
+    """The human-readable table: one line per case, then the network (to out or stdout)."""
+    out = out or sys.stdout
+    peaks = report['peaks']
+    print(f"device: {report['machine']['device_name']}   measured peaks: "
+          f"{peaks['bandwidth_GBps']:.1f} GB/s copy, {peaks['fp32_GFLOPs']:.1f} GFLOP/s FP32",
+          file=out)
+    head = (f"{'case':22} {'batch':>5} {'status':>6} {'ms':>9} {'GFLOP/s':>9} {'GB/s':>8} "
+            f"{'bound':>7} {'%roof':>6} | {'vendor ms':>9} {'vendor/ours':>11}")
+    print(head, file=out)
+    print('-' * len(head), file=out)
+    for r in report['kernels']:
+        rows = [(r['name'], r)] + [(f"  v={v['version']}", v) for v in r.get('versions', [])]
+        for label, x in rows:
+            line = f"{label:22} {r['batch']:5d} {x['status']:>6} "
+            if 'time_s' in x:
+                line += (f"{_fmt_time(x['time_s']):>9} {x['gflops']:9.1f} {x['gbps']:8.1f} "
+                         f"{x['bound']:>7} {100 * x['roofline_fraction']:5.1f}%")
+            else:
+                line += f"{'':9} {'':9} {'':8} {'':7} {'':6}"
+            v = r.get('vendor') if x is r else None
+            if v:
+                vt = _fmt_time(v.get('time_s')) if 'time_s' in v else v['status']
+                ratio = v.get('vendor_time_over_ours')
+                line += f" | {vt:>9} {'' if ratio is None else f'{ratio:11.2f}'}"
+            print(line, file=out)
+            if 'error' in x:
+                print(f"    {x['error']}", file=out)
+    if report['kernels'] and any('vendor' in r for r in report['kernels']):
+        names = sorted({r['vendor']['name'] for r in report['kernels'] if 'vendor' in r})
+        print(f"vendor: {', '.join(names)}; vendor/ours > 1 means ours is faster", file=out)
+    for r in report['network']:
+        line = f"{r['name']:22} {r['batch']:5d} {r['status']:>6} "
+        if 'time_s' in r:
+            line += f"{_fmt_time(r['time_s']):>9} ms  {r['images_per_s']:9.1f} images/s"
+        t = r.get('torch')
+        if t:
+            line += f" | {t['name']}: "
+            line += (f"{_fmt_time(t['time_s'])} ms {t['images_per_s']:.1f} images/s"
+                     if 'time_s' in t else t['status'])
+            if 'vendor_time_over_ours' in t:
+                line += f", torch/ours {t['vendor_time_over_ours']:.2f}"
+        print(line, file=out)
+    for note in report['notes']:
+        print(f'note: {note}', file=out)
+
+
+def write_json(path, report):
+    """Write the report atomically: a temporary file beside it, then os.replace."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix='.bench-', suffix='.json', dir=folder)
+    try:
+        with os.fdopen(fd, 'w') as f:
+            json.dump(report, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# ------------------------------------------------------------------------------ main
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', choices=('auto', 'cpu', 'cuda', 'emu'), default='auto',
+                   help='cuda: our kernels on the GPU; cpu: the NumPy reference path; '
+                        'auto (default): cuda when a GPU is usable, else cpu; emu: the '
+                        'kernels on the CPU emulator, to check the kernel path on small '
+                        'layers (its times mean nothing)')
+    p.add_argument('--batch', type=int, nargs='+', default=None,
+                   help=f'batch sizes (default {GPU_BATCHES[0]} and {GPU_BATCHES[1]} on the GPU, '
+                        f'{CPU_BATCH} on the CPU); the network is timed at the largest, '
+                        'plus batch-1 latency')
+    p.add_argument('--repeats', type=int, default=None,
+                   help='timed runs per case, the median is reported (default 20 GPU, 3 CPU)')
+    p.add_argument('--warmup', type=int, default=None,
+                   help='untimed runs first (default 3 GPU, 1 CPU)')
+    p.add_argument('--only', default=None,
+                   help="time only these (comma-separated): a layer 'conv3', a case "
+                        "'conv3.backward', 'sgd', or 'net' for the whole network only")
+    p.add_argument('--versions', action='store_true',
+                   help='also time every kept version of each kernel (GPU; launchers take version=)')
+    p.add_argument('--json', default=None, metavar='FILE', help='write every figure to FILE')
+    p.add_argument('--classes', type=int, default=1000,
+                   help='classes of the last layer (default 1000, ImageNet CaffeNet)')
+    p.add_argument('--no-torch', action='store_true', help='skip the PyTorch comparisons')
+    p.add_argument('--seed', type=int, default=0, help='seed of the random inputs')
+    args = p.parse_args(argv)
+    for name in ('batch', 'repeats', 'warmup'):
+        v = getattr(args, name)
+        values = v if isinstance(v, list) else [v]
+        if v is not None and any(x < (0 if name == 'warmup' else 1) for x in values):
+            p.error(f'--{name} must be positive, got {v}')
+    return args
+
+
+def run(args):
+    """Run the benchmark described by parsed `args`; returns the report dict."""
+    if args.device in ('cuda', 'auto'):
+        os.environ['CUPY_TF32'] = '0'  # FP32 compute for CuPy's matmul (read at import)
+    device, timer, lib = open_device(args.device)
+    gpu = device.name == 'cuda'
+    batches = args.batch or (list(GPU_BATCHES) if gpu else [CPU_BATCH])
+    args.repeats = args.repeats or (20 if gpu else 3)
+    args.warmup = (3 if gpu else 1) if args.warmup is None else args.warmup
+    torch, torch_why = import_torch(args.no_torch, device.name)
+
+    notes = []
+    if device.name == 'cpu':
+        notes.append('CPU path (NumPy reference) timed; GPU figures need a GPU: '
+                      'run `python bench.py --device cuda` on a machine with an NVIDIA GPU')
+    if torch_why:
+        notes.append(f'no PyTorch comparison: {torch_why}')
+    if args.versions and device.runner is None:
+        notes.append('--versions compares GPU kernel versions; ignored on the CPU path')
+    if device.name == 'emu':
+        notes.append('emu: the CUDA kernels run on the CPU emulator; the checks hold, the '
+                     'times say nothing about a GPU')
+
+    layers = flops.caffenet_layers(num_classes=args.classes)
+    by_name = {l.name: l for l in layers}
+    only = args.only
+    want_net = not only or 'net' in [w.strip() for w in only.split(',')]
+    kernel_only = None if not only else ','.join(
+        w for w in only.split(',') if w.strip() and w.strip() != 'net')
+    if only and kernel_only:
+        known = build_cases(layers, 1)
+        if not select(known, kernel_only):
+            names = sorted({c.layer for c in known} | {c.name for c in known})
+            raise BenchError(f"--only {only!r} names no case; choose from 'net', "
+                             + ', '.join(names))
+    run_kernels = not only or bool(kernel_only)
+
+    peaks = measure_peaks(device, timer)
+    vendors = []
+    if gpu:
+        vendors.append(_cublas_vendor(device.xp))
+    if torch is not None:
+        vendors.append(_torch_vendor(torch, device.name))
+    ops = subject_ops(device)
+
+    kernels = []
+    for batch in batches if run_kernels else []:
+        for case in select(build_cases(layers, batch, sgd=batch == batches[0]), kernel_only):
+            vendor = next((v for v in vendors if v.runner(case, None)), None)
+            versions = None
+            if args.versions and device.runner is not None:
+                try:
+                    versions = kernel_versions(device, case)
+                except ImportError as exc:
+                    notes.append(f'{case.name}: no versions to compare: {exc}')
+                if versions == []:
+                    notes.append(f'{case.name}: its launcher takes no version=')
+            kernels.append(bench_case(case, by_name.get(case.layer), ops, lib, timer, vendor,
+                                      args, batch, peaks, versions))
+            if gpu:
+                device.xp.get_default_memory_pool().free_all_blocks()
+
+    network = []
+    if want_net:
+        from nn.device import Device
+        sub = Device(device.name, device.xp, ops, device.runner)
+        network = bench_network(device, sub, lib, timer, torch, args, max(batches))
+
+    wrong = [r['name'] for r in kernels + network
+             if r['status'] != 'ok' or r.get('vendor', {}).get('status', 'ok') != 'ok']
+    if wrong:
+        notes.append('not timed (WRONG or ERROR): ' + ', '.join(wrong))
+    return {
+        'tool': 'bench.py',
+        'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'command': 'python bench.py ' + ' '.join(sys.argv[1:] if args.argv is None else args.argv),
+        'machine': machine_info(device, torch),
+        'settings': {'device': device.name, 'batches': batches, 'repeats': args.repeats,
+                     'warmup': args.warmup, 'only': args.only, 'versions': args.versions,
+                     'classes': args.classes, 'seed': args.seed, 'timer': timer.name,
+                     'statistic': 'median of the timed runs (peaks: best run)',
+                     'cache_flush_bytes': FLUSH_BYTES if gpu else cpu_flush_bytes(),
+                     'check_images': CHECK_IMAGES, 'tolerance_max_rel_error': TOLERANCE,
+                     'cupy_tf32': os.environ.get('CUPY_TF32') if gpu else None,
+                     'torch_allow_tf32': False if (torch is not None and gpu) else None,
+                     'torch_threads': torch.get_num_threads() if torch is not None else None,
+                     'counts': 'nn/flops.py: FLOPs = 2 x MACs + bias; bytes = compulsory float32 traffic'},
+        'peaks': peaks,
+        'kernels': kernels,
+        'network': network,
+        'notes': notes,
+    }
+
+
+def main(argv=None):
+    """Command-line entry point; returns the exit status (0, or 1 when anything is WRONG)."""
+    args = parse_args(argv)
+    args.argv = argv
+    try:
+        report = run(args)
+    except BenchError as exc:
+        print(f'bench.py: {exc}', file=sys.stderr)
+        return 2
+    print_table(report)
+    if args.json:
+        write_json(args.json, report)
+        print(f'wrote {args.json}')
+    bad = any(r['status'] != 'ok' for r in report['kernels'] + report['network'])
+    return 1 if bad else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

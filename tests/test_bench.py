@@ -1,0 +1,211 @@
+"""bench.py on the CPU: tiny configurations, the JSON it writes, and the correctness gate.
+
+The gate is what makes the benchmark honest, so the tests inject wrong results (a layer
+that is off in one element of the last image, a network whose LRN is wrong) and check
+that the report says WRONG and times nothing.
+"""
+import json
+import types
+
+import numpy as np
+import pytest
+
+import bench
+from nn import flops
+
+
+def _run(tmp_path, *argv):
+    path = tmp_path / 'out.json'
+    rc = bench.main(['--device', 'cpu', '--repeats', '1', '--warmup', '0', '--no-torch',
+                     '--json', str(path), *argv])
+    return rc, json.loads(path.read_text())
+
+
+def _broken(op_name, corrupt):
+    """A subject_ops replacement whose `op_name` output is passed through `corrupt`."""
+    real = bench.subject_ops
+
+    def subject_ops(device):
+        ops = real(device)
+        fn = getattr(ops, op_name)
+
+        def wrong(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            if isinstance(out, tuple):
+                return (corrupt(out[0]),) + out[1:]
+            return corrupt(out)
+        setattr(ops, op_name, wrong)
+        return ops
+    return subject_ops
+
+
+def test_cpu_layer_json(tmp_path):
+    rc, report = _run(tmp_path, '--batch', '3', '--only', 'conv3')
+    assert rc == 0
+    assert report['settings']['device'] == 'cpu'
+    assert report['settings']['batches'] == [3]
+    assert report['settings']['repeats'] == 1
+    assert report['machine']['device_name'].startswith('CPU')
+    assert report['peaks']['bandwidth_GBps'] > 0 and report['peaks']['fp32_GFLOPs'] > 0
+    assert report['network'] == []  # --only conv3: no whole-network figures
+    assert any('GPU figures need a GPU' in n for n in report['notes'])
+    rows = {r['name']: r for r in report['kernels']}
+    assert set(rows) == {'conv3.forward', 'conv3.backward'}
+    conv3 = next(l for l in flops.caffenet_layers() if l.name == 'conv3')
+    counts = flops.layer_counts(conv3, 3)
+    assert rows['conv3.forward']['flops'] == counts['forward'].flops
+    assert rows['conv3.backward']['macs'] == 2 * counts['forward'].macs  # data + weights
+    for r in rows.values():
+        assert r['status'] == 'ok' and r['max_rel_error'] <= bench.TOLERANCE
+        assert r['time_s'] > 0 and len(r['times_s']) == 1
+        assert r['gflops'] == pytest.approx(r['flops'] / r['time_s'] / 1e9)
+        assert r['gbps'] == pytest.approx(r['bytes'] / r['time_s'] / 1e9)
+        assert 0 < r['roofline_fraction']
+
+
+def test_wrong_layer_is_reported_not_timed(tmp_path, monkeypatch, capsys):
+    # Off by a little in the last element only (the last image): the check rows must
+    # include the end of the batch, not just its start.
+    def corrupt(y):
+        y = y.copy()
+        y.reshape(-1)[-1] += np.float32(0.01) * np.abs(y).max()
+        return y
+    monkeypatch.setattr(bench, 'subject_ops', _broken('relu_forward', corrupt))
+    rc, report = _run(tmp_path, '--batch', '3', '--only', 'relu7,fc8.gemm_backward_data')
+    assert rc == 1
+    rows = {r['name']: r for r in report['kernels']}
+    assert rows['relu7.forward']['status'] == 'WRONG'
+    assert rows['relu7.forward']['max_rel_error'] > bench.TOLERANCE
+    assert 'time_s' not in rows['relu7.forward']
+    assert rows['relu7.backward']['status'] == 'ok'  # its cache is the true y
+    assert rows['fc8.gemm_backward_data']['status'] == 'ok'
+    assert 'WRONG' in capsys.readouterr().out
+    assert any('relu7.forward' in n for n in report['notes'])
+
+
+def test_wrong_batch_reduction_is_reported(tmp_path, monkeypatch):
+    # A weight gradient that drops the last image (a classic tiling bug) is WRONG.
+    def subject_ops(device):
+        ops = bench.reference_ops()
+        real = ops.matmul
+        ops.matmul = lambda a, b, trans_a=False, trans_b=False: (
+            real(a[:-1], b[:-1], trans_a, trans_b) if trans_a else real(a, b, trans_a, trans_b))
+        return ops
+    monkeypatch.setattr(bench, 'subject_ops', subject_ops)
+    rc, report = _run(tmp_path, '--batch', '2', '--only', 'fc8.gemm_backward_weights,fc8.gemm_forward')
+    rows = {r['name']: r for r in report['kernels']}
+    assert rows['fc8.gemm_backward_weights']['status'] == 'WRONG'
+    assert rows['fc8.gemm_forward']['status'] == 'ok'
+    assert rc == 1
+
+
+def test_whole_network_cpu(tmp_path):
+    rc, report = _run(tmp_path, '--batch', '1', '--only', 'net', '--classes', '3')
+    assert rc == 0
+    assert report['kernels'] == []
+    rows = {r['name']: r for r in report['network']}
+    assert set(rows) == {'net.inference', 'net.training_step'}  # batch 1: latency = inference
+    layers = flops.caffenet_layers(num_classes=3)
+    for name, train in (('net.inference', False), ('net.training_step', True)):
+        r = rows[name]
+        assert r['status'] == 'ok' and r['max_rel_error'] <= bench.TOLERANCE
+        assert r['images_per_s'] == pytest.approx(1 / r['time_s'])
+        assert r['flops'] == flops.network_counts(layers, 1, train=train).flops
+
+
+def test_wrong_network_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, 'subject_ops', _broken('lrn_forward', lambda y: y * np.float32(1.001)))
+    rc, report = _run(tmp_path, '--batch', '1', '--only', 'net', '--classes', '3')
+    assert rc == 1
+    assert all(r['status'] == 'WRONG' and 'time_s' not in r for r in report['network'])
+
+
+def test_gate_helpers():
+    assert bench.max_rel_error(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == pytest.approx(0.5)
+    assert bench.max_rel_error(np.ones(3), np.ones(4)) == float('inf')
+    nan = bench.max_rel_error(np.array([np.nan]), np.array([1.0]))
+    assert not nan <= bench.TOLERANCE  # a NaN result can never pass
+    assert bench.check_rows(1) == [0]
+    assert bench.check_rows(256) == [0, 255]
+
+
+def test_case_list_covers_the_issue():
+    names = {c.name for c in bench.build_cases(flops.caffenet_layers(), 2)}
+    for layer in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8',
+                  'pool1', 'pool2', 'pool5', 'norm1', 'norm2', 'relu1', 'relu7', 'drop6',
+                  'drop7', 'loss'):
+        assert {f'{layer}.forward', f'{layer}.backward'} <= names
+    for fc in ('fc6', 'fc7', 'fc8'):
+        assert {f'{fc}.gemm_forward', f'{fc}.gemm_backward_data',
+                f'{fc}.gemm_backward_weights'} <= names
+    assert 'sgd.fc6' in names
+    assert 'sgd.fc6' not in {c.name for c in bench.build_cases(flops.caffenet_layers(), 2, sgd=False)}
+
+
+def test_bad_arguments(capsys):
+    assert bench.main(['--device', 'cpu', '--only', 'conv9', '--no-torch']) == 2
+    err = capsys.readouterr().err
+    assert "--only 'conv9' names no case" in err and 'conv3.backward' in err
+    with pytest.raises(SystemExit):
+        bench.main(['--batch', '0'])
+
+
+def test_cuda_without_gpu_says_so(capsys):
+    from nn.device import cuda_available
+    if cuda_available():
+        pytest.skip('this machine has a GPU')
+    assert bench.main(['--device', 'cuda']) == 2
+    err = capsys.readouterr().err
+    assert '--device cuda needs an NVIDIA GPU' in err and '--device cpu' in err
+
+
+def test_versions_bind_the_launchers():
+    # Without a GPU, the emulator's runner stands in: only the binding is checked here.
+    from nn.device import get_device
+    device = get_device('emu')
+    cases = {c.name: c for c in bench.build_cases(flops.caffenet_layers(), 1)}
+    labels = [v for v, _ in bench.kernel_versions(device, cases['conv2.backward'])]
+    assert labels == ['1', '2']
+    _, ops = bench.kernel_versions(device, cases['conv2.backward'])[0]
+    assert ops.conv_forward.keywords == {'version': 1}  # the backward follows its forward
+    labels = [v for v, _ in bench.kernel_versions(device, cases['fc6.gemm_forward'])]
+    assert labels == ['1', '2', '3']
+    assert bench.kernel_versions(get_device('cpu'), cases['conv2.forward']) is None
+
+
+def test_emulated_kernel_path(tmp_path):
+    # The GPU code path (kernel ops, versions, gate) on the emulator, on small layers.
+    rc, report = _run(tmp_path, '--device', 'emu', '--batch', '1', '--only', 'relu7,loss',
+                      '--versions')
+    assert rc == 0
+    rows = {r['name']: r for r in report['kernels']}
+    assert rows['relu7.forward']['status'] == 'ok'
+    assert [v['version'] for v in rows['relu7.forward']['versions']] == ['1', '2']
+    assert all(v['status'] == 'ok' for r in rows.values() for v in r['versions'])
+
+
+def test_torch_comparison_when_installed(tmp_path):
+    torch = pytest.importorskip('torch')
+    path = tmp_path / 'out.json'
+    rc = bench.main(['--device', 'cpu', '--repeats', '1', '--warmup', '0', '--batch', '2',
+                     '--only', 'norm2,pool5,conv5,loss,fc8.gemm_backward_weights', '--json', str(path)])
+    report = json.loads(path.read_text())
+    assert rc == 0
+    for r in report['kernels']:
+        v = r['vendor']
+        assert v['name'].startswith('PyTorch CPU') and v['status'] == 'ok', (r['name'], v)
+        assert v['vendor_time_over_ours'] == pytest.approx(v['time_s'] / r['time_s'])
+    assert report['settings']['torch_threads'] == torch.get_num_threads()
+
+
+def test_torch_caffenet_is_identical():
+    torch = pytest.importorskip('torch')
+    from nn.caffenet import CaffeNet
+    net = CaffeNet(num_classes=5, device='cpu', dtype=np.float64)
+    params = bench._fresh_params(net, 3)
+    net.load_params(params, strict=True)
+    x = np.random.default_rng(4).standard_normal((1, 3, 227, 227)) * 30
+    model = bench.torch_caffenet(torch, net.spec, params, 'cpu').eval()
+    with torch.no_grad():
+        got = model(torch.from_numpy(x.astype(np.float32))).numpy()
+    assert bench.max_rel_error(got, net.forward(x)) <= bench.TOLERANCE
