@@ -83,9 +83,13 @@ __device__ __forceinline__ float conv_x_at(const float* x, const ConvGeom& g, in
    strides).  k is the absolute filter. */
 __device__ __forceinline__ float conv_dy_at(const float* dy, const ConvGeom& g, int n,
                                             int k, int h, int w, int i, int j) {
-    int th = h + g.pad - i, tw = w + g.pad - j;
-    if (th < 0 || tw < 0 || th % g.stride || tw % g.stride) return 0.0f;
-    int oh = th / g.stride, ow = tw / g.stride;
+    int oh = h + g.pad - i, ow = w + g.pad - j;   /* = (oh, ow) * stride */
+    if (oh < 0 || ow < 0) return 0.0f;
+    if (g.stride > 1) {   /* skips two divisions in the common stride-1 case */
+        if (oh % g.stride || ow % g.stride) return 0.0f;
+        oh /= g.stride;
+        ow /= g.stride;
+    }
     if (oh >= g.Ho || ow >= g.Wo) return 0.0f;
     return dy[(((size_t)n * g.K + k) * g.Ho + oh) * g.Wo + ow];
 }
@@ -260,34 +264,72 @@ __device__ __forceinline__ void ig_dims(int mode, const ConvGeom& g, int* M, int
     }
 }
 
-/* A[m, r] of group grp (caller guarantees m < M, r < R). */
-__device__ __forceinline__ float ig_a(int mode, const ConvGeom& g, const float* A, int grp,
-                                      int m, int r) {
-    if (mode == IG_FORWARD)          /* w[grp Kg + m, (c, i, j) = r] */
-        return A[((size_t)grp * g.Kg + m) * g.Cg * g.KK + r];
-    if (mode == IG_BACKWARD_DATA)    /* w[grp Kg + k, m, q], r = (k, q) */
-        return A[(((size_t)grp * g.Kg + r / g.KK) * g.Cg + m) * g.KK + r % g.KK];
-    /* backward weights: dy[n, grp Kg + m, p], r = (n, p) */
-    return A[(((size_t)(r / g.P)) * g.K + grp * g.Kg + m) * g.P + r % g.P];
+/* Every reduction index r and column index col of the three passes is a triple of
+   "digits" in a mixed radix (outer, mid, inner):
+     forward          r = (c, i, j)     radix (kh, kw)    col = (n, oh, ow)  radix (Ho, Wo)
+     backward data    r = (k, i, j)     radix (kh, kw)    col = (n, h, w)    radix (H, W)
+     backward weights r = (n, oh, ow)   radix (Ho, Wo)    col = (c, i, j)    radix (kh, kw)
+   Splitting an index costs two integer divisions, so the loaders split once and then
+   count (ig_digits_next): a thread's column is fixed for the whole loop, and its 4
+   reduction indices in a slab are consecutive. */
+struct IgDigits { int d0, d1, d2; };
+
+__device__ __forceinline__ IgDigits ig_digits(int v, int mid, int inner) {
+    IgDigits d;
+    int q = v / inner;
+    d.d2 = v - q * inner;
+    d.d0 = q / mid;
+    d.d1 = q - d.d0 * mid;
+    return d;
 }
 
-/* B[r, col] of group grp (caller guarantees r < R, col < Ncol). */
+__device__ __forceinline__ void ig_digits_next(IgDigits* d, int mid, int inner) {
+    if (++d->d2 == inner) {
+        d->d2 = 0;
+        if (++d->d1 == mid) { d->d1 = 0; ++d->d0; }
+    }
+}
+
+__device__ __forceinline__ void ig_r_radix(int mode, const ConvGeom& g, int* mid, int* inner) {
+    if (mode == IG_BACKWARD_WEIGHTS) { *mid = g.Ho; *inner = g.Wo; }
+    else { *mid = g.kh; *inner = g.kw; }
+}
+
+__device__ __forceinline__ void ig_col_radix(int mode, const ConvGeom& g, int* mid,
+                                             int* inner) {
+    if (mode == IG_FORWARD) { *mid = g.Ho; *inner = g.Wo; }
+    else if (mode == IG_BACKWARD_DATA) { *mid = g.H; *inner = g.W; }
+    else { *mid = g.kh; *inner = g.kw; }
+}
+
+/* B[r, col] of group grp from the digits of r and col (caller checks r < R, col < Ncol). */
 __device__ __forceinline__ float ig_b(int mode, const ConvGeom& g, const float* B, int grp,
-                                      int r, int col) {
-    if (mode == IG_FORWARD) {        /* im2col(x)[(c, i, j) = r, (n, oh, ow) = col] */
-        int q = r % g.KK, p = col % g.P;
-        return conv_x_at(B, g, col / g.P, grp * g.Cg + r / g.KK, p / g.Wo, p % g.Wo,
-                         q / g.kw, q % g.kw);
-    }
-    if (mode == IG_BACKWARD_DATA) {  /* dy seen from pixel (n, h, w) = col via tap r */
-        int hw = g.H * g.W, q = r % g.KK, pix = col % hw;
-        return conv_dy_at(B, g, col / hw, grp * g.Kg + r / g.KK, pix / g.W, pix % g.W,
-                          q / g.kw, q % g.kw);
-    }
-    /* backward weights: im2col(x)^T[(n, oh, ow) = r, (c, i, j) = col] */
-    int q = col % g.KK, p = r % g.P;
-    return conv_x_at(B, g, r / g.P, grp * g.Cg + col / g.KK, p / g.Wo, p % g.Wo,
-                     q / g.kw, q % g.kw);
+                                      IgDigits r, IgDigits col) {
+    if (mode == IG_FORWARD)          /* im2col(x)[(c, i, j), (n, oh, ow)] */
+        return conv_x_at(B, g, col.d0, grp * g.Cg + r.d0, col.d1, col.d2, r.d1, r.d2);
+    if (mode == IG_BACKWARD_DATA)    /* dy seen from pixel (n, h, w) through tap (k, i, j) */
+        return conv_dy_at(B, g, col.d0, grp * g.Kg + r.d0, col.d1, col.d2, r.d1, r.d2);
+    /* backward weights: im2col(x)^T[(n, oh, ow), (c, i, j)] */
+    return conv_x_at(B, g, r.d0, grp * g.Cg + col.d0, r.d1, r.d2, col.d1, col.d2);
+}
+
+/* A is separable: A[m, r] = A[ig_a_row(m) + ig_a_col(r)], so a thread splits its one
+   reduction index per slab once for its 4 rows.
+     forward          w[grp Kg + m, (c, i, j) = r]
+     backward data    w[grp Kg + k, m, q],  r = (k, q)
+     backward weights dy[n, grp Kg + m, p], r = (n, p) */
+__device__ __forceinline__ size_t ig_a_row(int mode, const ConvGeom& g, int grp, int m) {
+    if (mode == IG_FORWARD) return ((size_t)grp * g.Kg + m) * g.Cg * g.KK;
+    if (mode == IG_BACKWARD_DATA) return ((size_t)grp * g.Kg * g.Cg + m) * g.KK;
+    return ((size_t)grp * g.Kg + m) * g.P;
+}
+
+__device__ __forceinline__ size_t ig_a_col(int mode, const ConvGeom& g, int r) {
+    if (mode == IG_FORWARD) return r;
+    int span = mode == IG_BACKWARD_DATA ? g.KK : g.P;   /* the inner part q or p */
+    int outer = r / span;
+    size_t outer_stride = mode == IG_BACKWARD_DATA ? (size_t)g.Cg * g.KK : (size_t)g.K * g.P;
+    return outer * outer_stride + (r - outer * span);
 }
 
 /* This thread's 4 elements of the A slab (rows m0.., reduction r0..) into S[r][m].
@@ -297,9 +339,10 @@ __device__ __forceinline__ void ig_fetch_a(int mode, const ConvGeom& g, const fl
                                            int grp, int M, int r_end, int m0, int r0, int t,
                                            float v[4]) {
     int r = r0 + t % 8;
+    size_t col_off = r < r_end ? ig_a_col(mode, g, r) : 0;
     for (int e = 0; e < 4; ++e) {
         int m = m0 + t / 8 + 32 * e;
-        v[e] = (m < M && r < r_end) ? ig_a(mode, g, A, grp, m, r) : 0.0f;
+        v[e] = (m < M && r < r_end) ? A[ig_a_row(mode, g, grp, m) + col_off] : 0.0f;
     }
 }
 
@@ -308,19 +351,22 @@ __device__ __forceinline__ void ig_stash_a(float* S, int t, const float v[4]) {
 }
 
 /* This thread's 4 elements of the B slab into S[r][col]: column t % 128 (neighbouring
-   threads, neighbouring pixels) and reduction offsets t / 128 + 2 e. */
+   threads, neighbouring pixels), whose digits `cd` the caller split once, and the 4
+   consecutive reduction indices r0 + (t / 128) * 4 + e. */
 __device__ __forceinline__ void ig_fetch_b(int mode, const ConvGeom& g, const float* B,
-                                           int grp, int Ncol, int r_end, int n0, int r0,
-                                           int t, float v[4]) {
-    int col = n0 + t % 128;
+                                           int grp, int col_ok, IgDigits cd, int r_end,
+                                           int r0, int t, float v[4]) {
+    int r = r0 + (t / 128) * 4, mid, inner;
+    ig_r_radix(mode, g, &mid, &inner);
+    IgDigits rd = ig_digits(r, mid, inner);
     for (int e = 0; e < 4; ++e) {
-        int r = r0 + t / 128 + 2 * e;
-        v[e] = (col < Ncol && r < r_end) ? ig_b(mode, g, B, grp, r, col) : 0.0f;
+        v[e] = (col_ok && r + e < r_end) ? ig_b(mode, g, B, grp, rd, cd) : 0.0f;
+        ig_digits_next(&rd, mid, inner);
     }
 }
 
 __device__ __forceinline__ void ig_stash_b(float* S, int t, const float v[4]) {
-    for (int e = 0; e < 4; ++e) S[(t / 128 + 2 * e) * IG_LD + t % 128] = v[e];
+    for (int e = 0; e < 4; ++e) S[((t / 128) * 4 + e) * IG_LD + t % 128] = v[e];
 }
 
 /* The register micro-kernel, the same as gemm.cu's g3_multiply_slab (a .cu file cannot
@@ -328,6 +374,7 @@ __device__ __forceinline__ void ig_stash_b(float* S, int t, const float v[4]) {
    this thread's rows are ty*4 + {0..3} and 64 + ty*4 + {0..3}, columns likewise. */
 __device__ __forceinline__ void ig_multiply_slab(const float* As, const float* Bs, int ty,
                                                  int tx, float acc[8][8]) {
+#pragma unroll
     for (int kk = 0; kk < IG_BK; ++kk) {
         float a[8], b[8];
         const float* ar = As + kk * IG_LD;
@@ -343,7 +390,9 @@ __device__ __forceinline__ void ig_multiply_slab(const float* As, const float* B
     }
 }
 
-__device__ __forceinline__ int ig_sub(int tc, int i) { return (i < 4 ? 0 : 64) + tc * 4 + (i & 3); }
+__device__ __forceinline__ int ig_sub(int tc, int i) {
+    return (i < 4 ? 0 : 64) + tc * 4 + (i & 3);
+}
 
 /* Writes one finished element out[m, col] of group grp (split slice z for backward
    weights) to its place in the output tensor. */
@@ -386,11 +435,16 @@ __device__ __forceinline__ void ig_tile(int mode, const ConvGeom& g, const float
        (e.g. backward data with Cg = 48 channels: 4 of 16 thread rows have work). */
     int live = (m0 + ty * 4 < M) && (n0 + tx * 4 < Ncol);
 
+    /* The B column this thread loads never changes: split it into digits once. */
+    int col = n0 + t % 128, col_ok = col < Ncol, cmid, cinner;
+    ig_col_radix(mode, g, &cmid, &cinner);
+    IgDigits cd = ig_digits(col, cmid, cinner);
+
     /* Double buffering exactly as in gemm_v3: fetch the next slab into registers while
        multiplying the current one; one barrier per step. */
     float va[4], vb[4];
     ig_fetch_a(mode, g, A, grp, M, r_end, m0, r_begin, t, va);
-    ig_fetch_b(mode, g, B, grp, Ncol, r_end, n0, r_begin, t, vb);
+    ig_fetch_b(mode, g, B, grp, col_ok, cd, r_end, r_begin, t, vb);
     ig_stash_a(As, t, va);
     ig_stash_b(Bs, t, vb);
     __syncthreads();
@@ -399,7 +453,7 @@ __device__ __forceinline__ void ig_tile(int mode, const ConvGeom& g, const float
         int has_next = r0 + IG_BK < r_end;
         if (has_next) {
             ig_fetch_a(mode, g, A, grp, M, r_end, m0, r0 + IG_BK, t, va);
-            ig_fetch_b(mode, g, B, grp, Ncol, r_end, n0, r0 + IG_BK, t, vb);
+            ig_fetch_b(mode, g, B, grp, col_ok, cd, r_end, r0 + IG_BK, t, vb);
         }
         if (live) ig_multiply_slab(As + buf * IG_SLAB, Bs + buf * IG_SLAB, ty, tx, acc);
         if (has_next) {
@@ -420,10 +474,14 @@ __device__ __forceinline__ void ig_tile(int mode, const ConvGeom& g, const float
     }
 }
 
+/* The three v2 kernels are capped at 128 registers (__launch_bounds__) so that two
+   blocks fit on a multiprocessor; ptxas then spills a few loop-invariant values. */
+
 /* y = conv(x, w) + b (ReLU if relu).  grid (ceil(N P / 128), ceil(Kg / 128), G),
    block 256. */
-extern "C" __global__ void conv_forward_v2(const float* x, const float* w, const float* b,
-                                           float* y, CONV_GEOM_PARAMS, int relu) {
+extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
+    conv_forward_v2(const float* x, const float* w, const float* b, float* y,
+                    CONV_GEOM_PARAMS, int relu) {
     ConvGeom g = conv_geom(CONV_GEOM_ARGS);
     IG_SHARED_SLABS;
     ig_tile(IG_FORWARD, g, w, x, y, b, relu, g.Cg * g.KK, As, Bs);
@@ -431,8 +489,8 @@ extern "C" __global__ void conv_forward_v2(const float* x, const float* w, const
 
 /* dx from dy (already ReLU-masked).  grid (ceil(N H W / 128), ceil(Cg / 128), G),
    block 256. */
-extern "C" __global__ void conv_backward_data_v2(const float* dy, const float* w, float* dx,
-                                                 CONV_GEOM_PARAMS) {
+extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
+    conv_backward_data_v2(const float* dy, const float* w, float* dx, CONV_GEOM_PARAMS) {
     ConvGeom g = conv_geom(CONV_GEOM_ARGS);
     IG_SHARED_SLABS;
     ig_tile(IG_BACKWARD_DATA, g, w, dy, dx, dy, 0, g.Kg * g.KK, As, Bs);
@@ -441,9 +499,9 @@ extern "C" __global__ void conv_backward_data_v2(const float* dy, const float* w
 /* Partial dw (S, K, Cg, kh, kw) over reduction chunks of r_chunk (a multiple of 8) of
    the N P outputs; S = 1 writes dw itself.  grid (ceil(Cg KK / 128), ceil(Kg / 128),
    G S), block 256. */
-extern "C" __global__ void conv_backward_weights_v2(const float* dy, const float* x,
-                                                    float* dw_partial, CONV_GEOM_PARAMS,
-                                                    int r_chunk) {
+extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
+    conv_backward_weights_v2(const float* dy, const float* x, float* dw_partial,
+                             CONV_GEOM_PARAMS, int r_chunk) {
     ConvGeom g = conv_geom(CONV_GEOM_ARGS);
     IG_SHARED_SLABS;
     ig_tile(IG_BACKWARD_WEIGHTS, g, dy, x, dw_partial, dy, 0, r_chunk, As, Bs);

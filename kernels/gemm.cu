@@ -199,6 +199,7 @@ __device__ __forceinline__ void g3_stash(float* S, int k_contig, int t, const fl
    threads of a half-warp read 64 distinct consecutive floats (no bank conflicts). */
 __device__ __forceinline__ void g3_multiply_slab(const float* As, const float* Bs, int ty,
                                                  int tx, float acc[8][8]) {
+#pragma unroll
     for (int kk = 0; kk < G3_BK; ++kk) {
         float a[8], b[8];
         const float* ar = As + kk * G3_LD;
@@ -220,10 +221,10 @@ __device__ __forceinline__ int g3_sub(int tc, int i) {
     return (i < 4 ? 0 : 64) + tc * 4 + (i & 3);
 }
 
-extern "C" __global__ void gemm_v3(const float* A, const float* B, float* C,
-                                   const float* bias, int M, int N, int K,
-                                   int trans_a, int trans_b, int bias_mode, int relu,
-                                   int k_chunk) {
+/* At most 128 registers, so that two blocks (16 warps) fit on a multiprocessor. */
+extern "C" __global__ void __launch_bounds__(G3_THREADS, 2)
+    gemm_v3(const float* A, const float* B, float* C, const float* bias, int M, int N, int K,
+            int trans_a, int trans_b, int bias_mode, int relu, int k_chunk) {
     /* Two buffers per operand; 2 * 2 * 8 * 132 floats = 16.5 KiB of static shared. */
     __shared__ __align__(16) float As[2][G3_BK * G3_LD];
     __shared__ __align__(16) float Bs[2][G3_BK * G3_LD];
