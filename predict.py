@@ -151,19 +151,6 @@ def map_paths(image_path, args):
     return png, (os.path.join(folder, stem + '.npy') if args.save_npy else None)
 
 
-def device_name(requested):
-    """The device to ask nn.device for; 'auto' on a machine with no NVIDIA driver is 'cpu'.
-
-    Deciding that here saves importing CuPy (a noticeable part of the start-up) just to
-    learn that there is no GPU. Linux has /dev/nvidiactl with the driver, WSL2 /dev/dxg;
-    anywhere else, or when they exist, nn.device decides.
-    """
-    if requested == 'auto' and sys.platform.startswith('linux') and not any(
-            os.path.exists(p) for p in ('/dev/nvidiactl', '/dev/dxg')):
-        return 'cpu'
-    return requested
-
-
 # ----------------------------------------------------------------------------- weights
 
 
@@ -443,7 +430,7 @@ def main(argv=None, out=None, err=None):
     try:
         from nn.device import DeviceError, get_device
         try:
-            device = get_device(device_name(args.device))
+            device = get_device(args.device)
         except DeviceError as exc:
             raise SetupError(str(exc)) from None
         model = load_model(resolve_weights(args.weights), device)

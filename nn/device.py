@@ -7,6 +7,9 @@
 `get_device(None)` (or 'auto') picks cuda when CuPy imports and sees a GPU, else cpu.
 CuPy and the kernel launchers are imported only when a device needs them.
 """
+import os
+import sys
+
 import numpy as np
 
 DEVICE_NAMES = ("cuda", "cpu", "emu")
@@ -65,8 +68,18 @@ def _import_cupy_with_gpu():
     return cupy
 
 
+def _no_nvidia_driver():
+    """True when this is Linux and no NVIDIA driver node exists (/dev/nvidiactl, or WSL2's
+    /dev/dxg): then there is surely no GPU, and importing CuPy (a noticeable part of a
+    command's start-up) to find that out can be skipped."""
+    return sys.platform.startswith("linux") and not any(
+        os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/dxg"))
+
+
 def cuda_available():
     """True when CuPy imports and sees a GPU (what get_device(None) uses)."""
+    if _no_nvidia_driver():
+        return False
     try:
         _import_cupy_with_gpu()
         return True
