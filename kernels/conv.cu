@@ -39,6 +39,11 @@
  *   R = N P is long (193600 for conv1 at batch 64) while its output is small, so the R
  *   range is cut into S chunks whose partial dw go to a (S, K, Cg KK) buffer, added in a
  *   fixed order by conv_sum_partials (deterministic, no atomics).
+ *   Loading: a thread loads 4 elements of each slab per step: for A, one reduction index
+ *   and 4 rows 32 apart; for B, one column (fixed for the whole loop) and 4 consecutive
+ *   reduction indices.  The indices are split into (c, i, j)-style digits once and then
+ *   counted, not divided, each step (see IgDigits).  With stride > 1 most of backward
+ *   data's B operand is zero (between strides), so the launcher uses the v1 gather there.
  *
  * Shared by both versions: conv_bias_grad, db[k] = sum over (n, oh, ow) of dy, one block
  * per filter with a shared-memory tree reduction; with a fused ReLU it also writes the

@@ -41,7 +41,8 @@
  *            when the 4 elements are in range and 16-byte aligned, scalar otherwise
  *            (ragged edges, K or N not a multiple of 4).  Shared memory is double
  *            buffered: the next slab is fetched into registers while the current one is
- *            multiplied, so there is one __syncthreads per step.
+ *            multiplied, so there is one __syncthreads per step.  Threads whose whole
+ *            sub-tile lies outside C (small M, e.g. batch 1) skip the arithmetic.
  *            grid (ceil(N/128), ceil(M/128), slices), block (256).
  *
  * Helper kernels: gemm_splitk_reduce (sum of slices + epilogue) and ip_bias_grad (column
