@@ -117,8 +117,8 @@ def conv_backward(runner, dy, cache):
 
     # Version 2's implicit GEMM for dx pays for every (output, tap) pair, but with
     # stride s only 1 in s*s of them reaches a pixel; the gather of version 1 visits just
-    # those, so it is the faster one there (conv1, stride 4: 0.4 s instead of 30 s on the
-    # emulator at batch 1).
+    # those, so it is the faster one there (conv1, stride 4, batch 1 on the emulator:
+    # 0.12 s instead of 11 s).
     dx = _backward_data(runner, dy_eff, w, xp.empty_like(x), geom,
                         1 if version == 1 or stride > 1 else 2)
     dw = xp.empty_like(w)
