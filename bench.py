@@ -36,7 +36,7 @@ import numpy as np
 
 from nn import flops
 
-CHECK_IMAGES = 2        # images (leading rows) compared with the float64 reference
+CHECK_IMAGES = 2        # images compared with the float64 reference: first and last
 TOLERANCE = 1e-4        # max |result - reference| / max |reference|: float32 against float64
 FLUSH_BYTES = 256 << 20  # written between GPU runs: several times any GPU's L2 cache
 GPU_BATCHES = (256, 1)
@@ -44,6 +44,9 @@ CPU_BATCH = 16
 SGD_LAYER = 'fc6'       # the SGD update is timed on the largest blob, fc6's weights
 DROPOUT_SEED = 1234
 SGD_ARGS = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
+# The timed training steps use a tiny rate: speed does not depend on it, and a real one
+# would drive the random network to inf/NaN within a few repeated steps.
+NET_LR = 1e-7
 OP_NAMES = ('conv_forward', 'conv_backward', 'inner_product_forward', 'inner_product_backward',
             'max_pool_forward', 'max_pool_backward', 'lrn_forward', 'lrn_backward',
             'relu_forward', 'relu_backward', 'dropout_forward', 'dropout_backward',
@@ -384,7 +387,7 @@ def gate(case, run_fn, lib, inputs, full_outputs=None):
     if full_outputs is not None:
         for per_sample, g, t in zip(case.per_sample, full_outputs, truth):
             if per_sample:
-                errors.append(max_rel_error(np.asarray(lib.to_numpy(g))[rows], t))
+                errors.append(max_rel_error(lib.to_numpy(g[rows]), t))  # rows on device
     worst = max(errors)
     return bool(worst <= TOLERANCE), worst
 
@@ -490,7 +493,7 @@ def _torch_vendor(torch, device_kind):
     lib = Library('torch', to_lib, lambda t: t.detach().cpu().numpy() if hasattr(t, 'detach')
                   else np.asarray(t))
     timer = GpuTimer('torch', torch) if dev == 'cuda' else CpuTimer()
-    what = 'cuDNN (PyTorch)' if dev == 'cuda' else 'PyTorch CPU'
+    what = 'PyTorch CUDA (cuDNN conv)' if dev == 'cuda' else 'PyTorch CPU'
     return Vendor(f'{what} {torch.__version__}', lib, timer, _torch_impls(torch))
 
 
@@ -628,13 +631,17 @@ def _rates(counts, seconds, peaks):
             'roofline_fraction': max(t_compute, t_memory) / seconds}
 
 
-def _timed(timer, fn, args, images=None):
-    """Time fn: {'time_s': median, 'times_s': all runs} (+ 'images_per_s')."""
-    times = timer.measure(fn, args.warmup, args.repeats)
+def _summary(times, images=None):
+    """{'time_s': median, 'times_s': all runs} (+ 'images_per_s' for `images` per run)."""
     out = {'time_s': statistics.median(times), 'times_s': times}
     if images:
         out['images_per_s'] = images / out['time_s']
     return out
+
+
+def _timed(timer, fn, args, images=None):
+    """Time fn with `timer` after args.warmup runs: see _summary."""
+    return _summary(timer.measure(fn, args.warmup, args.repeats), images)
 
 
 def _time_checked(case, run_fn, lib, inputs, timer, args):
@@ -787,7 +794,7 @@ def _torch_sgd(torch, model, spec):
     """SGD with Caffe's multipliers: weights lr x1 decay x1, biases lr x2 no decay."""
     weights = [p for n, p in model.named_parameters() if n.endswith('weight')]
     biases = [p for n, p in model.named_parameters() if n.endswith('bias')]
-    lr, wd = SGD_ARGS['lr'], SGD_ARGS['weight_decay']
+    lr, wd = NET_LR, SGD_ARGS['weight_decay']
     return torch.optim.SGD([{'params': weights, 'lr': lr, 'weight_decay': wd},
                             {'params': biases, 'lr': 2 * lr, 'weight_decay': 0.0}],
                            lr=lr, momentum=SGD_ARGS['momentum'])
@@ -812,7 +819,7 @@ def bench_network(device, sub_device, lib, timer, torch, args, batch):
     truth = CaffeNet(num_classes=args.classes, device='cpu', dropout_seed=DROPOUT_SEED,
                      dtype=np.float64, init='zeros')
     truth.load_params(params, strict=True, source='bench')
-    solver = SGDSolver(net, base_lr=SGD_ARGS['lr'], momentum=SGD_ARGS['momentum'],
+    solver = SGDSolver(net, base_lr=NET_LR, momentum=SGD_ARGS['momentum'],
                        weight_decay=SGD_ARGS['weight_decay'], lr_policy='fixed')
 
     size = net.input_size
@@ -839,65 +846,77 @@ def bench_network(device, sub_device, lib, timer, torch, args, batch):
     err = max(errs)
     status = 'ok' if err <= TOLERANCE else 'WRONG'
 
-    def infer(xb):
-        return net.predict(xb)
-
-    def train_step():
-        _, g, _ = net.loss_and_grads(x, labels)
-        solver.step(g)
-
-    report = []
-    plan = [('inference', batch, lambda: infer(x)), ('training_step', batch, train_step)]
+    plan = [('inference', batch, lambda: net.predict(x))]
+    plan.append(('training_step', batch, lambda: solver.step(net.loss_and_grads(x, labels)[1])))
     if batch != 1:
-        plan.append(('latency', 1, lambda: infer(x[:1])))
+        plan.append(('latency', 1, lambda: net.predict(x[:1])))
+    layers = flops.caffenet_layers(args.classes)
+    theirs = _torch_network(torch, device, net, params, x_host, labels_host, want) \
+        if torch is not None else None
+    report = []
     for what, n, fn in plan:
         row = {'name': f'net.{what}', 'batch': n, 'status': status, 'max_rel_error': err,
-               'flops': flops.network_counts(flops.caffenet_layers(args.classes), n,
-                                             train=(what == 'training_step')).flops}
-        if status == 'ok':
+               'flops': flops.network_counts(layers, n, train=(what == 'training_step')).flops}
+        t = dict(theirs[0]) if theirs else None
+        if status == 'ok' and t and t['status'] == 'ok':
+            ours_t, their_t = _timed_pair(timer, fn, theirs[2], theirs[1][what], args, n)
+            row.update(ours_t)
+            t.update(their_t, vendor_time_over_ours=their_t['time_s'] / ours_t['time_s'])
+        elif status == 'ok':
             row.update(_timed(timer, fn, args, n))
+        if 'time_s' in row:
             row['gflops'] = row['flops'] / row['time_s'] / 1e9
+        if t:
+            row['torch'] = t
         report.append(row)
-    if torch is not None:
-        _torch_network(torch, device, net, params, x_host, labels_host, report, want, args)
     return report
 
 
-def _torch_network(torch, device, net, params, x_host, labels_host, rows, want, args):
-    """Time PyTorch running the identical network; add 'torch' to each row."""
+def _timed_pair(timer_a, fn_a, timer_b, fn_b, args, images):
+    """Time two subjects alternately, run by run, so that a machine whose load drifts
+    (a shared CPU) weighs on both alike. Returns two _timed-style dicts."""
+    for _ in range(args.warmup):
+        fn_a()
+        fn_b()
+    times_a, times_b = [], []
+    for _ in range(args.repeats):
+        times_a += timer_a.measure(fn_a, 0, 1)
+        times_b += timer_b.measure(fn_b, 0, 1)
+    return _summary(times_a, images), _summary(times_b, images)
+
+
+def _torch_network(torch, device, net, params, x_host, labels_host, want):
+    """PyTorch running the identical network: (info, {what: fn}, timer).
+
+    info holds its name, and its status and error against the reference scores `want`
+    of the check images; the functions mirror bench_network's plan.
+    """
     dev = 'cuda' if device.name == 'cuda' else 'cpu'
     model = torch_caffenet(torch, net.spec, params, dev)
     opt = _torch_sgd(torch, model, net.spec)
     F = torch.nn.functional
     x = torch.from_numpy(x_host).to(dev)
     y = torch.from_numpy(labels_host.astype(np.int64)).to(dev)
-    timer = GpuTimer('torch', torch) if dev == 'cuda' else CpuTimer()
     model.eval()
     with torch.no_grad():
         err = max_rel_error(model(x[check_rows(len(x_host))]).cpu().numpy(), want)
-    status = 'ok' if err <= TOLERANCE else 'WRONG'
-    name = f"PyTorch {torch.__version__} {'CUDA' if dev == 'cuda' else 'CPU'}"
+    info = {'name': f"PyTorch {torch.__version__} {'CUDA' if dev == 'cuda' else 'CPU'}",
+            'status': 'ok' if err <= TOLERANCE else 'WRONG', 'max_rel_error': err}
 
     def infer(xb):
+        model.eval()
         with torch.no_grad():
-            return torch.softmax(model(xb), 1).cpu()
+            return torch.softmax(model(xb), 1).cpu()  # like predict: probabilities on the host
 
     def train_step():
+        model.train()
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
 
-    for row in rows:
-        what = row['name'].split('.', 1)[1]
-        t = {'name': name, 'status': status, 'max_rel_error': err}
-        if status == 'ok':
-            model.train(what == 'training_step')
-            fn = train_step if what == 'training_step' else functools.partial(
-                infer, x[:row['batch']])
-            t.update(_timed(timer, fn, args, row['batch']))
-            if 'time_s' in row:
-                t['vendor_time_over_ours'] = t['time_s'] / row['time_s']
-        row['torch'] = t
+    fns = {'inference': lambda: infer(x), 'training_step': train_step,
+           'latency': lambda: infer(x[:1])}
+    return info, fns, (GpuTimer('torch', torch) if dev == 'cuda' else CpuTimer())
 
 
 # ------------------------------------------------------------------------------ report
@@ -936,14 +955,14 @@ def print_table(report, out=None):
     print(f"device: {report['machine']['device_name']}   measured peaks: "
           f"{peaks['bandwidth_GBps']:.1f} GB/s copy, {peaks['fp32_GFLOPs']:.1f} GFLOP/s FP32",
           file=out)
-    head = (f"{'case':22} {'batch':>5} {'status':>6} {'ms':>9} {'GFLOP/s':>9} {'GB/s':>8} "
+    head = (f"{'case':27} {'batch':>5} {'status':>6} {'ms':>9} {'GFLOP/s':>9} {'GB/s':>8} "
             f"{'bound':>7} {'%roof':>6} | {'vendor ms':>9} {'vendor/ours':>11}")
     print(head, file=out)
     print('-' * len(head), file=out)
     for r in report['kernels']:
         rows = [(r['name'], r)] + [(f"  v={v['version']}", v) for v in r.get('versions', [])]
         for label, x in rows:
-            line = f"{label:22} {r['batch']:5d} {x['status']:>6} "
+            line = f"{label:27} {r['batch']:5d} {x['status']:>6} "
             if 'time_s' in x:
                 line += (f"{_fmt_time(x['time_s']):>9} {x['gflops']:9.1f} {x['gbps']:8.1f} "
                          f"{x['bound']:>7} {100 * x['roofline_fraction']:5.1f}%")
@@ -961,7 +980,7 @@ def print_table(report, out=None):
         names = sorted({r['vendor']['name'] for r in report['kernels'] if 'vendor' in r})
         print(f"vendor: {', '.join(names)}; vendor/ours > 1 means ours is faster", file=out)
     for r in report['network']:
-        line = f"{r['name']:22} {r['batch']:5d} {r['status']:>6} "
+        line = f"{r['name']:27} {r['batch']:5d} {r['status']:>6} "
         if 'time_s' in r:
             line += f"{_fmt_time(r['time_s']):>9} ms  {r['images_per_s']:9.1f} images/s"
         t = r.get('torch')
@@ -1029,7 +1048,10 @@ def parse_args(argv):
 def run(args):
     """Run the benchmark described by parsed `args`; returns the report dict."""
     if args.device in ('cuda', 'auto'):
-        os.environ['CUPY_TF32'] = '0'  # FP32 compute for CuPy's matmul (read at import)
+        # True FP32 everywhere, set before CuPy or PyTorch loads a CUDA library: CuPy's
+        # matmul (CUPY_TF32), and every NVIDIA library (cuBLAS, cuDNN) by their override.
+        os.environ['CUPY_TF32'] = '0'
+        os.environ['NVIDIA_TF32_OVERRIDE'] = '0'
     device, timer, lib = open_device(args.device)
     gpu = device.name == 'cuda'
     batches = args.batch or (list(GPU_BATCHES) if gpu else [CPU_BATCH])
@@ -1110,6 +1132,7 @@ def run(args):
                      'cache_flush_bytes': FLUSH_BYTES if gpu else cpu_flush_bytes(),
                      'check_images': CHECK_IMAGES, 'tolerance_max_rel_error': TOLERANCE,
                      'cupy_tf32': os.environ.get('CUPY_TF32') if gpu else None,
+                     'nvidia_tf32_override': os.environ.get('NVIDIA_TF32_OVERRIDE') if gpu else None,
                      'torch_allow_tf32': False if (torch is not None and gpu) else None,
                      'torch_threads': torch.get_num_threads() if torch is not None else None,
                      'counts': 'nn/flops.py: FLOPs = 2 x MACs + bias; bytes = compulsory float32 traffic'},

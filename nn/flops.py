@@ -22,6 +22,9 @@ Caffe's ceil rule (see docs/design.md).
 """
 from dataclasses import dataclass, field
 
+from nn.conv import conv_output_size
+from nn.pool import pool_output_size
+
 FLOAT_BYTES = 4
 INDEX_BYTES = 4  # int32 argmax / labels
 
@@ -55,19 +58,16 @@ class Counts:
 
 
 def conv_out_size(size, kernel, stride, pad):
-    """Output side of a convolution (Caffe's floor rule)."""
-    out = (size + 2 * pad - kernel) // stride + 1
+    """Output side of a convolution (Caffe's floor rule); ValueError when nothing fits."""
+    out = conv_output_size(size, kernel, stride, pad)
     if out < 1:
         raise ValueError(f"conv: kernel {kernel} does not fit input side {size} with pad {pad}")
     return out
 
 
-def pool_out_size(size, kernel, stride, pad):
-    """Output side of a max pooling (Caffe's ceil rule, last window starts in the image)."""
-    out = -(-(size + 2 * pad - kernel) // stride) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
+# Pooling's output side, Caffe's ceil rule: the reference's own function, so the counts
+# can never disagree with the shapes the network produces.
+pool_out_size = pool_output_size
 
 
 def _pool_window_total(size, out, kernel, stride, pad):
@@ -80,64 +80,59 @@ def _pool_window_total(size, out, kernel, stride, pad):
     return total
 
 
-def caffenet_layers(num_classes=1000, input_size=CAFFENET_INPUT_SIZE, last_layer='fc8'):
-    """CaffeNet (Caffe's bvlc_reference_caffenet) as a list of `Layer`, input to loss.
+def layers_from_spec(spec, input_size=CAFFENET_INPUT_SIZE, in_channels=3):
+    """A network spec (nn/caffenet.py's format) as a list of `Layer`, input to loss.
 
-    ReLUs are listed as their own layers (the network may fuse them into the
-    convolution; the benchmark times both). Pooling comes before LRN, as in CaffeNet.
+    Shapes are propagated from a (in_channels, input_size, input_size) image. A ReLU fused
+    into a conv or fc layer is listed as its own layer ('conv1' -> 'relu1'), since the
+    benchmark times the ReLU kernels too; a softmax 'loss' layer ends the list.
     """
     layers = []
-    shape = (3, input_size, input_size)
+    shape = (in_channels, input_size, input_size)
 
     def add(name, kind, out_shape, **params):
         nonlocal shape
         layers.append(Layer(name, kind, shape, tuple(out_shape), params))
         shape = tuple(out_shape)
 
-    def conv(name, num_output, kernel, stride=1, pad=0, group=1):
-        c, h, w = shape
-        add(name, 'conv', (num_output, conv_out_size(h, kernel, stride, pad),
-                           conv_out_size(w, kernel, stride, pad)),
-            num_output=num_output, kernel=kernel, stride=stride, pad=pad, group=group)
-
-    def pool(name, kernel=3, stride=2, pad=0):
-        c, h, w = shape
-        add(name, 'pool', (c, pool_out_size(h, kernel, stride, pad),
-                           pool_out_size(w, kernel, stride, pad)),
-            kernel=kernel, stride=stride, pad=pad)
-
-    def fc(name, num_output):
-        add(name, 'fc', (num_output,), num_output=num_output)
-
-    def same(name, kind, **params):
-        add(name, kind, shape, **params)
-
-    conv('conv1', 96, 11, stride=4)
-    same('relu1', 'relu')
-    pool('pool1')
-    same('norm1', 'lrn', local_size=5, alpha=1e-4, beta=0.75, k=1.0)
-    conv('conv2', 256, 5, pad=2, group=2)
-    same('relu2', 'relu')
-    pool('pool2')
-    same('norm2', 'lrn', local_size=5, alpha=1e-4, beta=0.75, k=1.0)
-    conv('conv3', 384, 3, pad=1)
-    same('relu3', 'relu')
-    conv('conv4', 384, 3, pad=1, group=2)
-    same('relu4', 'relu')
-    conv('conv5', 256, 3, pad=1, group=2)
-    same('relu5', 'relu')
-    pool('pool5')
-    c, h, w = shape
-    shape = (c * h * w,)  # fc6 sees the flattened pool5 output
-    fc('fc6', 4096)
-    same('relu6', 'relu')
-    same('drop6', 'dropout', ratio=0.5)
-    fc('fc7', 4096)
-    same('relu7', 'relu')
-    same('drop7', 'dropout', ratio=0.5)
-    fc(last_layer, num_classes)
-    same('loss', 'loss')
+    for item in spec:
+        kind, name = item['type'], item['name']
+        if kind == 'conv':
+            c, h, w = shape
+            k, stride, pad = item['kernel'], item.get('stride', 1), item.get('pad', 0)
+            add(name, 'conv', (item['num_output'], conv_out_size(h, k, stride, pad),
+                               conv_out_size(w, k, stride, pad)),
+                num_output=item['num_output'], kernel=k, stride=stride, pad=pad,
+                group=item.get('group', 1))
+        elif kind == 'fc':
+            if len(shape) > 1:
+                shape = (_numel(shape),)  # an fc layer sees its input flattened
+            add(name, 'fc', (item['num_output'],), num_output=item['num_output'])
+        elif kind == 'pool':
+            c, h, w = shape
+            k, stride, pad = item['kernel'], item['stride'], item.get('pad', 0)
+            add(name, 'pool', (c, pool_out_size(h, k, stride, pad),
+                               pool_out_size(w, k, stride, pad)),
+                kernel=k, stride=stride, pad=pad)
+        elif kind == 'lrn':
+            add(name, 'lrn', shape, local_size=item['local_size'], alpha=item['alpha'],
+                beta=item['beta'], k=item.get('k', 1.0))
+        elif kind in ('relu', 'dropout'):
+            add(name, kind, shape, **({'ratio': item['ratio']} if kind == 'dropout' else {}))
+        else:
+            raise ValueError(f"layer {name!r}: unknown layer type {kind!r}")
+        if kind in ('conv', 'fc') and item.get('relu'):
+            digits = name.lstrip('abcdefghijklmnopqrstuvwxyz_')
+            add(f'relu{digits}' if digits.isdigit() else f'{name}_relu', 'relu', shape)
+    add('loss', 'loss', shape)
     return layers
+
+
+def caffenet_layers(num_classes=1000, input_size=CAFFENET_INPUT_SIZE, last_layer='fc8'):
+    """CaffeNet (nn/caffenet.py's caffenet_spec: bvlc_reference_caffenet, pooling before
+    LRN) as a list of `Layer`, with its ReLUs as separate layers and the loss last."""
+    from nn.caffenet import caffenet_spec
+    return layers_from_spec(caffenet_spec(num_classes, last_layer), input_size)
 
 
 def _numel(shape):

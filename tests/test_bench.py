@@ -209,3 +209,16 @@ def test_torch_caffenet_is_identical():
     with torch.no_grad():
         got = model(torch.from_numpy(x.astype(np.float32))).numpy()
     assert bench.max_rel_error(got, net.forward(x)) <= bench.TOLERANCE
+
+
+def test_whole_network_with_torch(tmp_path):
+    pytest.importorskip('torch')
+    path = tmp_path / 'out.json'
+    rc = bench.main(['--device', 'cpu', '--repeats', '2', '--warmup', '0', '--batch', '1',
+                     '--only', 'net', '--classes', '4', '--json', str(path)])
+    assert rc == 0
+    for r in json.loads(path.read_text())['network']:
+        t = r['torch']
+        assert t['status'] == 'ok' and t['max_rel_error'] <= bench.TOLERANCE
+        assert len(t['times_s']) == len(r['times_s']) == 2  # timed run for run, alternately
+        assert t['vendor_time_over_ours'] == pytest.approx(t['time_s'] / r['time_s'])
