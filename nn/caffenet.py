@@ -200,25 +200,34 @@ class CaffeNet:
                             if layer["type"] in PARAM_TYPES}
 
     def init_params(self, init="caffe", seed=0):
-        """(Re)initialise every layer: 'caffe' = N(0, std) weights and constant biases,
-        each layer from its own generator seeded by (seed, layer name); or 'zeros'."""
+        """(Re)initialise every layer, each from its own generator seeded by (seed, layer
+        name): 'caffe' = N(0, std) weights and constant biases, as CaffeNet's prototxt;
+        'xavier' = Caffe's xavier filler, U(-a, a) with a = sqrt(3 / fan_in), and zero
+        biases (activations keep their scale through the layers); or 'zeros'."""
         for name in self.param_layers:
             self._init_layer(name, init, seed)
 
     def _init_layer(self, name, init="caffe", seed=0):
         layer = self._param_spec[name]
         shape = self.blob_shapes[name]
+        # Drawn in float32 in the blob shape, so float64, classifier and fully
+        # convolutional nets start from the same numbers.
+        rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
         if init == "caffe":
-            # Drawn in float32 in the blob shape, so float64, classifier and fully
-            # convolutional nets start from the same numbers.
-            rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
             weight = rng.standard_normal(shape, dtype=np.float32)
             weight *= np.float32(layer.get("std", 0.01))  # in place: fc6 alone is 151 MB
             bias = np.full(shape[0], layer.get("bias_fill", 0.0), dtype=np.float32)
+        elif init == "xavier":
+            scale = np.float32(np.sqrt(3.0 / np.prod(shape[1:])))
+            weight = rng.random(shape, dtype=np.float32)
+            weight *= 2 * scale
+            weight -= scale
+            bias = np.zeros(shape[0], np.float32)
         elif init == "zeros":
             weight, bias = np.zeros(shape, np.float32), np.zeros(shape[0], np.float32)
         else:
-            raise ValueError(f"CaffeNet: unknown init {init!r}, expected 'caffe' or 'zeros'")
+            raise ValueError(f"CaffeNet: unknown init {init!r}, expected 'caffe', "
+                             f"'xavier' or 'zeros'")
         self._set_layer(name, weight, bias)
 
     def _set_layer(self, name, weight, bias):

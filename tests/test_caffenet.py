@@ -81,6 +81,19 @@ def test_caffe_init_statistics(caffenet):
         np.testing.assert_array_equal(caffenet.params[name]["bias"], bias[name])
 
 
+def test_xavier_init_statistics():
+    net = CaffeNet(spec=tiny_spec(), input_size=TINY_SIZE, device="cpu", seed=2, init="xavier")
+    for name in net.param_layers:
+        w = net.to_numpy_params()[name]["weight"]
+        fan_in = np.prod(w.shape[1:])
+        bound = np.sqrt(3.0 / fan_in)       # Caffe's xavier: U(-a, a), a = sqrt(3 / fan_in)
+        assert np.abs(w).max() <= bound * (1 + 1e-6), name
+        assert np.abs(w).max() > 0.9 * bound, name
+        if w.size >= 500:                    # std of U(-a, a) is a / sqrt(3) = 1 / sqrt(fan_in)
+            assert abs(w.std() * np.sqrt(fan_in) - 1) < 0.1, name
+        np.testing.assert_array_equal(net.to_numpy_params()[name]["bias"], 0)
+
+
 def test_init_is_seeded_per_layer():
     a = tiny_net(seed=5)
     b = tiny_net(seed=5, last_layer="fc8_twitter", num_classes=2)
