@@ -1,0 +1,402 @@
+"""Fine-tune CaffeNet on one fold of the Twitter visual sentiment dataset, as the paper did.
+
+    python train.py --fold 2                      # five-agree, fold 2, the paper's recipe
+    python train.py --all-folds --agree all       # the paper's table: mean +- std per subset
+    python train.py --data synthetic              # offline: a generated dataset, a few minutes
+
+The paper's recipe (Campos et al. 2017, the defaults here): weights from ImageNet CaffeNet,
+the last layer replaced by a 2-way `fc8_twitter` (Gaussian std 0.01, bias 0, lr_mult 10/20),
+SGD with base lr 0.001, momentum 0.9, weight decay 0.0005, batch 256, lr divided by 10 every
+6 epochs, 65 epochs; random 227 crops and mirrors for training; the test fold evaluated on
+the centre crop and on Caffe's ten-crop oversampling.
+
+Writes `<out-dir>/<dataset>_<agree>_fold<k>.h5` (weights) and `.json` (metrics and
+settings); checkpoints go to `<out-dir>/checkpoints/` every --checkpoint-every iterations
+and on Ctrl-C, and `--resume` continues a run so that it ends with exactly the weights of
+an uninterrupted one (same device, same seed).
+"""
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from nn.atomic import atomic_write
+from nn.twitter import AGREES, CLASS_NAMES, NUM_FOLDS
+
+IMAGENET_WEIGHTS = os.path.join("weights", "caffenet_imagenet.h5")
+LAST_LAYER = "fc8_twitter"
+SYNTHETIC_DIR = os.path.join("data", "synthetic")
+
+# Settings that may not change between an interrupted run and its --resume.
+RESUME_MUST_MATCH = ("data", "agree", "fold", "init", "seed", "batch_size", "iter_size",
+                     "base_lr", "momentum", "weight_decay", "gamma", "stepsize", "max_iter",
+                     "device")
+
+# The paper's recipe, and a small one for the offline synthetic dataset. Offline there
+# are no ImageNet weights, so it trains from scratch, with Caffe's xavier filler: Caffe's
+# own CaffeNet initialisation (biases of 1, std 0.005 in fc6/fc7) gives fc7 features that
+# are nearly constant across images (std 0.009 around 0.99, measured on the synthetic
+# set), which SGD needs far more than a few minutes to get out of.
+PRESETS = {
+    "paper": dict(init="imagenet", batch_size=256, base_lr=0.001, epochs=65.0,
+                  step_epochs=6.0, test_batch_size=25),
+    "synthetic": dict(init="xavier", batch_size=16, base_lr=0.01, epochs=12.0,
+                      step_epochs=8.0, test_batch_size=16),
+}
+
+
+class TrainError(RuntimeError):
+    """A problem the user can fix (missing data or weights, bad settings): one clear line."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Fine-tune CaffeNet on the Twitter visual sentiment dataset "
+                    "(Campos et al. 2017). Defaults are the paper's recipe.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=os.path.join("data", "twitter"),
+                   help="dataset folder (see nn/twitter.py for its layout), or 'synthetic' "
+                        f"to generate a small offline dataset in {SYNTHETIC_DIR}")
+    g.add_argument("--agree", default="five", choices=AGREES + ("all",),
+                   help="subset: images on which at least five/four/three annotators agree")
+    g.add_argument("--fold", type=int, default=2, choices=range(1, NUM_FOLDS + 1),
+                   metavar="1..5", help="cross-validation fold to test on")
+    g.add_argument("--all-folds", action="store_true",
+                   help="train and test all five folds and print mean +- std")
+    g.add_argument("--synthetic-images", type=int, default=120,
+                   help="images in the generated dataset (--data synthetic)")
+    g = p.add_argument_group("model and solver (default: the paper's recipe; "
+                             "--data synthetic has its own smaller defaults)")
+    g.add_argument("--init", choices=("imagenet", "random", "xavier"), default=None,
+                   help="start from ImageNet CaffeNet weights (--weights), from Caffe's "
+                        "random initialisation of CaffeNet (Gaussian weights, biases 0/1), "
+                        "or from Caffe's xavier filler (zero biases; trains far faster from "
+                        "scratch) [paper: imagenet; synthetic: xavier]")
+    g.add_argument("--weights", default=IMAGENET_WEIGHTS,
+                   help="ImageNet CaffeNet weights in HDF5 (python -m tools.fetch weights)")
+    g.add_argument("--batch-size", type=int, default=None, help="images per mini-batch [256]")
+    g.add_argument("--iter-size", type=int, default=1,
+                   help="mini-batches accumulated per SGD step (Caffe's iter_size): "
+                        "the effective batch is batch-size x iter-size")
+    g.add_argument("--base-lr", type=float, default=None, help="base learning rate [0.001]")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=0.0005)
+    g.add_argument("--gamma", type=float, default=0.1, help="lr factor at every step")
+    g.add_argument("--epochs", type=float, default=None, help="training length [65]")
+    g.add_argument("--step-epochs", type=float, default=None,
+                   help="epochs between learning-rate steps [6]")
+    g.add_argument("--max-iter", type=int, default=None,
+                   help="SGD steps (overrides --epochs)")
+    g.add_argument("--stepsize", type=int, default=None,
+                   help="SGD steps between lr steps (overrides --step-epochs)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the fresh layers, the data order, crops and dropout")
+    g = p.add_argument_group("running")
+    from nn.device import add_device_argument
+    add_device_argument(g)
+    g.add_argument("--out-dir", default="weights", help="where weights and metrics go")
+    g.add_argument("--checkpoint-every", type=int, default=20,
+                   help="write a checkpoint every N SGD steps (0: only on Ctrl-C)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from this run's checkpoint in <out-dir>/checkpoints/")
+    g.add_argument("--test-batch-size", type=int, default=None,
+                   help="images per evaluation batch [25]")
+    g.add_argument("--no-oversample", action="store_true",
+                   help="skip the ten-crop evaluation (the centre crop is always evaluated)")
+    g.add_argument("--display", type=int, default=1, help="print progress every N steps")
+    g.add_argument("--quiet", action="store_true", help="print only the results")
+    args = p.parse_args(argv)
+    preset = PRESETS["synthetic" if args.data == "synthetic" else "paper"]
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for name in ("batch_size", "iter_size", "test_batch_size", "display"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("epochs", "step_epochs", "base_lr"):
+        if not getattr(args, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.all_folds is False and args.agree == "all":
+        p.error("--agree all needs --all-folds")
+    return args
+
+
+# ------------------------------------------------------------------------------ data
+def resolve_data_dir(args, say):
+    """The dataset folder; generates the synthetic dataset when asked for and absent."""
+    if args.data != "synthetic":
+        if not os.path.isdir(args.data):
+            raise TrainError(f"dataset folder {args.data} not found: fetch it with "
+                             f"`python -m tools.fetch dataset splits`, or run offline with "
+                             f"`python train.py --data synthetic`")
+        return args.data
+    from nn.twitter import label_file, make_synthetic_dataset
+    if not os.path.isfile(label_file(SYNTHETIC_DIR, "three")):
+        say(f"generating a synthetic dataset of {args.synthetic_images} images in "
+            f"{SYNTHETIC_DIR}")
+        make_synthetic_dataset(SYNTHETIC_DIR, n_images=args.synthetic_images, seed=0)
+    return SYNTHETIC_DIR
+
+
+def load_items(data_dir, agree, fold, say):
+    """(train, test) lists of (path, label), with the split-generation warning shown."""
+    from nn.twitter import DatasetError, load_fold
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            train, test = load_fold(data_dir, agree=agree, fold=fold)
+        except DatasetError as e:
+            raise TrainError(str(e)) from e
+    for w in caught:
+        say(f"note: {w.message}")
+    return train, test
+
+
+# ---------------------------------------------------------------------------- schedule
+def schedule(args, n_train):
+    """(max_iter, stepsize) in SGD steps, from epochs unless given directly."""
+    per_step = args.batch_size * args.iter_size
+    max_iter = args.max_iter or max(1, math.ceil(args.epochs * n_train / per_step))
+    stepsize = args.stepsize or max(1, round(args.step_epochs * n_train / per_step))
+    return max_iter, stepsize
+
+
+def build_net(args, device, say):
+    from nn.caffenet import CaffeNet
+    net = CaffeNet(num_classes=2, last_layer=LAST_LAYER, class_names=list(CLASS_NAMES),
+                   device=device, dropout_seed=args.seed, seed=args.seed,
+                   init="caffe" if args.init == "imagenet" else args.init.replace("random", "caffe"))
+    if args.init == "imagenet":
+        if not os.path.isfile(args.weights):
+            raise TrainError(f"ImageNet weights {args.weights} not found: fetch and convert "
+                             f"them with `python -m tools.fetch weights`, or train from "
+                             f"Caffe's random initialisation with --init random")
+        from nn.weights import WeightsError
+        try:
+            report = net.load(args.weights)
+        except WeightsError as e:
+            raise TrainError(str(e)) from e
+        say(f"copied {', '.join(report['copied'])} from {args.weights}; "
+            f"initialised fresh: {', '.join(report['fresh'])}")
+    else:
+        # Every layer is fresh: the last one gets no 10x/20x head start (Caffe's CaffeNet
+        # multipliers when training from scratch).
+        from nn.caffenet import DEFAULT_MULT
+        net.set_param_multipliers(LAST_LAYER, weight=DEFAULT_MULT[0], bias=DEFAULT_MULT[1])
+    return net
+
+
+# -------------------------------------------------------------------------- evaluation
+def evaluate(net, items, batch_size, crops):
+    """Accuracy and per-image probabilities (N, 2) on `items`; crops 'center' or 'ten'
+    (Caffe's oversampling: probabilities averaged over the ten crops)."""
+    from nn.batches import EvalLoader
+    probs, labels = [], []
+    with EvalLoader(items, batch_size, crops=crops) as loader:
+        for images, batch_labels in loader:
+            if crops == "ten":
+                b = images.shape[0]
+                p = net.predict(images.reshape((b * 10,) + images.shape[2:]))
+                p = p.reshape(b, 10, -1).mean(axis=1)
+            else:
+                p = net.predict(images)
+            probs.append(p)
+            labels.append(batch_labels)
+    probs, labels = np.concatenate(probs), np.concatenate(labels)
+    return float(np.mean(probs.argmax(axis=1) == labels)), probs
+
+
+# ---------------------------------------------------------------------------- training
+class StopRequest:
+    """Ctrl-C handling: the first one asks the loop to stop after the current step (and
+    checkpoint); a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading_is_main():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step and writing a checkpoint "
+              "(Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def threading_is_main():
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def format_seconds(s):
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def run_name(args, agree, fold):
+    dataset = "synthetic" if args.data == "synthetic" else "twitter"
+    return f"{dataset}_{agree}_fold{fold}"
+
+
+def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
+    """Train one fold; returns the metrics dict (also written as JSON beside the weights).
+
+    stop_at: stop (with a checkpoint) after this many SGD steps, as Ctrl-C would; for tests.
+    Returns None when the run stopped early.
+    """
+    from nn.batches import TrainLoader
+    from nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from nn.solver import SGDSolver, accumulate
+
+    train, test = load_items(data_dir, agree, fold, say)
+    max_iter, stepsize = schedule(args, len(train))
+    name = run_name(args, agree, fold)
+    settings = dict(data=args.data, agree=agree, fold=fold, init=args.init, seed=args.seed,
+                    batch_size=args.batch_size, iter_size=args.iter_size,
+                    base_lr=args.base_lr, momentum=args.momentum,
+                    weight_decay=args.weight_decay, gamma=args.gamma, stepsize=stepsize,
+                    max_iter=max_iter, device=device.name, n_train=len(train),
+                    n_test=len(test), weights=args.weights if args.init == "imagenet" else None)
+    checkpoint = os.path.join(args.out_dir, "checkpoints", name + ".h5")
+    say(f"[{name}] {len(train)} training / {len(test)} test images; {max_iter} SGD steps of "
+        f"{args.batch_size} x {args.iter_size} images, lr {args.base_lr:g} x {args.gamma:g} "
+        f"every {stepsize} steps; device {device.name}")
+
+    net = build_net(args, device, say)
+    solver = SGDSolver(net, args.base_lr, momentum=args.momentum,
+                       weight_decay=args.weight_decay, lr_policy="step", gamma=args.gamma,
+                       stepsize=stepsize, iter_size=args.iter_size)
+    loader_state, losses = {"epoch": 0, "position": 0}, []
+    if args.resume and os.path.isfile(checkpoint):
+        try:
+            loader_state, extra = load_checkpoint(checkpoint, net, solver, settings,
+                                                  RESUME_MUST_MATCH)
+        except CheckpointError as e:
+            raise TrainError(str(e)) from e
+        losses = extra.get("losses", [])
+        say(f"[{name}] resumed from {checkpoint} at step {solver.iter}")
+    elif args.resume:
+        say(f"[{name}] no checkpoint at {checkpoint}: starting from the beginning")
+
+    def save(state):
+        save_checkpoint(checkpoint, net, solver, state, settings, {"losses": losses})
+
+    started, start_iter, images_seen = time.time(), solver.iter, 0
+    with TrainLoader(train, args.batch_size, seed=args.seed, epoch=loader_state["epoch"],
+                     position=loader_state["position"]) as loader:
+        while solver.iter < max_iter:
+            total, step_loss = None, 0.0
+            for _ in range(args.iter_size):
+                images, labels = next(loader)
+                loss, grads, _ = net.loss_and_grads(images, labels)
+                if not math.isfinite(loss):
+                    kept = (f"the last good checkpoint is {checkpoint}"
+                            if os.path.isfile(checkpoint) else "no checkpoint was written yet")
+                    raise TrainError(f"[{name}] the loss diverged ({loss}) at step "
+                                     f"{solver.iter}: stopping; {kept}. Try a smaller "
+                                     f"--base-lr.")
+                total = accumulate(total, grads)
+                step_loss += loss / args.iter_size
+                images_seen += images.shape[0]
+            lr = solver.lr
+            solver.step(total)
+            losses.append(step_loss)
+            done = solver.iter
+            if done % args.display == 0 or done == max_iter:
+                elapsed = time.time() - started
+                rate = images_seen / max(elapsed, 1e-9)
+                eta = (max_iter - done) * elapsed / max(done - start_iter, 1)
+                say(f"[{name}] step {done}/{max_iter}  loss {step_loss:.4f}  lr {lr:.2g}  "
+                    f"{rate:.1f} img/s  epoch {loader.epoch}  left {format_seconds(eta)}")
+            early = stop.requested or (stop_at is not None and done >= stop_at)
+            if early or (args.checkpoint_every and done % args.checkpoint_every == 0
+                         and done < max_iter):
+                save(loader.state)
+                say(f"[{name}] checkpoint written: {checkpoint} (step {done})")
+            if early and done < max_iter:
+                say(f"[{name}] stopped at step {done}; continue with --resume")
+                return None
+    train_seconds = time.time() - started
+
+    weights_path = os.path.join(args.out_dir, name + ".h5")
+    net.save(weights_path)
+    say(f"[{name}] evaluating {len(test)} test images")
+    acc_center, _ = evaluate(net, test, args.test_batch_size, "center")
+    acc_ten = None
+    if not args.no_oversample:
+        acc_ten, _ = evaluate(net, test, max(1, args.test_batch_size // 10) if
+                              device.name == "cpu" else args.test_batch_size, "ten")
+    metrics = dict(run=name, accuracy_center=acc_center, accuracy_oversampled=acc_ten,
+                   final_loss=losses[-1] if losses else None, losses=losses,
+                   train_seconds=train_seconds, weights_file=weights_path, settings=settings)
+    metrics_path = os.path.join(args.out_dir, name + ".json")
+    atomic_write(metrics_path, lambda tmp: open(tmp, "w").write(json.dumps(metrics, indent=1)))
+    over = "" if acc_ten is None else f", 10-crop oversampled {acc_ten:.3f}"
+    print(f"[{name}] test accuracy: centre crop {acc_center:.3f}{over}; weights "
+          f"{weights_path}, metrics {metrics_path}", flush=True)
+    if os.path.isfile(checkpoint):
+        os.remove(checkpoint)  # the run is complete: its weights and metrics are written
+    return metrics
+
+
+def summary_table(results):
+    """The paper's table: one row per subset, mean +- std (over folds, ddof=0)."""
+    lines = [f"{'subset':<14}{'folds':>6}  {'centre crop':>16}  {'10-crop oversample':>20}"]
+    for agree, runs in results.items():
+        cells = []
+        for key in ("accuracy_center", "accuracy_oversampled"):
+            values = [r[key] for r in runs if r[key] is not None]
+            cells.append(f"{np.mean(values):.3f} +- {np.std(values):.3f}" if values else "-")
+        lines.append(f"{agree + '-agree':<14}{len(runs):>6}  {cells[0]:>16}  {cells[1]:>20}")
+    return "\n".join(lines)
+
+
+def main(argv=None, stop_at=None):
+    args = parse_args(argv)
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        from nn.device import DeviceError, get_device
+        try:
+            device = get_device(args.device)
+        except DeviceError as e:
+            raise TrainError(str(e)) from e
+        data_dir = resolve_data_dir(args, say)
+        agrees = AGREES if args.agree == "all" else (args.agree,)
+        folds = range(1, NUM_FOLDS + 1) if args.all_folds else (args.fold,)
+        results = {}
+        with StopRequest() as stop:
+            for agree in agrees:
+                for fold in folds:
+                    metrics = train_fold(args, data_dir, agree, fold, device, say, stop,
+                                         stop_at)
+                    if metrics is None:
+                        return 130 if stop.requested else 0
+                    results.setdefault(agree, []).append(metrics)
+        if args.all_folds:
+            print(summary_table(results), flush=True)
+        return 0
+    except TrainError as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
