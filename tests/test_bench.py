@@ -14,6 +14,12 @@ import bench
 from nn import flops
 
 
+@pytest.fixture(autouse=True)
+def small_peaks(monkeypatch):
+    """Smaller peak measurements: the figures are not checked, the time is CI's."""
+    monkeypatch.setattr(bench, 'CPU_PEAK_SIZES', (4 << 20, 256, 2))
+
+
 def _run(tmp_path, *argv):
     path = tmp_path / 'out.json'
     rc = bench.main(['--device', 'cpu', '--repeats', '1', '--warmup', '0', '--no-torch',
