@@ -47,7 +47,7 @@ RESUME_MUST_MATCH = ("data", "agree", "fold", "init", "seed", "batch_size", "ite
 PRESETS = {
     "paper": dict(init="imagenet", batch_size=256, base_lr=0.001, epochs=65.0,
                   step_epochs=6.0, test_batch_size=25),
-    "synthetic": dict(init="xavier", batch_size=16, base_lr=0.01, epochs=12.0,
+    "synthetic": dict(init="xavier", batch_size=16, base_lr=5e-5, epochs=6.0,
                       step_epochs=8.0, test_batch_size=16),
 }
 

@@ -44,7 +44,7 @@ def test_paper_defaults():
     assert (args.init, args.batch_size, args.base_lr, args.momentum, args.weight_decay,
             args.gamma, args.epochs, args.step_epochs) == \
         ("imagenet", 256, 0.001, 0.9, 0.0005, 0.1, 65.0, 6.0)
-    assert train.parse_args(["--data", "synthetic"]).init == "random"
+    assert train.parse_args(["--data", "synthetic"]).init == "xavier"
 
 
 def test_summary_table_mean_and_std():
@@ -70,11 +70,17 @@ def test_missing_imagenet_weights_names_path_and_fetch_command(in_tmp, capsys):
 def test_imagenet_init_copies_all_but_the_last_layer(in_tmp, capsys):
     source = CaffeNet(num_classes=1000, device="cpu", seed=5)
     source.save("imagenet.h5")
-    assert train.main(QUICK + ["--init", "imagenet", "--weights", "imagenet.h5",
-                               "--max-iter", "1", "--base-lr", "1e-9"]) == 0
+    args = [a for a in QUICK if a != "--quiet"]
+    assert train.main(args + ["--init", "imagenet", "--weights", "imagenet.h5",
+                              "--max-iter", "1", "--base-lr", "1e-9"]) == 0
+    out = capsys.readouterr().out
+    assert ("copied conv1, conv2, conv3, conv4, conv5, fc6, fc7 from imagenet.h5; "
+            "initialised fresh: fc8_twitter") in out
     got = read_weights(os.path.join("weights", "synthetic_five_fold2.h5"))
     want = source.to_numpy_params()
-    np.testing.assert_allclose(got["conv3"]["weight"], want["conv3"]["weight"], rtol=1e-5)
+    # one SGD step at lr 1e-9 moves them by about 1e-5 relative, nothing like a fresh init
+    np.testing.assert_allclose(got["conv3"]["weight"], want["conv3"]["weight"], rtol=1e-3,
+                               atol=1e-3 * np.abs(want["conv3"]["weight"]).max())
     assert got["fc8_twitter"]["weight"].shape == (2, 4096)
     assert "fc8" not in got
 
