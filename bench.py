@@ -752,13 +752,19 @@ def kernel_versions(device, case):
 
 # ------------------------------------------------------------------------------ network
 def _fresh_params(net, seed):
-    """He-scaled random weights and non-zero biases, so every layer shapes the scores."""
+    """He-scaled random weights and non-zero biases, so every layer shapes the scores.
+
+    Uniform on [-a, a] with a = sqrt(6 / fan_in), He's variance 2 / fan_in: drawing 61M
+    uniforms takes a third of the time normals would.
+    """
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in net.blob_shapes.items():
-        fan_in = int(np.prod(shape[1:]))
-        params[name] = {'weight': _normal(rng, shape, np.sqrt(2.0 / fan_in)),
-                        'bias': _normal(rng, (shape[0],), 0.1)}
+        a = np.float32(np.sqrt(6.0 / np.prod(shape[1:])))
+        weight = rng.random(shape, dtype=np.float32)
+        weight *= 2 * a
+        weight -= a
+        params[name] = {'weight': weight, 'bias': _normal(rng, (shape[0],), 0.1)}
     return params
 
 
