@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# The prepared check for a GPU machine: every `pytest -m gpu` test, then the benchmark.
+#
+#     OUT=/path/to/results bash tools/gpu_check.sh      # from anywhere; OUT must be writable
+#
+# Written for a machine with an NVIDIA GPU and CuPy, NumPy, h5py, Pillow, pytest (PyTorch
+# optional, for bench.py's comparisons). GPU time is scarce, so every step is bounded:
+#
+#   1. env.txt          nvidia-smi, Python and library versions, the commit   (~10 s)
+#   2. gpu_tests.log    timeout 300 python -m pytest -q -m gpu -x            (<= 300 s)
+#   3. bench.json/.log  timeout 240 python bench.py --device cuda ...        (<= 240 s)
+#   4. summary.txt      each step's exit status, wall time and result line
+#
+# Whatever happens the script writes summary.txt and exits 0: the exit statuses are in the
+# summary (124 = the step ran out of time). Without a GPU (CuPy sees none) steps 2 and 3
+# are skipped and the summary says why; GPU_CHECK_FORCE=1 runs them anyway (to try the
+# script on a CPU-only machine: the gpu tests are then skipped and bench.py exits 2).
+# Variables: OUT (default /tmp/gpu_check_out), PYTHON (default python),
+# TEST_TIMEOUT (300), BENCH_TIMEOUT (240), BENCH_ARGS (the bench options below).
+set -u
+
+OUT=${OUT:-/tmp/gpu_check_out}
+PYTHON=${PYTHON:-python}
+TEST_TIMEOUT=${TEST_TIMEOUT:-300}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
+# bench.py's defaults are batch 256 and 1 with 20 timed runs; 10 runs after 2 warm-ups
+# keep the medians and leave room in the time limit (bench.py writes nothing until it
+# ends, so a run cut off by the timeout would leave no figures at all).
+BENCH_ARGS=${BENCH_ARGS:---batch 256 1 --repeats 10 --warmup 2}
+
+mkdir -p "$OUT" || { echo "gpu_check: cannot create OUT=$OUT" >&2; exit 0; }
+cd "$(dirname "$0")/.." || exit 0
+export PYTHONUNBUFFERED=1
+SUMMARY="$OUT/summary.txt"
+STEPS=()  # one "name rc seconds result" line per step, for the summary
+
+record() {  # record NAME RC SECONDS RESULT...
+    local name=$1 rc=$2 secs=$3
+    shift 3
+    STEPS+=("$(printf '%-10s rc=%-7s %5ss  %s' "$name" "$rc" "$secs" "$*")")
+}
+
+write_summary() {
+    local tmp="$SUMMARY.tmp.$$"
+    {
+        echo "gpu_check summary, $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
+        echo "gpu: $GPU_NAME"
+        echo "commit: $COMMIT"
+        printf '%s\n' "${STEPS[@]}"
+        echo "(rc 124: ran out of time; rc 'skipped': not run, see the reason)"
+    } >"$tmp" && mv -f "$tmp" "$SUMMARY"
+}
+trap write_summary EXIT
+
+# ---------------------------------------------------------------- 1. environment
+start=$SECONDS
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "unknown (no git)")
+{
+    echo "== date: $(date -u '+%Y-%m-%dT%H:%M:%SZ')   commit: $COMMIT"
+    echo "== nvidia-smi"
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        timeout 30 nvidia-smi 2>&1
+    else
+        echo "nvidia-smi: not found"
+    fi
+    echo "== versions"
+    timeout 60 "$PYTHON" - <<'EOF' 2>&1
+import importlib
+import platform
+import sys
+
+print("python", sys.version.split()[0], platform.platform())
+for name in ("numpy", "h5py", "PIL", "pytest", "torch", "cupy"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except Exception as exc:  # absent or broken: say so, go on
+        print(name, "unavailable:", type(exc).__name__, exc)
+try:
+    import cupy
+    rt = cupy.cuda.runtime
+    print("cuda runtime", rt.runtimeGetVersion(), "driver", rt.driverGetVersion())
+    print("nvrtc", cupy.cuda.nvrtc.getVersion())
+    for i in range(rt.getDeviceCount()):
+        p = rt.getDeviceProperties(i)
+        print(f"gpu {i}: {p['name'].decode()}, {p['totalGlobalMem'] / 2**30:.1f} GiB, "
+              f"sm_{p['major']}{p['minor']}, {p['multiProcessorCount']} SMs")
+except Exception as exc:
+    print("cupy/CUDA:", type(exc).__name__, exc)
+EOF
+} 2>&1 | tee "$OUT/env.txt"
+GPU_NAME=$(grep -m1 '^gpu 0:' "$OUT/env.txt" | cut -d' ' -f3- || true)
+GPU_NAME=${GPU_NAME:-none visible to CuPy}
+record env 0 $((SECONDS - start)) "env.txt"
+
+if [ "$GPU_NAME" = "none visible to CuPy" ] && [ "${GPU_CHECK_FORCE:-0}" != 1 ]; then
+    record gpu_tests skipped 0 "no GPU visible to CuPy (see env.txt); GPU_CHECK_FORCE=1 runs it anyway"
+    record bench skipped 0 "no GPU visible to CuPy"
+    exit 0
+fi
+
+# ---------------------------------------------------------------- 2. GPU tests
+start=$SECONDS
+timeout -k 10 "$TEST_TIMEOUT" "$PYTHON" -m pytest -q -m gpu -x -rs --durations=25 \
+    -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
+rc=${PIPESTATUS[0]}
+# pytest's last line is its tally ("70 passed, 3 skipped in 81.2s"); none if cut off.
+tally=$(grep -E '(passed|failed|error|skipped|no tests ran)' "$OUT/gpu_tests.log" | tail -n1)
+record gpu_tests "$rc" $((SECONDS - start)) "${tally:-no pytest tally, see gpu_tests.log}"
+
+# ---------------------------------------------------------------- 3. benchmark
+start=$SECONDS
+# shellcheck disable=SC2086  # BENCH_ARGS is a list of options
+timeout -k 10 "$BENCH_TIMEOUT" "$PYTHON" bench.py --device cuda $BENCH_ARGS \
+    --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+rc=${PIPESTATUS[0]}
+result="bench.py $BENCH_ARGS"
+if [ -f "$OUT/bench.json" ]; then
+    result="$result; $(timeout 30 "$PYTHON" - "$OUT/bench.json" <<'EOF' 2>&1
+import json
+import sys
+
+report = json.load(open(sys.argv[1]))
+rows = report.get("kernels", []) + report.get("network", [])
+bad = [r["name"] for r in rows if r.get("status") != "ok"]
+print(f"{len(rows)} cases, {len(bad)} not ok" + (f": {', '.join(bad[:10])}" if bad else ""))
+EOF
+)"
+else
+    result="$result; no bench.json"
+fi
+record bench "$rc" $((SECONDS - start)) "$result"
+exit 0
