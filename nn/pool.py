@@ -1,15 +1,28 @@
 """MAX pooling exactly as Caffe's Pooling layer (pool: MAX).
 
-Windows start at ho*stride - pad and are clipped to the image, so padding is never a
-candidate maximum. We get the clipping for free by padding with -inf (which never wins a
-strict '>' comparison against a real value) and then loop over the kernel*kernel offsets,
-each step vectorised over the whole batch; the strict '>' keeps the first maximum in
-row-major window order, as Caffe does.
+Caffe scans each window in row-major order with a running maximum that starts at
+-FLT_MAX with no position, replacing it only on a strict '>': so ties go to the first
+maximum, padding is never a candidate (windows start at ho*stride - pad and are clipped to
+the image), NaN never wins, and a window with no value above -FLT_MAX (one lying wholly
+outside the image, possible when stride > kernel, or all -inf) gives -FLT_MAX with
+argmax -1 and passes no gradient back.
+
+We get the same numbers window-separably, each step vectorised over whole planes:
+first along rows (for every input row and every window's column range: the maximum and
+the column of its first occurrence), then down those row maxima (the first row holding
+the window's maximum, and that row's column). The first maximum in row-major order is
+exactly "first row that holds the maximum, then its first column", and each pass keeps
+the first occurrence with the trick "offset = max(offset, o * (v > best))" (offsets only
+grow, so the last strict improvement wins). Padding is filled with -inf, which never
+beats the -FLT_MAX start. The batch is split over threads (nn/threads.py).
 """
 import numpy as np
 
 from nn.checks import check_float_array, check_int, check_upstream_grad, fail
 from nn.conv import strided_window
+from nn.threads import run_split
+
+FLT_MAX = float(np.finfo(np.float32).max)  # Caffe's running maximum starts at -FLT_MAX
 
 
 def pool_output_size(size, kernel, stride, pad):
@@ -26,11 +39,76 @@ def _padded_extent(size, kernel, stride, pad, out):
     return max(size + 2 * pad, (out - 1) * stride + kernel)
 
 
+def _offset_dtype(kernel):
+    """Smallest integer type for window offsets 0 .. kernel*kernel (the last: 'none')."""
+    return np.uint8 if kernel * kernel < 256 else np.int32
+
+
+def _pool_planes(x, kernel, stride, pad, padded, y, offset, argmax):
+    """Forward for some images: x (m, C, H, W) -> y, offset, argmax (m, C, Ho, Wo).
+
+    offset = i * kernel + j of the window's first maximum, kernel*kernel for none."""
+    m, c, h, w = x.shape
+    ho, wo = y.shape[2:]
+    hp, wp = padded
+    dt, off = x.dtype.type, offset.dtype.type
+    if (hp, wp) == (h, w):
+        xp = x  # every window lies inside the image (CaffeNet's case): no copy needed
+    else:
+        xp = np.full((m, c, hp, wp), -np.inf, dtype=x.dtype)
+        xp[:, :, pad:pad + h, pad:pad + w] = x
+
+    def cols(a, j):  # a[..., q*stride + j] for the wo window columns q
+        return a[..., j:j + stride * (wo - 1) + 1:stride]
+
+    def rows(a, i):  # a[..., p*stride + i, :] for the ho window rows p
+        return a[..., i:i + stride * (ho - 1) + 1:stride, :]
+
+    # Pass 1, along each row: r = max(-FLT_MAX, x[.., q*stride + j] for j < kernel) and
+    # rj = the first j reaching it. np.fmax skips NaN, so r is never NaN.
+    r = np.fmax(cols(xp, 0), dt(-FLT_MAX))
+    rj = np.zeros(r.shape, dtype=offset.dtype)
+    better = np.empty(r.shape, dtype=bool)
+    candidate = np.empty(r.shape, dtype=offset.dtype)
+    for j in range(1, kernel):
+        v = cols(xp, j)
+        np.greater(v, r, out=better)  # strict: ties stay with the earlier column
+        np.multiply(better, off(j), out=candidate)
+        np.maximum(rj, candidate, out=rj)
+        np.fmax(r, v, out=r)          # equals v exactly where better, else keeps r
+
+    # Pass 2, down the window rows: y = max of r, offset = i * kernel + rj of the first.
+    y[...] = rows(r, 0)
+    offset[...] = rows(rj, 0)
+    better, candidate = better[..., :ho, :], candidate[..., :ho, :]
+    for i in range(1, kernel):
+        v = rows(r, i)
+        np.greater(v, y, out=better)
+        np.add(rows(rj, i), off(i * kernel), out=candidate)
+        candidate *= better           # row i's offsets exceed all of rows < i
+        np.maximum(offset, candidate, out=offset)
+        np.maximum(y, v, out=y)
+
+    # Flat argmax within the unpadded plane: (ho*stride - pad + i) * W + wo*stride - pad + j,
+    # looked up per offset; windows that found nothing get -1 (and the 'none' offset).
+    table = np.array([(o // kernel) * w + o % kernel for o in range(kernel * kernel + 1)],
+                     dtype=np.int32)
+    base = ((np.arange(ho, dtype=np.int32) * stride - pad).reshape(ho, 1) * np.int32(w)
+            + (np.arange(wo, dtype=np.int32) * stride - pad))
+    np.take(table, offset, out=argmax)
+    argmax += base
+    empty = y == dt(-FLT_MAX)
+    if empty.any():
+        offset[empty] = off(kernel * kernel)
+        argmax[empty] = -1
+
+
 def max_pool_forward(x, kernel, stride, pad=0, layer='pool'):
     """x (N, C, H, W) -> y (N, C, Ho, Wo), square kernel/stride/pad, Caffe's ceil sizes.
 
     Returns (y, cache); cache['argmax'] (N, C, Ho, Wo) int32 holds the flat index
-    h * W + w of each window's maximum within its (H, W) plane.
+    h * W + w of each window's maximum within its (H, W) plane, -1 where the window has
+    no value above -FLT_MAX (y is -FLT_MAX there).
     """
     check_float_array(x, "x", layer, ndim=4, expected="(N, C, H, W)")
     kernel = check_int(kernel, "kernel", layer, 1)
@@ -43,56 +121,48 @@ def max_pool_forward(x, kernel, stride, pad=0, layer='pool'):
         fail(layer, f"kernel {kernel} does not fit the padded input {h + 2 * pad}x"
                     f"{w + 2 * pad} (x of shape {x.shape}, pad = {pad})")
     ho, wo = pool_output_size(h, kernel, stride, pad), pool_output_size(w, kernel, stride, pad)
-    hp = _padded_extent(h, kernel, stride, pad, ho)
-    wp = _padded_extent(w, kernel, stride, pad, wo)
-    if (hp, wp) == (h, w):
-        xp = x  # every window lies inside the image (CaffeNet's case): no copy needed
-    else:
-        xp = np.full((n, c, hp, wp), -np.inf, dtype=x.dtype)
-        xp[:, :, pad:pad + h, pad:pad + w] = x
-
-    # Offset index (i * kernel + j) of the running maximum; uint8 is enough for k <= 16.
-    # Offsets are visited in increasing order, so "offset = o where v > y" is the same as
-    # offset = max(offset, o * (v > y)), two fast ufuncs instead of a slow masked copy.
-    off_dtype = np.uint8 if kernel * kernel <= 256 else np.int32
-    y = strided_window(xp, 0, 0, stride, ho, wo).copy()
-    offset = np.zeros((n, c, ho, wo), dtype=off_dtype)
-    better = np.empty((n, c, ho, wo), dtype=bool)
-    candidate = np.empty((n, c, ho, wo), dtype=off_dtype)
-    for o in range(1, kernel * kernel):
-        v = strided_window(xp, o // kernel, o % kernel, stride, ho, wo)
-        np.greater(v, y, out=better)  # strict: ties stay with the earlier offset
-        np.multiply(better, off_dtype(o), out=candidate)
-        np.maximum(offset, candidate, out=offset)
-        np.maximum(y, v, out=y)       # equals v exactly where better, else keeps y
-
-    # Flat argmax within the unpadded plane: h = ho*stride - pad + i, w = wo*stride - pad + j.
-    row = (np.arange(ho, dtype=np.int32) * stride - pad).reshape(ho, 1)
-    col = (np.arange(wo, dtype=np.int32) * stride - pad).reshape(1, wo)
-    oi, oj = np.divmod(offset.astype(np.int32), np.int32(kernel))
-    argmax = (row + oi) * np.int32(w) + (col + oj)
+    padded = (_padded_extent(h, kernel, stride, pad, ho),
+              _padded_extent(w, kernel, stride, pad, wo))
+    y = np.empty((n, c, ho, wo), dtype=x.dtype)
+    offset = np.empty((n, c, ho, wo), dtype=_offset_dtype(kernel))
+    argmax = np.empty((n, c, ho, wo), dtype=np.int32)
+    run_split(n, lambda lo, hi: _pool_planes(x[lo:hi], kernel, stride, pad, padded,
+                                             y[lo:hi], offset[lo:hi], argmax[lo:hi]))
     cache = {'argmax': argmax, 'offset': offset, 'x_shape': x.shape, 'dtype': x.dtype,
-             'kernel': kernel, 'stride': stride, 'pad': pad, 'padded': (hp, wp)}
+             'kernel': kernel, 'stride': stride, 'pad': pad, 'padded': padded}
     return y, cache
 
 
-def max_pool_backward(dy, cache):
-    """dy (N, C, Ho, Wo) -> dx (N, C, H, W): each dy goes to its window's argmax,
-    accumulating where overlapping windows share a maximum."""
-    n, c, h, w = cache['x_shape']
-    kernel, stride, pad = cache['kernel'], cache['stride'], cache['pad']
-    offset = cache['offset']
-    ho, wo = offset.shape[2:]
-    check_upstream_grad(dy, offset.shape, cache['dtype'], "max_pool_backward")
-    dxp = np.zeros((n, c) + cache['padded'], dtype=dy.dtype)
+def _unpool_planes(dy, offset, kernel, stride, pad, padded, dx):
+    """Backward for some images: dy, offset (m, C, Ho, Wo) -> dx (m, C, H, W)."""
+    m, c, h, w = dx.shape
+    ho, wo = dy.shape[2:]
+    direct = padded == (h, w) and pad == 0
+    dxp = dx if direct else np.zeros((m, c) + padded, dtype=dy.dtype)
+    if direct:
+        dxp[...] = 0
     picked = np.empty_like(dy)
+    mask = np.empty(dy.shape, dtype=bool)
     for i in range(kernel):
         for j in range(kernel):
             # For one offset (i, j) the source pixels (ho*stride + i, wo*stride + j) are
             # distinct, so a strided add is a correct scatter; overlaps between windows
-            # accumulate across offsets.
-            np.multiply(dy, offset == i * kernel + j, out=picked)
+            # accumulate across offsets. The 'none' offset matches no (i, j).
+            np.equal(offset, i * kernel + j, out=mask)
+            np.multiply(dy, mask, out=picked)
             strided_window(dxp, i, j, stride, ho, wo)[...] += picked
-    if dxp.shape[2:] == (h, w) and pad == 0:
-        return dxp
-    return np.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + w])
+    if not direct:
+        dx[...] = dxp[:, :, pad:pad + h, pad:pad + w]
+
+
+def max_pool_backward(dy, cache):
+    """dy (N, C, Ho, Wo) -> dx (N, C, H, W): each dy goes to its window's argmax,
+    accumulating where overlapping windows share a maximum; windows with argmax -1 pass
+    nothing."""
+    kernel, stride, pad, padded = cache['kernel'], cache['stride'], cache['pad'], cache['padded']
+    offset = cache['offset']
+    check_upstream_grad(dy, offset.shape, cache['dtype'], "max_pool_backward")
+    dx = np.empty(cache['x_shape'], dtype=dy.dtype)
+    run_split(dx.shape[0], lambda lo, hi: _unpool_planes(
+        dy[lo:hi], offset[lo:hi], kernel, stride, pad, padded, dx[lo:hi]))
+    return dx

@@ -130,3 +130,15 @@ def test_mixed_dtypes_and_bad_dy_rejected():
     with pytest.raises(ValueError, match="conv_backward: dy has dtype float64 but the forward "
                                          "ran in float32"):
         conv_backward(np.ones((1, 2, 3, 3)), cache)
+
+
+def test_need_dx_false_skips_only_dx():
+    rng = np.random.default_rng(5)
+    x, w, b, kw = make(rng, CONFIGS[2], np.float32)
+    y, cache = conv_forward(x, w, b, relu=True, **kw)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, db = conv_backward(dy, cache)
+    none, dw2, db2 = conv_backward(dy, cache, need_dx=False)
+    assert dx is not None and none is None
+    np.testing.assert_array_equal(dw2, dw)
+    np.testing.assert_array_equal(db2, db)

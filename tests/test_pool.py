@@ -8,7 +8,8 @@ from tests.gradcheck import check_layer
 
 
 def caffe_pool(x, kernel, stride, pad):
-    """Caffe's CPU MAX pooling written as its loops: returns (y, argmax)."""
+    """Caffe's CPU MAX pooling written as its loops: returns (y, argmax). The running
+    maximum starts at -FLT_MAX with no position (-1), as in Caffe's pooling_layer.cpp."""
     n, c, h, w = x.shape
     ho, wo = pool_output_size(h, kernel, stride, pad), pool_output_size(w, kernel, stride, pad)
     y = np.empty((n, c, ho, wo), dtype=x.dtype)
@@ -20,7 +21,7 @@ def caffe_pool(x, kernel, stride, pad):
                     hs, ws = i * stride - pad, j * stride - pad
                     he, we = min(hs + kernel, h), min(ws + kernel, w)
                     hs, ws = max(hs, 0), max(ws, 0)
-                    best, idx = -np.inf, -1
+                    best, idx = -np.finfo(np.float32).max, -1
                     for r in range(hs, he):
                         for s in range(ws, we):
                             if x[a, ch, r, s] > best:
@@ -30,11 +31,13 @@ def caffe_pool(x, kernel, stride, pad):
 
 
 def scatter_backward(dy, arg, x_shape):
-    """Route each dy to its argmax, accumulating (np.add.at)."""
+    """Route each dy to its argmax, accumulating (np.add.at); argmax -1 (a window with
+    nothing above -FLT_MAX) routes nowhere, as in Caffe's GPU backward."""
     n, c, h, w = x_shape
     dx = np.zeros((n, c, h * w))
     planes = np.arange(n * c).reshape(n, c, 1, 1)
-    np.add.at(dx.reshape(-1), (planes * h * w + arg).reshape(-1), dy.reshape(-1))
+    found = (arg >= 0).reshape(-1)
+    np.add.at(dx.reshape(-1), (planes * h * w + arg).reshape(-1)[found], dy.reshape(-1)[found])
     return dx.reshape(x_shape)
 
 
@@ -85,6 +88,38 @@ def test_ties_go_to_first_in_row_major_order():
     np.testing.assert_array_equal(cache['argmax'][0, 0], [[0, 1, 3], [4, 5, 7], [12, 13, 15]])
 
 
+def test_hand_worked_window_outside_the_image():
+    # H = W = 3, kernel 2, stride 3: Ho = ceil(1/3) + 1 = 2, and the second window starts
+    # at row/column 3, wholly outside the image. Caffe: -FLT_MAX, argmax -1, no gradient.
+    lowest = -np.finfo(np.float32).max
+    for dtype in (np.float32, np.float64):
+        x = np.arange(1, 10, dtype=dtype).reshape(1, 1, 3, 3)
+        y, cache = max_pool_forward(x, 2, 3)
+        assert y.dtype == dtype
+        np.testing.assert_array_equal(y[0, 0], [[5, lowest], [lowest, lowest]])
+        np.testing.assert_array_equal(cache['argmax'][0, 0], [[4, -1], [-1, -1]])
+        dx = max_pool_backward(np.array([[[[1, 2], [3, 4]]]], dtype=dtype), cache)
+        expected = np.zeros((1, 1, 3, 3))
+        expected[0, 0, 1, 1] = 1
+        np.testing.assert_array_equal(dx, expected)
+
+
+def test_hand_worked_nothing_above_lowest_and_nan():
+    # Caffe replaces its -FLT_MAX start only on a strict '>': a window of -inf (or of
+    # -FLT_MAX itself) keeps -FLT_MAX and argmax -1; NaN is never '>' and never wins.
+    lowest = -np.finfo(np.float32).max
+    x = np.array([[-np.inf, lowest, 2.0, np.nan],
+                  [-np.inf, -np.inf, np.nan, 1.0]], dtype=np.float32).reshape(1, 1, 2, 4)
+    y, cache = max_pool_forward(x, 2, 2)
+    np.testing.assert_array_equal(y[0, 0], [[lowest, 2.0]])
+    np.testing.assert_array_equal(cache['argmax'][0, 0], [[-1, 2]])
+    dx = max_pool_backward(np.array([[[[5.0, 7.0]]]], np.float32), cache)
+    np.testing.assert_array_equal(dx[0, 0], [[0, 0, 7, 0], [0, 0, 0, 0]])
+    ey, earg = caffe_pool(x, 2, 2, 0)
+    np.testing.assert_array_equal(y, ey)
+    np.testing.assert_array_equal(cache['argmax'], earg)
+
+
 def test_backward_accumulates_overlapping_windows():
     # The centre of a 5x5 plane lies in all four 3x3/stride-2 windows.
     x = np.zeros((1, 1, 5, 5))
@@ -99,9 +134,12 @@ def test_backward_accumulates_overlapping_windows():
 
 CASES = [(2, 3, 7, 9, 3, 2, 0), (1, 2, 8, 7, 3, 2, 1), (2, 2, 9, 9, 2, 2, 1),
          (1, 3, 6, 6, 3, 2, 0), (2, 1, 5, 11, 4, 3, 2), (1, 2, 7, 7, 3, 1, 1)]
+# stride > kernel: the last window row/column lies wholly outside the image (its -FLT_MAX
+# outputs would swamp a finite-difference objective, so these are for the exact checks).
+OUTSIDE_CASES = [(5, 2, 6, 9, 2, 3, 0), (3, 2, 7, 8, 2, 4, 0)]
 
 
-@pytest.mark.parametrize("n, c, h, w, kernel, stride, pad", CASES)
+@pytest.mark.parametrize("n, c, h, w, kernel, stride, pad", CASES + OUTSIDE_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matches_caffe_loops(n, c, h, w, kernel, stride, pad, dtype):
     rng = np.random.default_rng(5)
@@ -111,6 +149,7 @@ def test_matches_caffe_loops(n, c, h, w, kernel, stride, pad, dtype):
     ey, earg = caffe_pool(x, kernel, stride, pad)
     np.testing.assert_array_equal(y, ey)
     np.testing.assert_array_equal(cache['argmax'], earg)
+    assert ((earg == -1).any()) == ((n, c, h, w, kernel, stride, pad) in OUTSIDE_CASES)
     dy = rng.standard_normal(y.shape).astype(dtype)
     np.testing.assert_allclose(max_pool_backward(dy, cache),
                                scatter_backward(dy, earg, x.shape), rtol=1e-6, atol=1e-6)

@@ -67,6 +67,16 @@ def test_pool_ties_go_to_first_maximum(emu, shape, kernel, stride, pad, version)
     check_pool(emu, shape, kernel, stride, pad, version, ties=True, seed=5)
 
 
+@pytest.mark.parametrize("shape,kernel,stride", [((2, 3, 6, 9), 2, 3), ((1, 2, 7, 8), 2, 4)])
+@pytest.mark.parametrize("version", [1, 2])
+def test_pool_windows_outside_image_match_reference(emu, shape, kernel, stride, version):
+    """stride > kernel, pad 0: the last window row and column lie wholly outside the image;
+    kernel and reference must both give -FLT_MAX, argmax -1 and no gradient there."""
+    _, cache_ref = ref.max_pool_forward(np.ones(shape, np.float32), kernel, stride)
+    assert (cache_ref["argmax"] == -1).any()   # the case really occurs
+    check_pool(emu, shape, kernel, stride, 0, version, ties=True, seed=7)
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_pool_grid_loops(emu, version, monkeypatch):
     """Grid capped at one block (v1, backward) and at 2 planes in z (v2): the kernels must
