@@ -93,11 +93,13 @@ def conv_forward(runner, x, w, b, stride=1, pad=0, group=1, relu=False, layer='c
     return y, cache
 
 
-def conv_backward(runner, dy, cache):
+def conv_backward(runner, dy, cache, need_dx=True):
     """Gradients of conv_forward.
 
     dy (N, K, Ho, Wo) -> (dx (N, C, H, W), dw (K, C // group, kh, kw), db (K,)).
     When the forward had relu=True the ReLU gradient (y > 0) is applied first.
+    need_dx=False skips the input-gradient kernel and returns dx = None (a network's
+    first layer needs no gradient for its input).
     """
     x, w, y, geom, version = cache["x"], cache["w"], cache["y"], cache["geom"], \
         cache["version"]
@@ -119,8 +121,10 @@ def conv_backward(runner, dy, cache):
     # stride s only 1 in s*s of them reaches a pixel; the gather of version 1 visits just
     # those, so it is the faster one there (conv1, stride 4, batch 1 on the emulator:
     # 0.12 s instead of 11 s).
-    dx = _backward_data(runner, dy_eff, w, xp.empty_like(x), geom,
-                        1 if version == 1 or stride > 1 else 2)
+    dx = None
+    if need_dx:
+        dx = _backward_data(runner, dy_eff, w, xp.empty_like(x), geom,
+                            1 if version == 1 or stride > 1 else 2)
     dw = xp.empty_like(w)
     if version == 1:
         runner.kernel("conv.cu", "conv_backward_weights_v1")(

@@ -336,13 +336,17 @@ class CaffeNet:
             raise RuntimeError("CaffeNet.backward needs a forward() first (predict() "
                                "drops its caches)")
         ops, grads, d = self.ops, {}, dscores
+        first = self.param_layers[0]  # below it no gradient is needed, not even dx
         for layer, cache in zip(reversed(self.spec), reversed(self._caches)):
             kind = layer["type"]
             if kind in PARAM_TYPES:
-                backward = (ops.conv_backward if kind == "conv" or self.fully_conv
-                            else ops.inner_product_backward)
-                d, dw, db = backward(d, cache)
+                if kind == "conv" or self.fully_conv:
+                    d, dw, db = ops.conv_backward(d, cache, need_dx=layer["name"] != first)
+                else:
+                    d, dw, db = ops.inner_product_backward(d, cache)
                 grads[layer["name"]] = {"weight": dw, "bias": db}
+                if layer["name"] == first:
+                    break
             elif kind == "pool":
                 d = ops.max_pool_backward(d, cache)
             elif kind == "lrn":
