@@ -152,3 +152,30 @@ def test_cuda_device_runs_the_net_like_the_reference():
     dev = get_device("cuda")
     assert isinstance(dev, Device) and dev.xp.__name__ == "cupy"
     _assert_same_run(_run_tiny(dev), _run_tiny("cpu"))
+
+
+def test_auto_device_without_driver_does_not_import_cupy(monkeypatch):
+    """No /dev/nvidiactl (nor WSL2's /dev/dxg) on Linux: no GPU, and CuPy is not imported."""
+    import builtins
+    import sys as _sys
+    from nn import device
+
+    real_import = builtins.__import__
+    tried = []
+
+    def no_cupy(name, *args, **kwargs):
+        if name == "cupy" or name.startswith("cupy."):
+            tried.append(name)
+            raise ImportError("no cupy in this test")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(_sys, "platform", "linux")
+    monkeypatch.setattr(device.os.path, "exists", lambda p: False)
+    monkeypatch.setattr(builtins, "__import__", no_cupy)
+    assert device.cuda_available() is False
+    assert device.get_device("auto").name == "cpu"
+    assert tried == []
+    # with a driver node it does ask CuPy (whose import fails here: still no GPU)
+    monkeypatch.setattr(device.os.path, "exists", lambda p: p == "/dev/nvidiactl")
+    assert device.cuda_available() is False
+    assert tried == ["cupy"]

@@ -362,15 +362,6 @@ def test_unreadable_file_and_failed_write_skip_only_that_image(tmp_path, weights
     assert not os.path.exists(tmp_path / 'nowrite_map.png')
 
 
-def test_auto_device_without_driver_skips_cupy(monkeypatch):
-    monkeypatch.setattr(os.path, 'exists', lambda p: False)
-    monkeypatch.setattr(sys, 'platform', 'linux')
-    assert predict.device_name('auto') == 'cpu'
-    assert predict.device_name('emu') == 'emu' and predict.device_name('cuda') == 'cuda'
-    monkeypatch.setattr(os.path, 'exists', lambda p: p == '/dev/nvidiactl')
-    assert predict.device_name('auto') == 'auto'
-
-
 # ------------------------------------------------------------------------------ weights
 
 
