@@ -1,27 +1,19 @@
-"""Convolution (Caffe's Convolution layer) as im2col + matrix products.
+"""Convolution (Caffe's Convolution layer) as im2col + one matrix product per group.
 
-Layout of the column matrix (why: the weights need no reshuffling, and any run of
-consecutive images is a block of columns that a matrix product can take as it is):
+Layout of the column matrix (why: every group's product is then a single large GEMM over
+the whole batch, and the weights need no reshuffling):
 
     cols (group, C/group * kh * kw, N * Ho * Wo)
     cols[g, (c, i, j), (n, ho, wo)] = x_padded[n, g*C/group + c, ho*stride + i, wo*stride + j]
 
 so that  y[g] (K/group, N*Ho*Wo) = w[g] (K/group, C/group*kh*kw) @ cols[g].
-
-Speed (the CPU path): the batch is split over threads (nn/threads.py), and each thread
-works through its images one at a time, so that what it has just written is still in
-the cache when the next step reads it: im2col, the product (whose (K, Ho*Wo) result is
-already the image's NCHW output), bias and ReLU in place. The backward puts each
-thread's images in the channel-major layout (ReLU mask applied in the same copy), takes
-the thread's share of dw in one product, and computes dx image by image (product, then
-col2im); the shares are added at the end.
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from nn.checks import (check_float_array, check_int, check_same_dtype, check_shape,
                        check_upstream_grad, fail)
-from nn.threads import run_split_gemm
+
 
 def conv_output_size(size, kernel, stride, pad):
     """Output length along one axis: (size + 2*pad - kernel) // stride + 1 (Caffe's floor)."""
@@ -33,38 +25,41 @@ def strided_window(a, i, j, stride, ho, wo):
     return a[..., i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
 
 
-def im2col_into(x, kh, kw, stride, pad, out):
-    """Columns of the images x (m, C, H, W) into out (C, kh, kw, m, Ho, Wo), which is a
-    view of the column matrix (see the module docstring) for these m images.
+def im2col(x, kh, kw, stride, pad, group):
+    """x (N, C, H, W) -> cols (group, C//group * kh * kw, N * Ho * Wo), see module docstring.
 
     The windows are a strided view of the padded input (no copy); one transposing copy
-    then writes them all, never a loop over pixels.
+    then writes the whole column matrix, never a loop over pixels.
     """
-    m, c, h, w = x.shape
-    ho, wo = out.shape[4:]
+    n, c, h, w = x.shape
+    ho, wo = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
     if pad > 0:
-        xp = np.zeros((m, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
+        xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
         xp[:, :, pad:pad + h, pad:pad + w] = x
     else:
         xp = x
     # windows[n, c, p, q, i, j] = xp[n, c, p*stride + i, q*stride + j]
     windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
-    out[...] = windows[:, :, :ho, :wo].transpose(1, 4, 5, 0, 2, 3)
+    cols = np.empty((c, kh, kw, n, ho, wo), dtype=x.dtype)
+    cols[...] = windows[:, :, :ho, :wo].transpose(1, 4, 5, 0, 2, 3)
+    return cols.reshape(group, (c // group) * kh * kw, n * ho * wo)
 
 
-def col2im_into(cols, kh, kw, stride, pad, out):
-    """Adjoint of im2col_into: cols (C, kh, kw, m, Ho, Wo) -> out (m, C, H, W).
+def col2im(cols, x_shape, kh, kw, stride, pad):
+    """Adjoint of im2col: cols (group, C//group*kh*kw, N*Ho*Wo) -> dx (N, C, H, W).
 
-    Overlapping windows accumulate, one vectorised add per kernel offset, in a
-    (C, m, Hp, Wp) buffer so that every add runs over whole channel planes.
+    Overlapping windows accumulate, one vectorised add per kernel offset.
     """
-    m, c, h, w = out.shape
-    ho, wo = cols.shape[4:]
-    acc = np.zeros((c, m, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
+    n, c, h, w = x_shape
+    ho, wo = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
+    cols = cols.reshape(c, kh, kw, n, ho, wo)
+    # Accumulate in (C, N, Hp, Wp) so every add is over whole contiguous channel planes.
+    dxt = np.zeros((c, n, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            strided_window(acc, i, j, stride, ho, wo)[...] += cols[:, i, j]
-    out[...] = acc[:, :, pad:pad + h, pad:pad + w].transpose(1, 0, 2, 3)
+            strided_window(dxt, i, j, stride, ho, wo)[...] += cols[:, i, j]
+    dxt = dxt[:, :, pad:pad + h, pad:pad + w]
+    return np.ascontiguousarray(dxt.transpose(1, 0, 2, 3))
 
 
 def _check_conv_args(x, w, b, stride, pad, group, layer):
@@ -102,27 +97,18 @@ def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv'):
     in place before conv_backward.
     """
     stride, pad, group, ho, wo = _check_conv_args(x, w, b, stride, pad, group, layer)
-    n, c = x.shape[:2]
+    n = x.shape[0]
     k, cg, kh, kw = w.shape
-    kg, rows, p = k // group, cg * kh * kw, ho * wo
-    cols = np.empty((group, rows, n * p), dtype=x.dtype)
-    cols6 = cols.reshape(c, kh, kw, n, ho, wo)
-    wg = w.reshape(group, kg, rows)
-    bg = b.reshape(group, kg, 1)
+    cols = im2col(x, kh, kw, stride, pad, group)
+    wg = w.reshape(group, k // group, cg * kh * kw)
+    yg = np.empty((group, k // group, n * ho * wo), dtype=x.dtype)
+    for g in range(group):
+        np.matmul(wg[g], cols[g], out=yg[g])
+    # (K, N, Ho, Wo) -> NCHW while adding the bias: one pass instead of copy + add.
     y = np.empty((n, k, ho, wo), dtype=x.dtype)
-
-    def work(lo, hi):
-        for i in range(lo, hi):
-            im2col_into(x[i:i + 1], kh, kw, stride, pad, cols6[:, :, :, i:i + 1])
-            # One image's product is already in NCHW order: (K/group, Ho*Wo) per group.
-            yi = y[i].reshape(group, kg, p)
-            for g in range(group):
-                np.matmul(wg[g], cols[g, :, i * p:(i + 1) * p], out=yi[g])
-            yi += bg
-            if relu:
-                np.maximum(yi, 0, out=yi)
-
-    run_split_gemm(n, work)
+    np.add(yg.reshape(k, n, ho, wo).transpose(1, 0, 2, 3), b.reshape(1, k, 1, 1), out=y)
+    if relu:
+        np.maximum(y, 0, out=y)
     cache = (x.shape, w, cols, stride, pad, group, (ho, wo), y if relu else None)
     return y, cache
 
@@ -137,41 +123,25 @@ def conv_backward(dy, cache, need_dx=True):
     """
     x_shape, w, cols, stride, pad, group, (ho, wo), y = cache
     k, cg, kh, kw = w.shape
-    n, c = x_shape[:2]
+    n = x_shape[0]
     check_upstream_grad(dy, (n, k, ho, wo), w.dtype, "conv_backward")
-    kg, rows, p = k // group, cg * kh * kw, ho * wo
-    # Channel-major gradient (group, K/group, N*Ho*Wo), matching the cols layout.
-    dyt = np.empty((group, kg, n * p), dtype=dy.dtype)
-    dyt3 = dyt.reshape(k, n, p)
-    wg = w.reshape(group, kg, rows)
-    dx = np.empty(x_shape, dtype=dy.dtype) if need_dx else None
-
-    def work(lo, hi):
-        # This thread's images in the channel-major layout, the ReLU mask applied in the
-        # same copy.
-        src = dy[lo:hi].reshape(hi - lo, k, p).transpose(1, 0, 2)
-        if y is not None:
-            np.multiply(src, y[lo:hi].reshape(hi - lo, k, p).transpose(1, 0, 2) > 0,
-                        out=dyt3[:, lo:hi])
-        else:
-            dyt3[:, lo:hi] = src
-        # Its share of dw: one product over all its columns; and of db.
-        dw_part = np.empty((group, kg, rows), dtype=dy.dtype)
+    # Channel-major gradient (group, K/group, N*Ho*Wo), matching the cols layout; the ReLU
+    # mask is applied during this same copy.
+    dyt = np.empty((group, k // group, n * ho * wo), dtype=dy.dtype)
+    dyt_view = dyt.reshape(k, n, ho, wo)
+    if y is not None:
+        np.multiply(dy.transpose(1, 0, 2, 3), y.transpose(1, 0, 2, 3) > 0, out=dyt_view)
+    else:
+        dyt_view[...] = dy.transpose(1, 0, 2, 3)
+    db = dyt.sum(axis=2).reshape(k)
+    wg = w.reshape(group, k // group, cg * kh * kw)
+    dw = np.empty_like(wg)
+    for g in range(group):
+        np.matmul(dyt[g], cols[g].T, out=dw[g])
+    dx = None
+    if need_dx:
+        dcols = np.empty_like(cols)
         for g in range(group):
-            np.matmul(dyt[g, :, lo * p:hi * p], cols[g, :, lo * p:hi * p].T, out=dw_part[g])
-        db_part = dyt3[:, lo:hi].sum(axis=(1, 2))
-        if need_dx:
-            dcols = np.empty((group, rows, p), dtype=dy.dtype)  # one image's, reused
-            for i in range(lo, hi):
-                for g in range(group):
-                    np.matmul(wg[g].T, dyt[g, :, i * p:(i + 1) * p], out=dcols[g])
-                col2im_into(dcols.reshape(c, kh, kw, 1, ho, wo), kh, kw, stride, pad,
-                            dx[i:i + 1])
-        return dw_part, db_part
-
-    parts = run_split_gemm(n, work)
-    dw, db = parts[0]
-    for dw_part, db_part in parts[1:]:
-        dw += dw_part
-        db += db_part
+            np.matmul(wg[g].T, dyt[g], out=dcols[g])
+        dx = col2im(dcols, x_shape, kh, kw, stride, pad)
     return dx, dw.reshape(w.shape), db

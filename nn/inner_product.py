@@ -1,15 +1,8 @@
-"""Inner product (Caffe's InnerProduct layer): y = x W^T + b, optionally fused ReLU.
-
-Speed (the CPU path): each product is split over threads (nn/threads.py) along an axis of
-the weights, so that every thread reads its own part of w (fc6's is 151 MB: these layers
-are limited by how fast the weights stream from memory) and writes its own block of
-the result.
-"""
+"""Inner product (Caffe's InnerProduct layer): y = x W^T + b, optionally fused ReLU."""
 import numpy as np
 
 from nn.checks import check_float_array, check_same_dtype, check_shape, check_upstream_grad, fail
 from nn.relu import relu_grad
-from nn.threads import run_split_gemm
 
 
 def inner_product_forward(x, w, b, relu=False, layer='fc'):
@@ -30,16 +23,10 @@ def inner_product_forward(x, w, b, relu=False, layer='fc'):
     check_shape(b, "b", layer, (o,), "(one bias per output, O = w.shape[0])")
     check_same_dtype(layer, x=x, w=w, b=b)
     x2 = x.reshape(n, d)
-    y = np.empty((n, o), dtype=x.dtype)
-
-    def outputs(lo, hi):  # y[:, lo:hi] from the weight rows w[lo:hi]
-        part = y[:, lo:hi]
-        np.matmul(x2, w[lo:hi].T, out=part)
-        part += b[lo:hi]
-        if relu:
-            np.maximum(part, 0, out=part)
-
-    run_split_gemm(o, outputs)
+    y = x2 @ w.T
+    y += b
+    if relu:
+        np.maximum(y, 0, out=y)
     return y, (x.shape, x2, w, y if relu else None)
 
 
@@ -52,14 +39,7 @@ def inner_product_backward(dy, cache):
     check_upstream_grad(dy, (x2.shape[0], w.shape[0]), w.dtype, "inner_product_backward")
     if y is not None:
         dy = relu_grad(dy, y, "inner_product_backward")
-    n, (o, d) = dy.shape[0], w.shape
-    dx = np.empty((n, d), dtype=dy.dtype)
-    dw = np.empty_like(w)
-
-    def columns(lo, hi):  # dx[:, lo:hi] and dw[:, lo:hi] from the weight columns lo:hi
-        np.matmul(dy, w[:, lo:hi], out=dx[:, lo:hi])
-        np.matmul(dy.T, x2[:, lo:hi], out=dw[:, lo:hi])
-
-    run_split_gemm(d, columns)
+    dx = (dy @ w).reshape(x_shape)
+    dw = dy.T @ x2
     db = dy.sum(axis=0)
-    return dx.reshape(x_shape), dw, db
+    return dx, dw, db
