@@ -1,4 +1,5 @@
-"""Shared test set-up: the repository root on sys.path and the `gpu` marker."""
+"""Shared test set-up: the repository root on sys.path, the `gpu` and `slow` markers, and
+the runner fixtures of the kernel tests (`emu`, `cuda`; see tests/kernel_testing.py)."""
 import os
 import sys
 
@@ -29,3 +30,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_generate_tests(metafunc):
+    """Run every test that uses `emu` once per thread order: the test module's EMU_ORDERS
+    if it sets one, else kernel_testing.EMU_ORDERS."""
+    if "emu_order" in metafunc.fixturenames:
+        from tests.kernel_testing import EMU_ORDERS
+        metafunc.parametrize("emu_order", getattr(metafunc.module, "EMU_ORDERS", EMU_ORDERS))
+
+
+@pytest.fixture
+def emu(emu_order):
+    """The CPU emulator running each block's threads in `emu_order`."""
+    from kernels.runner import get_runner
+    return get_runner("emu", order=emu_order)
+
+
+@pytest.fixture(scope="session")
+def cuda():
+    """The CuPy runner (the GPU); use only in tests marked gpu, which skip without one."""
+    from kernels.runner import get_runner
+    return get_runner("cuda")

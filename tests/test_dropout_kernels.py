@@ -6,18 +6,7 @@ import pytest
 from nn import reference as ref
 from nn.dropout import hash32, keep_threshold
 from kernels import dropout, launch_utils
-
-ORDERS = ("forward", "reverse")
-
-
-@pytest.fixture(params=ORDERS)
-def emu(request):
-    from kernels.runner import get_runner
-    return get_runner("emu", order=request.param)
-
-
-def to_host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
+from tests.kernel_testing import to_host
 
 
 def assert_bits_equal(got, want):
@@ -93,9 +82,7 @@ def test_dropout_bad_inputs(emu):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 64])
-def test_dropout_gpu_caffenet_shapes(batch):
+def test_dropout_gpu_caffenet_shapes(cuda, batch):
     """fc6 and fc7 outputs (N, 4096), CaffeNet's dropout ratio 0.5."""
-    from kernels.runner import get_runner
-    gpu = get_runner("cuda")
     for seed in (0, 2 ** 31 + 5):
-        check_dropout(gpu, (batch, 4096), 0.5, seed)
+        check_dropout(cuda, (batch, 4096), 0.5, seed)

@@ -11,38 +11,9 @@ import pytest
 
 from kernels import gemm
 from nn import reference as ref
+from tests.kernel_testing import assert_close, uniform
 
-ORDERS = ("forward", "reverse")
-VERSIONS = (1, 2, 3)
-
-
-@pytest.fixture(params=ORDERS)
-def emu(request):
-    from kernels.runner import get_runner
-    return get_runner("emu", order=request.param)
-
-
-@pytest.fixture(scope="module")
-def cuda():
-    from kernels.runner import get_runner
-    return get_runner("cuda")
-
-
-def to_host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
-def assert_close(got, want, name=""):
-    """float32 kernel result against a float64 reference, relative to its magnitude."""
-    want = np.asarray(want)
-    np.testing.assert_allclose(to_host(got), want, rtol=1e-4,
-                               atol=1e-4 * float(np.abs(want).max()), err_msg=name)
-
-
-def uniform(rng, shape):
-    """float32 values in [-1, -0.1] u [0.1, 1]: no zeros, both signs."""
-    a = rng.uniform(0.1, 1.0, size=shape) * rng.choice([-1.0, 1.0], size=shape)
-    return a.astype(np.float32)
+VERSIONS = gemm.VERSIONS
 
 
 def op(a, trans):

@@ -5,23 +5,7 @@ import pytest
 
 from nn import reference as ref
 from kernels import launch_utils, lrn
-
-ORDERS = ("forward", "reverse")
-
-
-@pytest.fixture(params=ORDERS)
-def emu(request):
-    from kernels.runner import get_runner
-    return get_runner("emu", order=request.param)
-
-
-def to_host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
-def close(got, want, rtol=1e-4):
-    """Elementwise comparison with a tolerance scaled by the magnitude of `want`."""
-    np.testing.assert_allclose(to_host(got), want, rtol=rtol, atol=rtol * np.abs(want).max())
+from tests.kernel_testing import assert_close
 
 
 def check_lrn(runner, shape, version, params, seed=0, scale=1.0):
@@ -33,9 +17,9 @@ def check_lrn(runner, shape, version, params, seed=0, scale=1.0):
     dx_ref = ref.lrn_backward(dy, cache_ref)
     y, cache = lrn.lrn_forward(runner, runner.xp.asarray(x), **params, version=version)
     dx = lrn.lrn_backward(runner, runner.xp.asarray(dy), cache, version=version)
-    close(y, y_ref)
-    close(cache["scale"], cache_ref[2])
-    close(dx, dx_ref)
+    assert_close(y, y_ref, "y")
+    assert_close(cache["scale"], cache_ref[2], "scale")
+    assert_close(dx, dx_ref, "dx")
 
 
 CAFFE = dict(local_size=5, alpha=1e-4, beta=0.75, k=1.0)
@@ -85,11 +69,9 @@ def test_lrn_bad_inputs(emu):
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("version", [1, 2])
-def test_lrn_gpu_caffenet_shapes(batch, version):
+def test_lrn_gpu_caffenet_shapes(cuda, batch, version):
     """norm1 on conv1's output (96, 55, 55) and norm2 on conv2's (256, 27, 27), with
     activations of conv-output magnitude."""
-    from kernels.runner import get_runner
-    gpu = get_runner("cuda")
     for shape in [(96, 55, 55), (256, 27, 27)]:
-        check_lrn(gpu, (batch,) + shape, version, CAFFE, scale=30.0)
-        check_lrn(gpu, (batch,) + shape, version, LARGE_ALPHA)
+        check_lrn(cuda, (batch,) + shape, version, CAFFE, scale=30.0)
+        check_lrn(cuda, (batch,) + shape, version, LARGE_ALPHA)

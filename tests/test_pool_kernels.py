@@ -8,20 +8,11 @@ import pytest
 
 from nn import reference as ref
 from kernels import launch_utils, pool
+from tests.kernel_testing import EMU_ORDERS_WITH_RANDOM, to_host
 
-# These kernels synchronise through shared memory, so a random thread order (a new one at
-# every barrier) is added to catch a missing __syncthreads.
-ORDERS = ("forward", "reverse", "random")
-
-
-@pytest.fixture(params=ORDERS)
-def emu(request):
-    from kernels.runner import get_runner
-    return get_runner("emu", order=request.param)
-
-
-def to_host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
+# These kernels synchronise through shared memory: the emu fixture (tests/conftest.py)
+# also runs them in a random thread order to catch a missing __syncthreads.
+EMU_ORDERS = EMU_ORDERS_WITH_RANDOM
 
 
 def check_pool(runner, shape, kernel, stride, pad, version, ties=False, seed=0):

@@ -5,18 +5,7 @@ import pytest
 
 from nn import reference as ref
 from kernels import launch_utils, relu
-
-ORDERS = ("forward", "reverse")
-
-
-@pytest.fixture(params=ORDERS)
-def emu(request):
-    from kernels.runner import get_runner
-    return get_runner("emu", order=request.param)
-
-
-def to_host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
+from tests.kernel_testing import to_host
 
 
 def nonzero_normal(rng, shape):
@@ -85,8 +74,6 @@ CAFFENET_RELU_SHAPES = [(96, 55, 55), (256, 27, 27), (384, 13, 13), (256, 13, 13
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("version", [1, 2])
-def test_relu_gpu_caffenet_shapes(batch, version):
-    from kernels.runner import get_runner
-    gpu = get_runner("cuda")
+def test_relu_gpu_caffenet_shapes(cuda, batch, version):
     for shape in CAFFENET_RELU_SHAPES:
-        check_relu(gpu, (batch,) + shape, version)
+        check_relu(cuda, (batch,) + shape, version)

@@ -6,32 +6,18 @@ import pytest
 
 from nn import reference as ref
 from kernels import launch_utils, softmax as sm
+from tests.kernel_testing import EMU_ORDERS_WITH_RANDOM, assert_close
 
-# These kernels synchronise through shared memory, so a random thread order (a new one at
-# every barrier) is added to catch a missing __syncthreads.
-ORDERS = ("forward", "reverse", "random")
-
-
-@pytest.fixture(params=ORDERS)
-def emu(request):
-    from kernels.runner import get_runner
-    return get_runner("emu", order=request.param)
-
-
-def to_host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
-def close(got, want, rtol=1e-4):
-    """Elementwise comparison with a tolerance scaled by the magnitude of `want`."""
-    np.testing.assert_allclose(to_host(got), want, rtol=rtol, atol=rtol * np.abs(want).max())
+# These kernels synchronise through shared memory: the emu fixture (tests/conftest.py)
+# also runs them in a random thread order to catch a missing __syncthreads.
+EMU_ORDERS = EMU_ORDERS_WITH_RANDOM
 
 
 def check_softmax(runner, shape, version, spread=3.0, seed=0):
     rng = np.random.default_rng(seed)
     x = (spread * rng.standard_normal(shape)).astype(np.float32)
     p = sm.softmax(runner, runner.xp.asarray(x), version=version)
-    close(p, ref.softmax(x))
+    assert_close(p, ref.softmax(x), f"softmax {shape}")
 
 
 def check_loss(runner, n, c, version, loss_weight=1.0, spread=3.0, seed=0):
@@ -45,7 +31,7 @@ def check_loss(runner, n, c, version, loss_weight=1.0, spread=3.0, seed=0):
     loss, cache = sm.softmax_loss_forward(runner, xd, ld, version=version)
     assert isinstance(loss, float)
     assert loss == pytest.approx(loss_ref, rel=1e-5)
-    close(sm.softmax_loss_backward(runner, cache, loss_weight), d_ref)
+    assert_close(sm.softmax_loss_backward(runner, cache, loss_weight), d_ref, "dscores")
     assert sm.accuracy(runner, xd, ld) == ref.accuracy(x, labels)
 
 
@@ -113,12 +99,10 @@ def test_softmax_bad_inputs(emu):
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("version", [1, 2])
-def test_softmax_gpu_caffenet_shapes(batch, version):
+def test_softmax_gpu_caffenet_shapes(cuda, batch, version):
     """The 2-class Twitter head, the 1000-class ImageNet head, and the fully convolutional
     net's 2-class score map (8 x 8 for a 454 x 454 input)."""
-    from kernels.runner import get_runner
-    gpu = get_runner("cuda")
     for c in (2, 1000):
-        check_softmax(gpu, (batch, c), version)
-        check_loss(gpu, batch, c, version, loss_weight=1.0, seed=batch)
-    check_softmax(gpu, (batch, 2, 8, 8), version)
+        check_softmax(cuda, (batch, c), version)
+        check_loss(cuda, batch, c, version, loss_weight=1.0, seed=batch)
+    check_softmax(cuda, (batch, 2, 8, 8), version)

@@ -1,0 +1,41 @@
+"""Helpers shared by the kernel tests (tests/test_*_kernels.py).
+
+The fixtures that give those tests a runner live in tests/conftest.py:
+    emu   an emulator runner, once per thread order in EMU_ORDERS (a test module may set
+          its own module-level EMU_ORDERS, e.g. with 'random' for kernels that synchronise
+          through shared memory)
+    cuda  a CuPy runner on the GPU (only for tests marked gpu)
+"""
+import numpy as np
+
+# Thread orders inside a block that every kernel test runs under: the kernels must not
+# depend on which thread of a block goes first.
+EMU_ORDERS = ("forward", "reverse")
+# For kernels that synchronise through shared memory: a random order (a new one at every
+# barrier) as well, to catch a missing __syncthreads.
+EMU_ORDERS_WITH_RANDOM = EMU_ORDERS + ("random",)
+
+
+def to_host(a):
+    """A device array (cupy) or a host array (numpy) as a NumPy array."""
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def assert_close(got, want, name="", rtol=1e-4):
+    """Elementwise |got - want| <= rtol * (|want| + max |want|).
+
+    The absolute part scales with the result's magnitude, so a float32 kernel result can be
+    compared with a float64 reference of any size; a wrong index or a lost term is far
+    above it. `got` may be a device array; `name` goes into the failure message.
+    """
+    want = np.asarray(want)
+    biggest = float(np.abs(want).max())
+    assert biggest > 0, f"{name}: the reference is all zeros, the check is void"
+    np.testing.assert_allclose(to_host(got), want, rtol=rtol, atol=rtol * biggest,
+                               err_msg=name)
+
+
+def uniform(rng, shape):
+    """float32 values of `shape` in [-1, -0.1] u [0.1, 1]: no zeros, both signs."""
+    a = rng.uniform(0.1, 1.0, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+    return a.astype(np.float32)
