@@ -703,10 +703,8 @@ def bench_case(case, layer, ops, lib, timer, vendor, args, batch, peaks, version
         row['versions'] = []
         for label, vops in versions:
             r = _Runner(lambda t, o=vops: case.prepare(o, t), lambda s, o=vops: case.run(o, s))
-            v = {'version': label, **_checked_row(case, r, lib, inputs, timer, args, peaks)}
-            if 'version must be one of' in v.get('error', ''):
-                continue  # tried from DEFAULT_VERSIONS, and this launcher does not keep it
-            row['versions'].append(v)
+            row['versions'].append(
+                {'version': label, **_checked_row(case, r, lib, inputs, timer, args, peaks)})
     make = vendor.runner(case, layer) if vendor is not None else None
     if make is not None:
         r = _Runner(make, lambda fn: fn())
@@ -718,16 +716,12 @@ def bench_case(case, layer, ops, lib, timer, vendor, args, batch, peaks, version
     return row
 
 
-DEFAULT_VERSIONS = (1, 2)  # launchers without a VERSIONS tuple keep a v1 and a v2
-
-
 def kernel_versions(device, case):
     """[(label, ops)] for each kept version of the kernel `case` times (kernel devices).
 
-    The launcher's module-level VERSIONS lists them (else DEFAULT_VERSIONS; a version
-    the launcher does not keep then shows as an ERROR row naming it). A backward that
-    takes no `version=` follows its forward's (kernels/conv.py and gemm.py keep it in the
-    cache), so the forward op is the one bound.
+    The launcher module's VERSIONS tuple lists them. A backward that takes no `version=`
+    follows its forward's (kernels/conv.py and gemm.py keep it in the cache), so the
+    forward op is the one bound.
     """
     import inspect
     from kernels.ops import OP_FAMILIES
@@ -742,7 +736,7 @@ def kernel_versions(device, case):
                 'version' not in inspect.signature(getattr(module, target)).parameters:
             return []
     out = []
-    for v in getattr(module, 'VERSIONS', DEFAULT_VERSIONS):
+    for v in module.VERSIONS:
         ops = subject_ops(device)
         setattr(ops, target, functools.partial(getattr(module, target), device.runner,
                                                version=v))

@@ -11,6 +11,8 @@ from nn.checks import check_int, check_number, fail
 from nn.dropout import keep_threshold
 from kernels.launch_utils import BLOCK, check_array, grid_1d, pick_version
 
+VERSIONS = (1,)  # the kernel versions kept (bench.py --versions times each)
+
 
 def _apply(runner, a, params, version):
     """out = a * mask for the (seed, threshold, scale) in params; a any shape."""
@@ -33,7 +35,7 @@ def dropout_forward(runner, x, ratio, seed, train=True, layer='dropout', version
     seed = check_int(seed, "seed", layer, 0)
     if seed >= 2 ** 32:
         fail(layer, f"seed must be < 2**32 (it is used as a uint32), got {seed}")
-    version = pick_version(version, (1,), 1, layer)
+    version = pick_version(version, VERSIONS, 1, layer)
     if not train:
         return x, None
     if x.size >= 2 ** 31:
@@ -46,7 +48,7 @@ def dropout_forward(runner, x, ratio, seed, train=True, layer='dropout', version
 def dropout_backward(runner, dy, cache, version=None):
     """dy (shape of x) -> dx = dy * mask, the forward's mask (identity in test mode)."""
     layer = "dropout_backward"
-    version = pick_version(version, (1,), 1, layer)
+    version = pick_version(version, VERSIONS, 1, layer)
     if cache is None:
         check_array(runner, dy, "dy", layer, "(N, ...)")
         return dy

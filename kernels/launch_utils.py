@@ -45,8 +45,13 @@ def check_array(runner, a, name, layer, expected, ndim=None, shape=None, dtype=n
     return a
 
 
+# The versions of the elementwise kernels (relu, sgd): a scalar v1 and a float4 v2.
+VECTOR_VERSIONS = (1, 2)
+
+
 def pick_version(version, available, default, layer):
-    """Return `version` (or `default` when None) after checking it is one of `available`."""
+    """Return `version` (or `default` when None) after checking it is one of `available`,
+    the launcher module's VERSIONS tuple."""
     if version is None:
         return default
     if version not in available:
@@ -75,7 +80,7 @@ def vector_version(version, arrays, layer):
     """For the elementwise kernels with a scalar v1 and a float4 v2: v2 by default when all
     pointers are 16-byte aligned, else v1; asking for v2 on misaligned arrays is an error."""
     ok = aligned16(*arrays)
-    version = pick_version(version, (1, 2), 2 if ok else 1, layer)
+    version = pick_version(version, VECTOR_VERSIONS, 2 if ok else 1, layer)
     if version == 2 and not ok:
         fail(layer, "version=2 uses float4 loads and needs 16-byte aligned arrays; "
                     "these are not (use version=1 or a fresh array)")

@@ -9,6 +9,9 @@ import numpy as np
 from nn.checks import check_int, check_number, fail
 from kernels.launch_utils import BLOCK, check_array, grid_1d, pick_version
 
+VERSIONS = (1, 2)  # the kernel versions kept (bench.py --versions times each)
+DEFAULT_VERSION = 2
+
 
 def _launch(runner, name, version, shape, args):
     """Run lrn_<name>_v<version> over an (N, C, H, W) shape: v1 has one thread per element,
@@ -34,7 +37,7 @@ def lrn_forward(runner, x, local_size=5, alpha=1e-4, beta=0.75, k=1.0, layer='no
     k = check_number(k, "k", layer)
     if k <= 0:
         fail(layer, f"k must be > 0 so that scale stays positive, got {k}")
-    version = pick_version(version, (1, 2), 2, layer)
+    version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer)
     n, c, h, w = x.shape
     y = runner.xp.empty_like(x)
     scale = runner.xp.empty_like(x)
@@ -54,7 +57,7 @@ def lrn_backward(runner, dy, cache, version=None):
     x = cache["x"]
     check_array(runner, dy, "dy", layer, f"{tuple(x.shape)} (the forward input's shape)",
                 shape=x.shape)
-    version = pick_version(version, (1, 2), 2, layer)
+    version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer)
     n, c, h, w = x.shape
     dx = runner.xp.empty_like(x)
     _launch(runner, "backward", version, x.shape,

@@ -10,6 +10,9 @@ from nn.checks import check_int, fail
 from nn.pool import pool_output_size
 from kernels.launch_utils import BLOCK, check_array, grid_1d, pick_version
 
+# The forward kernel versions kept (bench.py --versions times each); backward has one.
+VERSIONS = (1, 2)
+
 # Output tile of max_pool_forward_v2; must match POOL_TILE_W / POOL_TILE_H in pool.cu.
 TILE_W, TILE_H = 32, 8
 MAX_GRID_Z = 65535          # CUDA's limit on gridDim.z; v2 loops over the remaining planes
@@ -38,7 +41,7 @@ def max_pool_forward(runner, x, kernel, stride, pad=0, layer='pool', version=Non
         fail(layer, f"kernel {kernel} does not fit the padded input {h + 2 * pad}x"
                     f"{w + 2 * pad} (x of shape {tuple(x.shape)}, pad = {pad})")
     shared = _v2_shared_bytes(kernel, stride)
-    version = pick_version(version, (1, 2), 2 if shared <= SHARED_LIMIT else 1, layer)
+    version = pick_version(version, VERSIONS, 2 if shared <= SHARED_LIMIT else 1, layer)
     if version == 2 and shared > SHARED_LIMIT:
         fail(layer, f"version=2 would need {shared} bytes of shared memory for kernel "
                     f"{kernel}, stride {stride} (limit {SHARED_LIMIT}); use version=1")

@@ -5,7 +5,10 @@ Same signatures as nn/relu.py with a leading `runner` (kernels/runner.py) and an
 """
 import numpy as np
 
-from kernels.launch_utils import BLOCK, check_array, grid_1d, vector_version
+from kernels.launch_utils import (BLOCK, VECTOR_VERSIONS, check_array, grid_1d,
+                                  vector_version)
+
+VERSIONS = VECTOR_VERSIONS  # the kernel versions kept (bench.py --versions times each)
 
 
 def relu_forward(runner, x, layer='relu', version=None):

@@ -6,7 +6,10 @@ Same signature as nn/sgd.py with a leading `runner` and an optional `version`
 import numpy as np
 
 from nn.checks import check_number, fail
-from kernels.launch_utils import BLOCK, check_array, grid_1d, vector_version
+from kernels.launch_utils import (BLOCK, VECTOR_VERSIONS, check_array, grid_1d,
+                                  vector_version)
+
+VERSIONS = VECTOR_VERSIONS  # the kernel versions kept (bench.py --versions times each)
 
 
 def sgd_update(runner, param, grad, history, lr, momentum, weight_decay, grad_scale=1.0,

@@ -13,6 +13,9 @@ import numpy as np
 from nn.checks import check_number, fail
 from kernels.launch_utils import BLOCK, check_array, grid_1d, pick_version
 
+# The softmax kernel versions kept (bench.py --versions times each); the loss and the
+# accuracy have one kernel each.
+VERSIONS = (1, 2)
 REDUCE_BLOCK = 256         # threads of the one-block reductions (a power of two)
 V2_MIN_CLASSES = 64        # softmax v2 pays off only when a row is long enough
 
@@ -31,7 +34,7 @@ def softmax(runner, scores, layer='softmax', version=None):
     n, c = scores.shape[:2]
     s = int(np.prod(scores.shape[2:], dtype=np.int64))
     default = 2 if (s == 1 and c >= V2_MIN_CLASSES) else 1
-    version = pick_version(version, (1, 2), default, layer)
+    version = pick_version(version, VERSIONS, default, layer)
     p = runner.xp.empty_like(scores)
     args = (scores, p, np.int32(n), np.int32(c), np.int32(s))
     if version == 1:

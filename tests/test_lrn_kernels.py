@@ -36,18 +36,18 @@ LARGE_ALPHA = dict(local_size=5, alpha=0.9, beta=0.75, k=0.5)
     ((2, 6, 4, 3), dict(local_size=1, alpha=0.7, beta=1.5, k=1.0)),
     ((1, 13, 3, 3), dict(local_size=9, alpha=0.3, beta=0.75, k=1.0)),
 ])
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", lrn.VERSIONS)
 def test_lrn_matches_reference(emu, shape, params, version):
     check_lrn(emu, shape, version, params)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", lrn.VERSIONS)
 def test_lrn_large_inputs(emu, version):
     """Inputs of size ~30 (like CaffeNet's conv1 output): alpha * sum x^2 is O(1)."""
     check_lrn(emu, (2, 8, 3, 5), version, CAFFE, seed=3, scale=30.0)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", lrn.VERSIONS)
 def test_lrn_grid_stride_loop(emu, version, monkeypatch):
     monkeypatch.setattr(launch_utils, "MAX_BLOCKS", 1)
     check_lrn(emu, (2, 7, 15, 19), version, LARGE_ALPHA, seed=4)
@@ -68,7 +68,7 @@ def test_lrn_bad_inputs(emu):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 64])
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", lrn.VERSIONS)
 def test_lrn_gpu_caffenet_shapes(cuda, batch, version):
     """norm1 on conv1's output (96, 55, 55) and norm2 on conv2's (256, 27, 27), with
     activations of conv-output magnitude."""

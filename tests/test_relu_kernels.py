@@ -31,12 +31,12 @@ def check_relu(runner, shape, version, seed=0):
 
 # 945 = 4 * 236 + 1 and 7 elements leave float4 tails; (1, 1) is smaller than one float4.
 @pytest.mark.parametrize("shape", [(3, 5, 7, 9), (1, 7), (1, 1), (2, 4097)])
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", relu.VERSIONS)
 def test_relu_matches_reference(emu, shape, version):
     check_relu(emu, shape, version)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", relu.VERSIONS)
 def test_relu_grid_stride_loop(emu, version, monkeypatch):
     """With the grid capped at one block, each thread must walk several elements."""
     monkeypatch.setattr(launch_utils, "MAX_BLOCKS", 1)
@@ -73,7 +73,7 @@ CAFFENET_RELU_SHAPES = [(96, 55, 55), (256, 27, 27), (384, 13, 13), (256, 13, 13
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 64])
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", relu.VERSIONS)
 def test_relu_gpu_caffenet_shapes(cuda, batch, version):
     for shape in CAFFENET_RELU_SHAPES:
         check_relu(cuda, (batch,) + shape, version)

@@ -40,13 +40,13 @@ HYPER = [
 
 
 @pytest.mark.parametrize("shape", [(7, 3, 5, 5), (13,), (2,)])
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", sgd.VERSIONS)
 @pytest.mark.parametrize("hyper", HYPER)
 def test_sgd_matches_reference(emu, shape, version, hyper):
     check_sgd(emu, shape, version, hyper)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", sgd.VERSIONS)
 def test_sgd_grid_stride_loop(emu, version, monkeypatch):
     monkeypatch.setattr(launch_utils, "MAX_BLOCKS", 1)
     check_sgd(emu, (5, 431), version, HYPER[2], steps=2)
@@ -74,7 +74,7 @@ CAFFENET_PARAM_SHAPES = [(96, 3, 11, 11), (256, 48, 5, 5), (384, 256, 3, 3), (40
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", sgd.VERSIONS)
 def test_sgd_gpu_caffenet_shapes(cuda, version):
     for shape in CAFFENET_PARAM_SHAPES:
         check_sgd(cuda, shape, version, HYPER[0], steps=2)

@@ -37,25 +37,25 @@ def check_loss(runner, n, c, version, loss_weight=1.0, spread=3.0, seed=0):
 
 @pytest.mark.parametrize("shape", [(3, 7), (1, 1000), (5, 2), (2, 3, 5, 7), (1, 2, 9, 4),
                                    (2, 300)])
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", sm.VERSIONS)
 def test_softmax_matches_reference(emu, shape, version):
     check_softmax(emu, shape, version)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", sm.VERSIONS)
 def test_softmax_is_stable_for_large_scores(emu, version):
     """Scores of +-300 overflow exp without the max subtraction."""
     check_softmax(emu, (3, 11), version, spread=300.0, seed=1)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", sm.VERSIONS)
 def test_softmax_grid_loops(emu, version, monkeypatch):
     monkeypatch.setattr(launch_utils, "MAX_BLOCKS", 1)
     check_softmax(emu, (3, 4, 11, 13), version, seed=2)
 
 
 @pytest.mark.parametrize("n,c", [(3, 7), (1, 2), (64, 2), (5, 1000), (300, 3)])
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", sm.VERSIONS)
 def test_softmax_loss_matches_reference(emu, n, c, version):
     check_loss(emu, n, c, version, loss_weight=0.7, seed=n)
 
@@ -98,7 +98,7 @@ def test_softmax_bad_inputs(emu):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 64])
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", sm.VERSIONS)
 def test_softmax_gpu_caffenet_shapes(cuda, batch, version):
     """The 2-class Twitter head, the 1000-class ImageNet head, and the fully convolutional
     net's 2-class score map (8 x 8 for a 454 x 454 input)."""
