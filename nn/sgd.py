@@ -1,5 +1,13 @@
-"""Caffe's SGD update with momentum and L2 weight decay (one parameter blob)."""
+"""Caffe's SGD update with momentum and L2 weight decay (one parameter blob).
+
+The update is memory-bound (fc6 alone is 37.7M weights): it runs over cache-sized blocks,
+so each element is read and written once, and the blocks are split over the CPU threads.
+"""
 import numpy as np
+
+from nn.threads import run_split
+
+BLOCK = 1 << 16   # elements per block: 256 KiB of float32 per array, a few fit in L2
 
 from nn.checks import check_float_array, check_number, check_same_dtype, check_shape, fail
 
@@ -26,10 +34,25 @@ def sgd_update(param, grad, history, lr, momentum, weight_decay, grad_scale=1.0)
         dt(check_number(v, name, layer)) for v, name in
         ((lr, "lr"), (momentum, "momentum"), (weight_decay, "weight_decay"),
          (grad_scale, "grad_scale")))
-    # Same operation order as the formula (and the kernel), one temporary array.
-    step = grad * grad_scale
-    step += weight_decay * param
-    step *= lr
-    history *= momentum
-    history += step
-    param -= history
+    if not (param.flags.c_contiguous and grad.flags.c_contiguous
+            and history.flags.c_contiguous):
+        fail(layer, "param, grad and history must be C-contiguous")
+    p, g, h = param.reshape(-1), grad.reshape(-1), history.reshape(-1)
+
+    def update(lo, hi):
+        step = np.empty(min(BLOCK, hi - lo), dtype=param.dtype)
+        decay = np.empty_like(step)
+        for start in range(lo, hi, BLOCK):
+            end = min(start + BLOCK, hi)
+            st, de = step[:end - start], decay[:end - start]
+            # Same operation order as the formula (and the kernel).
+            np.multiply(g[start:end], grad_scale, out=st)
+            np.multiply(p[start:end], weight_decay, out=de)
+            st += de
+            st *= lr
+            hb = h[start:end]
+            hb *= momentum
+            hb += st
+            p[start:end] -= hb
+
+    run_split(-(-p.size // BLOCK), lambda lo, hi: update(lo * BLOCK, min(hi * BLOCK, p.size)))
