@@ -231,11 +231,16 @@ class CaffeNet:
         self._set_layer(name, weight, bias)
 
     def _set_layer(self, name, weight, bias):
-        """Put host arrays on the device in the layer's memory shape and dtype."""
-        asarray = self.device.asarray
-        self.params[name] = {
-            "weight": asarray(np.reshape(weight, self.memory_shapes[name]), self.dtype),
-            "bias": asarray(bias, self.dtype)}
+        """Put host arrays on the device in the layer's memory shape and dtype.
+
+        Always a copy: on the cpu device asarray would otherwise keep the caller's array,
+        and the solver's in-place updates would change it."""
+        def own(a, shape):
+            copy = np.array(np.reshape(a, shape), dtype=self.dtype, copy=True)
+            return copy if self.device.name == "cpu" else self.device.asarray(copy, self.dtype)
+
+        self.params[name] = {"weight": own(weight, self.memory_shapes[name]),
+                             "bias": own(bias, (self.memory_shapes[name][0],))}
 
     def param_multipliers(self):
         """{layer: {'weight': (lr_mult, decay_mult), 'bias': (lr_mult, decay_mult)}}."""

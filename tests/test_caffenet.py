@@ -339,3 +339,17 @@ def test_renamed_last_layer_copies_the_rest(tmp_path, caplog):
     np.testing.assert_array_equal(twitter.params["fc6"]["weight"],
                                   imagenet.params["fc6"]["weight"])
     assert twitter.class_names is None  # the file's 3 names are not the new classes
+
+
+def test_loaded_params_are_copies():
+    """The solver updates params in place: it must never write into the caller's arrays."""
+    source = tiny_net(seed=3).to_numpy_params()
+    before = {name: {blob: a.copy() for blob, a in blobs.items()} for name, blobs in source.items()}
+    net = tiny_net(seed=4)
+    net.load_params(source)
+    for blobs in net.params.values():
+        for a in blobs.values():
+            a += 1.0
+    for name, blobs in source.items():
+        for blob, a in blobs.items():
+            np.testing.assert_array_equal(a, before[name][blob])
