@@ -34,7 +34,8 @@
  *                      A = dy,  B = im2col(x)^T,  out = dw
  *   Tiling is that of gemm_v3 (gemm.cu): 256 threads compute a 128 x 128 tile of out,
  *   8 x 8 per thread in registers; the R loop steps by 8 with double-buffered shared
- *   slabs As[r][m], Bs[r][col].  Grid (ceil(Ncol / 128), ceil(M / 128), G * S): z is
+ *   slabs As[r][m], Bs[r][col] (the micro-kernel slab_multiply_8x8 is in prelude.cuh,
+ *   shared with gemm_v3).  Grid (ceil(Ncol / 128), ceil(M / 128), G * S): z is
  *   (split s, group g) = (z / G, z % G).  Only backward weights uses S > 1 splits: its
  *   R = N P is long (193600 for conv1 at batch 64) while its output is small, so the R
  *   range is cut into S chunks whose partial dw go to a (S, K, Cg KK) buffer, added in a
@@ -374,30 +375,6 @@ __device__ __forceinline__ void ig_stash_b(float* S, int t, const float v[4]) {
     for (int e = 0; e < 4; ++e) S[((t / 128) * 4 + e) * IG_LD + t % 128] = v[e];
 }
 
-/* The register micro-kernel, the same as gemm.cu's g3_multiply_slab (a .cu file cannot
-   include another): acc[i][j] += As[r][row(i)] * Bs[r][col(j)] over the 8-deep slab;
-   this thread's rows are ty*4 + {0..3} and 64 + ty*4 + {0..3}, columns likewise. */
-__device__ __forceinline__ void ig_multiply_slab(const float* As, const float* Bs, int ty,
-                                                 int tx, float acc[8][8]) {
-#pragma unroll
-    for (int kk = 0; kk < IG_BK; ++kk) {
-        float a[8], b[8];
-        const float* ar = As + kk * IG_LD;
-        const float* br = Bs + kk * IG_LD;
-        float4 a0 = *(const float4*)(ar + ty * 4), a1 = *(const float4*)(ar + 64 + ty * 4);
-        float4 b0 = *(const float4*)(br + tx * 4), b1 = *(const float4*)(br + 64 + tx * 4);
-        a[0] = a0.x; a[1] = a0.y; a[2] = a0.z; a[3] = a0.w;
-        a[4] = a1.x; a[5] = a1.y; a[6] = a1.z; a[7] = a1.w;
-        b[0] = b0.x; b[1] = b0.y; b[2] = b0.z; b[3] = b0.w;
-        b[4] = b1.x; b[5] = b1.y; b[6] = b1.z; b[7] = b1.w;
-        for (int i = 0; i < 8; ++i)
-            for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
-    }
-}
-
-__device__ __forceinline__ int ig_sub(int tc, int i) {
-    return (i < 4 ? 0 : 64) + tc * 4 + (i & 3);
-}
 
 /* Writes one finished element out[m, col] of group grp (split slice z for backward
    weights) to its place in the output tensor. */
@@ -460,7 +437,8 @@ __device__ __forceinline__ void ig_tile(int mode, const ConvGeom& g, const float
             ig_fetch_a(mode, g, A, grp, M, r_end, m0, r0 + IG_BK, t, va);
             ig_fetch_b(mode, g, B, grp, col_ok, cd, r_end, r0 + IG_BK, t, vb);
         }
-        if (live) ig_multiply_slab(As + buf * IG_SLAB, Bs + buf * IG_SLAB, ty, tx, acc);
+        if (live)
+            slab_multiply_8x8<IG_BK, IG_LD>(As + buf * IG_SLAB, Bs + buf * IG_SLAB, ty, tx, acc);
         if (has_next) {
             ig_stash_a(As + (buf ^ 1) * IG_SLAB, t, va);
             ig_stash_b(Bs + (buf ^ 1) * IG_SLAB, t, vb);
@@ -470,10 +448,10 @@ __device__ __forceinline__ void ig_tile(int mode, const ConvGeom& g, const float
     }
 
     for (int i = 0; i < 8; ++i) {
-        int m = m0 + ig_sub(ty, i);
+        int m = m0 + slab_sub(ty, i);
         if (m >= M) continue;
         for (int j = 0; j < 8; ++j) {
-            int col = n0 + ig_sub(tx, j);
+            int col = n0 + slab_sub(tx, j);
             if (col < Ncol) ig_store(mode, g, out, bias, relu, grp, z, m, col, acc[i][j]);
         }
     }

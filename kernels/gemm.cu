@@ -150,6 +150,8 @@ extern "C" __global__ void gemm_v2(const float* A, const float* B, float* C,
 #define G3_PAD 4           /* shared row padding: kills bank conflicts on the
                               transposing stores, keeps rows 16-byte aligned */
 #define G3_LD (G3_BM + G3_PAD)
+/* The per-thread 8 x 8 multiply of a slab (slab_multiply_8x8, slab_sub) is in prelude.cuh:
+   conv.cu's implicit GEMM uses the same one. */
 
 /* Reads 4 consecutive elements src[r * ld + c .. c + 3] of a (rows, cols) row-major
    matrix into v, with zeros outside it.  One float4 load when all 4 are inside and
@@ -193,34 +195,6 @@ __device__ __forceinline__ void g3_stash(float* S, int k_contig, int t, const fl
     }
 }
 
-/* The register micro-kernel shared with conv.cu's implicit GEMM (kept identical there):
-   acc[i][j] += As[k][row(i)] * Bs[k][col(j)] over the 8-deep slab, where this thread's
-   rows are ty*4 + {0..3} and 64 + ty*4 + {0..3} (likewise columns with tx).  Reading
-   4 consecutive floats per strip makes the loads 128-bit; the 64 gap means the 16
-   threads of a half-warp read 64 distinct consecutive floats (no bank conflicts). */
-__device__ __forceinline__ void g3_multiply_slab(const float* As, const float* Bs, int ty,
-                                                 int tx, float acc[8][8]) {
-#pragma unroll
-    for (int kk = 0; kk < G3_BK; ++kk) {
-        float a[8], b[8];
-        const float* ar = As + kk * G3_LD;
-        const float* br = Bs + kk * G3_LD;
-        float4 a0 = *(const float4*)(ar + ty * 4), a1 = *(const float4*)(ar + 64 + ty * 4);
-        float4 b0 = *(const float4*)(br + tx * 4), b1 = *(const float4*)(br + 64 + tx * 4);
-        a[0] = a0.x; a[1] = a0.y; a[2] = a0.z; a[3] = a0.w;
-        a[4] = a1.x; a[5] = a1.y; a[6] = a1.z; a[7] = a1.w;
-        b[0] = b0.x; b[1] = b0.y; b[2] = b0.z; b[3] = b0.w;
-        b[4] = b1.x; b[5] = b1.y; b[6] = b1.z; b[7] = b1.w;
-        for (int i = 0; i < 8; ++i)
-            for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
-    }
-}
-
-/* Row (or column) of the tile held in accumulator index i (0..7) by thread coordinate
-   tc (ty or tx): the two 4-wide strips, 64 apart. */
-__device__ __forceinline__ int g3_sub(int tc, int i) {
-    return (i < 4 ? 0 : 64) + tc * 4 + (i & 3);
-}
 
 /* At most 128 registers, so that two blocks (16 warps) fit on a multiprocessor. */
 extern "C" __global__ void __launch_bounds__(G3_THREADS, 2)
@@ -262,7 +236,7 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 2)
             g3_fetch(A, a_kc, M, K, m0, k0 + G3_BK, k_end, a_vec, t, va);
             g3_fetch(B, b_kc, N, K, n0, k0 + G3_BK, k_end, b_vec, t, vb);
         }
-        if (live) g3_multiply_slab(As[buf], Bs[buf], ty, tx, acc);
+        if (live) slab_multiply_8x8<G3_BK, G3_LD>(As[buf], Bs[buf], ty, tx, acc);
         if (has_next) {
             /* The other buffer was last read in the previous step, which every thread
                finished before the barrier that ended it. */
@@ -275,10 +249,10 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 2)
 
     float* Cz = C + (size_t)blockIdx.z * M * N;
     for (int i = 0; i < 8; ++i) {
-        int m = m0 + g3_sub(ty, i);
+        int m = m0 + slab_sub(ty, i);
         if (m >= M) continue;
         for (int j = 0; j < 8; ++j) {
-            int n = n0 + g3_sub(tx, j);
+            int n = n0 + slab_sub(tx, j);
             if (n < N)
                 Cz[(size_t)m * N + n] = gemm_epilogue(acc[i][j], bias, bias_mode, relu, m, n);
         }
