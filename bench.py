@@ -28,13 +28,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import types
 
 import numpy as np
 
 from nn import flops
+from nn.atomic import atomic_write
 
 CHECK_IMAGES = 2        # images compared with the float64 reference: first and last
 TOLERANCE = 1e-4        # max |result - reference| / max |reference|: float32 against float64
@@ -76,7 +76,24 @@ def cpu_flush_bytes():
     return int(min(max(4 * biggest, 32 << 20), FLUSH_BYTES))
 
 
-class CpuTimer:
+class _Timer:
+    """The measuring loop shared by CpuTimer and GpuTimer, which supply flush() (evict the
+    caches) and time_once(fn) (run fn once, return its seconds)."""
+
+    def measure(self, fn, warmup, repeats, flush=True):
+        """Run fn warmup times, then time it repeats times, flushing the caches before each
+        timed run when `flush`; returns the list of seconds."""
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            if flush:
+                self.flush()
+            times.append(self.time_once(fn))
+        return times
+
+
+class CpuTimer(_Timer):
     """Wall-clock time of a host function (the CPU path and PyTorch CPU), with the CPU
     caches flushed before every run, as on the GPU."""
     name = 'perf_counter, caches flushed'
@@ -88,21 +105,16 @@ class CpuTimer:
             CpuTimer._flush_buf = np.empty(cpu_flush_bytes() // 4, dtype=np.float32)
         self.flush_buf = CpuTimer._flush_buf
 
-    def measure(self, fn, warmup, repeats, flush=True):
-        """Run fn warmup times, then time it repeats times; returns the seconds list."""
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            if flush:
-                self.flush_buf.fill(0)  # evicts what the last run left in the caches
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return times
+    def flush(self):
+        self.flush_buf.fill(0)  # evicts what the last run left in the caches
+
+    def time_once(self, fn):
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
 
 
-class GpuTimer:
+class GpuTimer(_Timer):
     """CUDA-event time of GPU work, with the L2 cache flushed before every run.
 
     `lib` is 'cupy' or 'torch': the events, the flush buffer and the timed work must be on
@@ -122,29 +134,22 @@ class GpuTimer:
             return self.m.cuda.Event()
         return self.m.cuda.Event(enable_timing=True)
 
-    def _flush(self):
+    def flush(self):
         # Writing a buffer larger than L2 evicts what the previous run left in it.
         if self.lib == 'cupy':
             self.flush_buf.fill(0)
         else:
             self.flush_buf.zero_()
 
-    def measure(self, fn, warmup, repeats, flush=True):
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            if flush:
-                self._flush()
-            start, end = self._event(), self._event()
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            ms = (self.m.cuda.get_elapsed_time(start, end) if self.lib == 'cupy'
-                  else start.elapsed_time(end))
-            times.append(ms / 1e3)
-        return times
+    def time_once(self, fn):
+        start, end = self._event(), self._event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        ms = (self.m.cuda.get_elapsed_time(start, end) if self.lib == 'cupy'
+              else start.elapsed_time(end))
+        return ms / 1e3
 
 
 # ------------------------------------------------------------------------------ cases
@@ -1009,17 +1014,11 @@ def print_table(report, out=None):
 
 
 def write_json(path, report):
-    """Write the report atomically: a temporary file beside it, then os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.bench-', suffix='.json', dir=folder)
-    try:
-        with os.fdopen(fd, 'w') as f:
+    """Write the report atomically (nn/atomic.py: a temporary file beside it, then a rename)."""
+    def write(tmp):
+        with open(tmp, 'w') as f:
             json.dump(report, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, write)
 
 
 # ------------------------------------------------------------------------------ main

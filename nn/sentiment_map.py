@@ -15,10 +15,9 @@ Images are RGB ``uint8`` arrays of shape (H, W, 3); the output has the same shap
 overlay always has the input image's own size. Work is done in bands of rows so that a
 tens-of-megapixels photo does not need several float copies of itself in memory.
 """
-import os
-import tempfile
-
 import numpy as np
+
+from nn.atomic import atomic_write
 
 STYLES = ('paper', 'smooth')
 
@@ -201,18 +200,13 @@ def draw_legend(rgb):
 
 
 def _atomic_write(path, write):
-    """Call write(file_object) on a temporary file next to `path`, then rename it over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
-                               suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
+    """Call write(file_object) on a temporary binary file beside `path`, then rename it over
+    `path` (nn/atomic.py). `write` gets an open file, not the temporary name, so that
+    np.save and PIL write exactly there (np.save would add '.npy' to a name)."""
+    def fill(tmp):
+        with open(tmp, 'wb') as f:
             write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, fill)
 
 
 def save_png(path, rgb):
