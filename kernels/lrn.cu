@@ -21,14 +21,6 @@
  *       access is coalesced, and each input is read twice instead of local_size times.
  */
 
-/* (n, c, s) coordinates of flat element index i in an (N, C, S) array. */
-__device__ __forceinline__ void lrn_coords(int i, int C, int S, int* n, int* c, int* s)
-{
-    *s = i % S;
-    *c = (i / S) % C;
-    *n = i / (S * C);
-}
-
 extern "C" __global__ void lrn_forward_v1(const float* __restrict__ x, float* __restrict__ y,
                                           float* __restrict__ scale, int N, int C, int S,
                                           int half, float alpha_over_n, float beta, float k)
@@ -36,7 +28,7 @@ extern "C" __global__ void lrn_forward_v1(const float* __restrict__ x, float* __
     const int total = N * C * S;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
         int n, c, s;
-        lrn_coords(i, C, S, &n, &c, &s);
+        unravel3(i, C, S, &n, &c, &s);
         const float* col = x + (long long)n * C * S + s;
         const int c0 = max(c - half, 0), c1 = min(c + half, C - 1);
         float sum = 0.0f;
@@ -57,7 +49,7 @@ extern "C" __global__ void lrn_backward_v1(const float* __restrict__ dy,
     const int total = N * C * S;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
         int n, c, s;
-        lrn_coords(i, C, S, &n, &c, &s);
+        unravel3(i, C, S, &n, &c, &s);
         const long long base = (long long)n * C * S + s;
         const int c0 = max(c - half, 0), c1 = min(c + half, C - 1);
         float sum = 0.0f;

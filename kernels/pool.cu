@@ -65,9 +65,8 @@ extern "C" __global__ void max_pool_forward_v1(const float* __restrict__ x, floa
 {
     const int total = planes * Ho * Wo;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const int wo = i % Wo;
-        const int ho = (i / Wo) % Ho;
-        const int p = i / (Wo * Ho);
+        int p, ho, wo;
+        unravel3(i, Ho, Wo, &p, &ho, &wo);
         const int hs = ho * stride - pad, ws = wo * stride - pad;
         const int he = min(hs + kernel, H), we = min(ws + kernel, W);
         int bh, bw;
@@ -127,9 +126,8 @@ extern "C" __global__ void max_pool_backward_v1(const float* __restrict__ dy,
 {
     const int total = planes * H * W;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const int w = i % W;
-        const int h = (i / W) % H;
-        const int p = i / (W * H);
+        int p, h, w;
+        unravel3(i, H, W, &p, &h, &w);
         const int ph0 = (h + pad < kernel) ? 0 : (h + pad - kernel) / stride + 1;
         const int ph1 = min((h + pad) / stride + 1, Ho);
         const int pw0 = (w + pad < kernel) ? 0 : (w + pad - kernel) / stride + 1;

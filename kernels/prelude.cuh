@@ -33,6 +33,15 @@
 #define NAN __int_as_float(0x7fffffff)
 #endif
 
+// ---- Flat index -> coordinates --------------------------------------------------------------
+// (a, b, c) of flat index i in a C-contiguous (A, B, C) array, like numpy.unravel_index (A
+// itself is not needed). For the kernels whose grid-stride loop runs over flat indices.
+__device__ __forceinline__ void unravel3(int i, int B, int C, int* a, int* b, int* c) {
+    *c = i % C;
+    *b = (i / C) % B;
+    *a = i / (C * B);
+}
+
 // ---- The 8x8 register micro-kernel of the 128x128-tile products ----------------------------
 // gemm.cu's gemm_v3 and conv.cu's implicit GEMM (the v2 convolution kernels) both compute a
 // 128 x 128 tile of C with 16 x 16 threads, each thread holding 8 x 8 accumulators. The
