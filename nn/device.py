@@ -107,6 +107,8 @@ def get_device(name=None):
         name = "cuda" if cuda_available() else "cpu"
     if name == "cpu":
         from nn import reference
+        from nn.memory import keep_freed_memory
+        keep_freed_memory()   # the NumPy layers reuse large buffers without page faults
         return Device("cpu", np, reference)
     if name == "emu":
         return _kernel_device("emu", np)
