@@ -26,5 +26,5 @@ def test_freed_large_buffers_are_reused_without_page_faults():
     faults_of_touching(nbytes)   # first use: the heap grows, pages are faulted in
     again = faults_of_touching(nbytes)
     pages = nbytes // 4096
-    assert again < pages // 100, f"{again} page faults for {pages} pages reused"
+    assert again < 32, f"{again} page faults for {pages} pages reused (560 measured without)"
     assert keep_freed_memory() is True   # idempotent
