@@ -11,6 +11,7 @@ so that  y[g] (K/group, N*Ho*Wo) = w[g] (K/group, C/group*kh*kw) @ cols[g].
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from nn.threads import run_split
 from nn.checks import (check_float_array, check_int, check_same_dtype, check_shape,
                        check_upstream_grad, fail)
 
@@ -55,9 +56,13 @@ def col2im(cols, x_shape, kh, kw, stride, pad):
     cols = cols.reshape(c, kh, kw, n, ho, wo)
     # Accumulate in (C, N, Hp, Wp) so every add is over whole contiguous channel planes.
     dxt = np.zeros((c, n, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            strided_window(dxt, i, j, stride, ho, wo)[...] += cols[:, i, j]
+
+    def accumulate(lo, hi):   # channels are independent: split them over the CPU threads
+        for i in range(kh):
+            for j in range(kw):
+                strided_window(dxt[lo:hi], i, j, stride, ho, wo)[...] += cols[lo:hi, i, j]
+
+    run_split(c, accumulate)
     dxt = dxt[:, :, pad:pad + h, pad:pad + w]
     return np.ascontiguousarray(dxt.transpose(1, 0, 2, 3))
 
