@@ -2,11 +2,12 @@
 
 Same signatures as nn/lrn.py with a leading `runner` and an optional `version`
 (1: one thread per element, 2: one thread per (n, h, w) column sliding the channel
-window, the default).
+window, the default). The hyper-parameters are checked by nn.lrn.check_lrn_params, the
+reference's own check.
 """
 import numpy as np
 
-from nn.checks import check_int, check_number, fail
+from nn.lrn import check_lrn_params
 from kernels.launch_utils import BLOCK, check_array, grid_1d, pick_version
 
 VERSIONS = (1, 2)  # the kernel versions kept (bench.py --versions times each)
@@ -28,15 +29,7 @@ def lrn_forward(runner, x, local_size=5, alpha=1e-4, beta=0.75, k=1.0, layer='no
     Returns (y, cache); the cache holds x, y and scale: do not modify them in place.
     """
     check_array(runner, x, "x", layer, "(N, C, H, W)", ndim=4)
-    local_size = check_int(local_size, "local_size", layer, 1)
-    if local_size % 2 == 0:
-        fail(layer, f"local_size must be odd (a window centred on each channel), got "
-                    f"{local_size}")
-    alpha = check_number(alpha, "alpha", layer, minimum=0.0)
-    beta = check_number(beta, "beta", layer)
-    k = check_number(k, "k", layer)
-    if k <= 0:
-        fail(layer, f"k must be > 0 so that scale stays positive, got {k}")
+    local_size, alpha, beta, k = check_lrn_params(local_size, alpha, beta, k, layer)
     version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer)
     n, c, h, w = x.shape
     y = runner.xp.empty_like(x)

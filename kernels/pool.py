@@ -2,12 +2,13 @@
 
 Same signatures as nn/pool.py with a leading `runner` and an optional `version` for the
 forward (1: one thread per output, 2: shared-memory patch per block of 8x32 outputs,
-the default). The output size rule is nn.pool.pool_output_size (shared with the reference).
+the default). The parameters and the output size are checked and computed by
+nn.pool.check_pool_params, shared with the reference.
 """
 import numpy as np
 
-from nn.checks import check_int, fail
-from nn.pool import pool_output_size
+from nn.checks import fail
+from nn.pool import check_pool_params
 from kernels.launch_utils import BLOCK, check_array, grid_1d, pick_version
 
 # The forward kernel versions kept (bench.py --versions times each); backward has one.
@@ -31,21 +32,13 @@ def max_pool_forward(runner, x, kernel, stride, pad=0, layer='pool', version=Non
     h * W + w of each window's maximum within its (H, W) plane (first maximum on ties).
     """
     check_array(runner, x, "x", layer, "(N, C, H, W)", ndim=4)
-    kernel = check_int(kernel, "kernel", layer, 1)
-    stride = check_int(stride, "stride", layer, 1)
-    pad = check_int(pad, "pad", layer, 0)
+    kernel, stride, pad, ho, wo = check_pool_params(x.shape, kernel, stride, pad, layer)
     n, c, h, w = x.shape
-    if pad >= kernel:
-        fail(layer, f"pad = {pad} must be smaller than kernel = {kernel} (Caffe's rule)")
-    if h + 2 * pad < kernel or w + 2 * pad < kernel:
-        fail(layer, f"kernel {kernel} does not fit the padded input {h + 2 * pad}x"
-                    f"{w + 2 * pad} (x of shape {tuple(x.shape)}, pad = {pad})")
     shared = _v2_shared_bytes(kernel, stride)
     version = pick_version(version, VERSIONS, 2 if shared <= SHARED_LIMIT else 1, layer)
     if version == 2 and shared > SHARED_LIMIT:
         fail(layer, f"version=2 would need {shared} bytes of shared memory for kernel "
                     f"{kernel}, stride {stride} (limit {SHARED_LIMIT}); use version=1")
-    ho, wo = pool_output_size(h, kernel, stride, pad), pool_output_size(w, kernel, stride, pad)
     y = runner.xp.empty((n, c, ho, wo), dtype=np.float32)
     argmax = runner.xp.empty((n, c, ho, wo), dtype=np.int32)
     args = (x, y, argmax) + tuple(np.int32(v) for v in (n * c, h, w, ho, wo, kernel, stride,

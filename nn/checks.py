@@ -1,8 +1,15 @@
-"""Input checks shared by the NumPy reference layers.
+"""Input checks shared by the NumPy reference layers and the kernel launchers.
 
 Every forward validates its arguments before touching them, so that a wrong shape or
 dtype gives a ValueError that names the layer, the argument and the expected shape,
 rather than a NumPy broadcasting error from deep inside the computation.
+
+Two kinds of checks live here: array checks (check_float_array, check_same_dtype,
+check_upstream_grad), which accept NumPy arrays only and serve the reference; and checks
+of plain values and shape tuples (fail, check_int, check_number, expect_shape,
+check_writeable), which the layer-specific parameter checks in nn/<layer>.py build on and
+which the launchers in kernels/ call too, after their own device-array check
+(kernels/launch_utils.check_array).
 """
 import numpy as np
 
@@ -36,10 +43,16 @@ def check_float_array(a, name, layer, ndim=None, expected=None, min_ndim=None):
     return a
 
 
+def expect_shape(shape, name, layer, want, expected):
+    """Check the shape tuple `shape` == `want` exactly; `expected` explains where the numbers
+    come from. Works on shapes only, so the kernel launchers (device arrays) share it."""
+    if tuple(shape) != tuple(want):
+        fail(layer, f"{name} must have shape {tuple(want)} {expected}, got {tuple(shape)}")
+
+
 def check_shape(a, name, layer, shape, expected):
     """Check a.shape == shape exactly; `expected` explains where the numbers come from."""
-    if tuple(a.shape) != tuple(shape):
-        fail(layer, f"{name} must have shape {tuple(shape)} {expected}, got {tuple(a.shape)}")
+    expect_shape(a.shape, name, layer, shape, expected)
     return a
 
 
@@ -78,6 +91,13 @@ def check_number(value, name, layer, minimum=None, maximum=None, max_inclusive=T
         bracket = "]" if max_inclusive else ")"
         fail(layer, f"{name} must be a finite number in [{lo}, {hi}{bracket}, got {value!r}")
     return value
+
+
+def check_writeable(layer, **arrays):
+    """Arrays a function updates in place must be writeable. NumPy arrays can be read-only;
+    CuPy's flags have no `writeable` (device arrays always are), hence the getattr."""
+    if not all(getattr(a.flags, "writeable", True) for a in arrays.values()):
+        fail(layer, f"{' and '.join(arrays)} are updated in place and must be writeable")
 
 
 def check_upstream_grad(dy, shape, dtype, layer):

@@ -24,12 +24,10 @@ def channel_window_sum(a, local_size):
     return s
 
 
-def lrn_forward(x, local_size=5, alpha=1e-4, beta=0.75, k=1.0, layer='norm'):
-    """x (N, C, H, W) -> y (N, C, H, W), Caffe's cross-channel LRN (local_size odd).
-
-    Returns (y, cache); the cache references x and y: do not modify them in place.
-    """
-    check_float_array(x, "x", layer, ndim=4, expected="(N, C, H, W)")
+def check_lrn_params(local_size, alpha, beta, k, layer):
+    """Validate LRN's hyper-parameters (shared with the kernel launcher kernels/lrn.py):
+    local_size an odd integer >= 1, alpha >= 0, beta finite, k > 0.
+    Returns (local_size as int, alpha, beta, k as floats)."""
     local_size = check_int(local_size, "local_size", layer, 1)
     if local_size % 2 == 0:
         fail(layer, f"local_size must be odd (a window centred on each channel), got "
@@ -37,8 +35,18 @@ def lrn_forward(x, local_size=5, alpha=1e-4, beta=0.75, k=1.0, layer='norm'):
     alpha = check_number(alpha, "alpha", layer, minimum=0.0)
     beta = check_number(beta, "beta", layer)
     k = check_number(k, "k", layer)
-    if k <= 0:
+    if k <= 0:   # scale = k + (sum of squares) must stay positive for scale ** -beta
         fail(layer, f"k must be > 0 so that scale stays positive, got {k}")
+    return local_size, alpha, beta, k
+
+
+def lrn_forward(x, local_size=5, alpha=1e-4, beta=0.75, k=1.0, layer='norm'):
+    """x (N, C, H, W) -> y (N, C, H, W), Caffe's cross-channel LRN (local_size odd).
+
+    Returns (y, cache); the cache references x and y: do not modify them in place.
+    """
+    check_float_array(x, "x", layer, ndim=4, expected="(N, C, H, W)")
+    local_size, alpha, beta, k = check_lrn_params(local_size, alpha, beta, k, layer)
     dt = x.dtype.type
     scale = channel_window_sum(x * x, local_size)
     scale *= dt(alpha / local_size)

@@ -34,6 +34,26 @@ def pool_output_size(size, kernel, stride, pad):
     return out
 
 
+def check_pool_params(x_shape, kernel, stride, pad, layer):
+    """Validate pooling's hyper-parameters against the input shape x_shape (N, C, H, W);
+    shared with the kernel launcher kernels/pool.py, so it looks at shapes only.
+
+    kernel, stride >= 1 and 0 <= pad < kernel (Caffe's rule), and the window must fit the
+    padded input. Returns (kernel, stride, pad) as ints and the output size (Ho, Wo).
+    """
+    kernel = check_int(kernel, "kernel", layer, 1)
+    stride = check_int(stride, "stride", layer, 1)
+    pad = check_int(pad, "pad", layer, 0)
+    h, w = x_shape[2:]
+    if pad >= kernel:
+        fail(layer, f"pad = {pad} must be smaller than kernel = {kernel} (Caffe's rule)")
+    if h + 2 * pad < kernel or w + 2 * pad < kernel:
+        fail(layer, f"kernel {kernel} does not fit the padded input {h + 2 * pad}x"
+                    f"{w + 2 * pad} (x of shape {tuple(x_shape)}, pad = {pad})")
+    ho, wo = pool_output_size(h, kernel, stride, pad), pool_output_size(w, kernel, stride, pad)
+    return kernel, stride, pad, ho, wo
+
+
 def _padded_extent(size, kernel, stride, pad, out):
     """Length of the padded axis that holds every window, clipped ones included."""
     return max(size + 2 * pad, (out - 1) * stride + kernel)
@@ -111,16 +131,8 @@ def max_pool_forward(x, kernel, stride, pad=0, layer='pool'):
     no value above -FLT_MAX (y is -FLT_MAX there).
     """
     check_float_array(x, "x", layer, ndim=4, expected="(N, C, H, W)")
-    kernel = check_int(kernel, "kernel", layer, 1)
-    stride = check_int(stride, "stride", layer, 1)
-    pad = check_int(pad, "pad", layer, 0)
+    kernel, stride, pad, ho, wo = check_pool_params(x.shape, kernel, stride, pad, layer)
     n, c, h, w = x.shape
-    if pad >= kernel:
-        fail(layer, f"pad = {pad} must be smaller than kernel = {kernel} (Caffe's rule)")
-    if h + 2 * pad < kernel or w + 2 * pad < kernel:
-        fail(layer, f"kernel {kernel} does not fit the padded input {h + 2 * pad}x"
-                    f"{w + 2 * pad} (x of shape {x.shape}, pad = {pad})")
-    ho, wo = pool_output_size(h, kernel, stride, pad), pool_output_size(w, kernel, stride, pad)
     padded = (_padded_extent(h, kernel, stride, pad, ho),
               _padded_extent(w, kernel, stride, pad, wo))
     y = np.empty((n, c, ho, wo), dtype=x.dtype)

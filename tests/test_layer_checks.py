@@ -1,0 +1,82 @@
+"""The NumPy reference (nn/<layer>.py) and the kernel launchers (kernels/<family>.py) share
+one check of each layer's hyper-parameters and shapes: the same bad argument must give the
+same ValueError message on both sides.
+
+The arrays here are float32 and C-contiguous, so both sides' own array checks pass and the
+error comes from the shared check. No kernel is launched (every call fails before), so the
+emulator runner is used as is, without compiling anything.
+"""
+import re
+
+import numpy as np
+import pytest
+
+import nn.conv
+import nn.dropout
+import nn.inner_product
+import nn.lrn
+import nn.pool
+import nn.sgd
+import nn.softmax
+from kernels import conv, dropout, gemm, lrn, pool, sgd, softmax
+from kernels.runner import get_runner
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return get_runner("emu")
+
+
+def uniform(shape, seed=0):
+    """float32 values in [0.5, 1.5): no zeros."""
+    return np.random.default_rng(seed).uniform(0.5, 1.5, size=shape).astype(np.float32)
+
+
+def same_error(reference, launcher, match):
+    """Call both (no-argument callables); both must raise ValueError with one message, which
+    must match `match`. Returns the message."""
+    with pytest.raises(ValueError) as ref:
+        reference()
+    with pytest.raises(ValueError) as ker:
+        launcher()
+    assert str(ref.value) == str(ker.value)
+    assert re.search(match, str(ref.value)), str(ref.value)
+    return str(ref.value)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(local_size=4), r"^norm1: local_size must be odd .*got 4$"),
+    (dict(local_size=0), r"^norm1: local_size must be an integer >= 1, got 0$"),
+    (dict(local_size=3.0), r"^norm1: local_size must be an integer >= 1, got 3\.0$"),
+    (dict(alpha=-1e-4), r"^norm1: alpha must be a finite number in \[0\.0, inf\]"),
+    (dict(beta=float("nan")), r"^norm1: beta must be a finite number"),
+    (dict(k="1"), r"^norm1: k must be a number, got '1'$"),
+    (dict(k=0.0), r"^norm1: k must be > 0 so that scale stays positive, got 0\.0$"),
+])
+def test_lrn_params(emu, kw, match):
+    x = uniform((1, 5, 3, 2))
+    same_error(lambda: nn.lrn.lrn_forward(x, layer="norm1", **kw),
+               lambda: lrn.lrn_forward(emu, x, layer="norm1", **kw), match)
+
+
+@pytest.mark.parametrize("shape, kw, match", [
+    ((1, 2, 5, 7), dict(kernel=0, stride=1), r"^pool2: kernel must be an integer >= 1"),
+    ((1, 2, 5, 7), dict(kernel=3, stride=0), r"^pool2: stride must be an integer >= 1"),
+    ((1, 2, 5, 7), dict(kernel=3, stride=True), r"^pool2: stride must be an integer >= 1"),
+    ((1, 2, 5, 7), dict(kernel=3, stride=2, pad=-1), r"^pool2: pad must be an integer >= 0"),
+    ((1, 2, 5, 7), dict(kernel=3, stride=2, pad=3),
+     r"^pool2: pad = 3 must be smaller than kernel = 3 \(Caffe's rule\)$"),
+    ((1, 2, 5, 2), dict(kernel=3, stride=1),
+     r"^pool2: kernel 3 does not fit the padded input 5x2 \(x of shape \(1, 2, 5, 2\), "
+     r"pad = 0\)$"),
+])
+def test_pool_params(emu, shape, kw, match):
+    x = uniform(shape)
+    same_error(lambda: nn.pool.max_pool_forward(x, layer="pool2", **kw),
+               lambda: pool.max_pool_forward(emu, x, layer="pool2", **kw), match)
+
+
+def test_pool_params_give_the_output_size():
+    """check_pool_params returns Caffe's output size (ceil, then the pad correction)."""
+    assert nn.pool.check_pool_params((2, 3, 13, 6), 3, 2, 0, "p") == (3, 2, 0, 6, 3)
+    assert nn.pool.check_pool_params((1, 1, 5, 6), 2, 2, 1, "p") == (2, 2, 1, 3, 4)
