@@ -15,8 +15,7 @@ it splits over blocks into partial sums added by conv_sum_partials (deterministi
 import numpy as np
 
 from kernels.launch_utils import check_array, pick_version
-from nn.checks import check_int, fail
-from nn.conv import conv_output_size
+from nn.conv import check_conv_params
 
 VERSIONS = (1, 2)
 DEFAULT_VERSION = 2
@@ -45,29 +44,13 @@ def _geometry(x_shape, w_shape, stride, pad, group, ho, wo):
 
 
 def _check_conv_args(runner, x, w, b, stride, pad, group, layer):
-    """Validate the forward's arguments; return (stride, pad, group, Ho, Wo)."""
+    """The launcher's arrays (C-contiguous float32 device arrays), then the reference's
+    shape and parameter check nn.conv.check_conv_params; returns (stride, pad, group, Ho,
+    Wo)."""
     check_array(runner, x, "x", layer, "(N, C, H, W)", ndim=4)
     check_array(runner, w, "w", layer, "(K, C // group, kh, kw)", ndim=4)
-    stride = check_int(stride, "stride", layer, 1)
-    pad = check_int(pad, "pad", layer, 0)
-    group = check_int(group, "group", layer, 1)
-    k, cg, kh, kw = w.shape
-    n, c, h, wid = x.shape
-    if min(k, cg, kh, kw, n) == 0:
-        fail(layer, f"x {tuple(x.shape)} and w {tuple(w.shape)} must not have empty axes")
-    if k % group:
-        fail(layer, f"the number of filters K = {k} (w.shape[0]) must be divisible by "
-                    f"group = {group}")
-    if c != cg * group:
-        fail(layer, f"x must have shape (N, {cg * group}, H, W) (C = w.shape[1] * group = "
-                    f"{cg} * {group}), got {tuple(x.shape)}")
-    check_array(runner, b, "b", layer, f"({k},) (one bias per filter, K = w.shape[0])",
-                shape=(k,))
-    ho, wo = conv_output_size(h, kh, stride, pad), conv_output_size(wid, kw, stride, pad)
-    if ho < 1 or wo < 1:
-        fail(layer, f"kernel {kh}x{kw} does not fit the padded input {h + 2 * pad}x"
-                    f"{wid + 2 * pad} (x of shape {tuple(x.shape)}, pad = {pad})")
-    return stride, pad, group, ho, wo
+    check_array(runner, b, "b", layer, f"({w.shape[0]},)", ndim=1)
+    return check_conv_params(x.shape, w.shape, b.shape, stride, pad, group, layer)
 
 
 def conv_forward(runner, x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv',

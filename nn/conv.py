@@ -12,8 +12,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from nn.threads import run_split
-from nn.checks import (check_float_array, check_int, check_same_dtype, check_shape,
-                       check_upstream_grad, fail)
+from nn.checks import (check_float_array, check_int, check_same_dtype, check_upstream_grad,
+                       expect_shape, fail)
 
 
 def conv_output_size(size, kernel, stride, pad):
@@ -67,29 +67,40 @@ def col2im(cols, x_shape, kh, kw, stride, pad):
     return np.ascontiguousarray(dxt.transpose(1, 0, 2, 3))
 
 
-def _check_conv_args(x, w, b, stride, pad, group, layer):
-    """Validate convolution arguments; return (stride, pad, group, Ho, Wo)."""
-    check_float_array(x, "x", layer, ndim=4, expected="(N, C, H, W)")
-    check_float_array(w, "w", layer, ndim=4, expected="(K, C // group, kh, kw)")
+def check_conv_params(x_shape, w_shape, b_shape, stride, pad, group, layer):
+    """Validate a convolution's hyper-parameters against the shapes x (N, C, H, W),
+    w (K, C // group, kh, kw), b (K,); shared with the kernel launcher kernels/conv.py, so
+    it looks at shapes only. Returns (stride, pad, group) as ints and the output size
+    (Ho, Wo)."""
     stride = check_int(stride, "stride", layer, 1)
     pad = check_int(pad, "pad", layer, 0)
     group = check_int(group, "group", layer, 1)
-    k, cg, kh, kw = w.shape
-    n, c, h, wid = x.shape
+    k, cg, kh, kw = w_shape
+    n, c, h, wid = x_shape
+    if min(k, cg, kh, kw, n) == 0:   # nothing to compute (and a zero-size grid on the GPU)
+        fail(layer, f"x {tuple(x_shape)} and w {tuple(w_shape)} must not have empty axes")
     if k % group:
         fail(layer, f"the number of filters K = {k} (w.shape[0]) must be divisible by "
                     f"group = {group}")
     if c != cg * group:
         fail(layer, f"x must have shape (N, {cg * group}, H, W) (C = w.shape[1] * group = "
-                    f"{cg} * {group}), got {x.shape}")
-    check_float_array(b, "b", layer, ndim=1, expected=f"({k},)")
-    check_shape(b, "b", layer, (k,), "(one bias per filter, K = w.shape[0])")
-    check_same_dtype(layer, x=x, w=w, b=b)
+                    f"{cg} * {group}), got {tuple(x_shape)}")
+    expect_shape(b_shape, "b", layer, (k,), "(one bias per filter, K = w.shape[0])")
     ho, wo = conv_output_size(h, kh, stride, pad), conv_output_size(wid, kw, stride, pad)
     if ho < 1 or wo < 1:
         fail(layer, f"kernel {kh}x{kw} does not fit the padded input {h + 2 * pad}x"
-                    f"{wid + 2 * pad} (x of shape {x.shape}, pad = {pad})")
+                    f"{wid + 2 * pad} (x of shape {tuple(x_shape)}, pad = {pad})")
     return stride, pad, group, ho, wo
+
+
+def _check_conv_args(x, w, b, stride, pad, group, layer):
+    """The reference's arrays (float32/float64 NumPy, one dtype), then the shared
+    check_conv_params; returns what that returns."""
+    check_float_array(x, "x", layer, ndim=4, expected="(N, C, H, W)")
+    check_float_array(w, "w", layer, ndim=4, expected="(K, C // group, kh, kw)")
+    check_float_array(b, "b", layer, ndim=1, expected=f"({w.shape[0]},)")
+    check_same_dtype(layer, x=x, w=w, b=b)
+    return check_conv_params(x.shape, w.shape, b.shape, stride, pad, group, layer)
 
 
 def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv'):

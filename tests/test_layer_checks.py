@@ -80,3 +80,34 @@ def test_pool_params_give_the_output_size():
     """check_pool_params returns Caffe's output size (ceil, then the pad correction)."""
     assert nn.pool.check_pool_params((2, 3, 13, 6), 3, 2, 0, "p") == (3, 2, 0, 6, 3)
     assert nn.pool.check_pool_params((1, 1, 5, 6), 2, 2, 1, "p") == (2, 2, 1, 3, 4)
+
+
+@pytest.mark.parametrize("shapes, kw, match", [
+    (((2, 6, 7, 9), (6, 3, 3, 3), (6,)), dict(stride=0), r"^conv3: stride must be an integer >= 1"),
+    (((2, 6, 7, 9), (6, 3, 3, 3), (6,)), dict(pad=-1), r"^conv3: pad must be an integer >= 0"),
+    (((2, 6, 7, 9), (6, 3, 3, 3), (6,)), dict(group=1.5), r"^conv3: group must be an integer"),
+    (((0, 6, 7, 9), (6, 3, 3, 3), (6,)), {},
+     r"^conv3: x \(0, 6, 7, 9\) and w \(6, 3, 3, 3\) must not have empty axes$"),
+    (((2, 6, 7, 9), (6, 3, 0, 3), (6,)), {}, r"^conv3: .* must not have empty axes$"),
+    (((2, 6, 7, 9), (5, 3, 3, 3), (5,)), {},
+     r"^conv3: the number of filters K = 5 \(w.shape\[0\]\) must be divisible by group = 2$"),
+    (((2, 5, 7, 9), (6, 3, 3, 3), (6,)), {},
+     r"^conv3: x must have shape \(N, 6, H, W\) \(C = w.shape\[1\] \* group = 3 \* 2\), "
+     r"got \(2, 5, 7, 9\)$"),
+    (((2, 6, 7, 9), (6, 3, 3, 3), (5,)), {},
+     r"^conv3: b must have shape \(6,\) \(one bias per filter, K = w.shape\[0\]\), got \(5,\)$"),
+    (((2, 6, 7, 4), (6, 3, 3, 5), (6,)), {},
+     r"^conv3: kernel 3x5 does not fit the padded input 7x4 \(x of shape \(2, 6, 7, 4\), "
+     r"pad = 0\)$"),
+])
+def test_conv_params(emu, shapes, kw, match):
+    x, w, b = (uniform(s, seed) for seed, s in enumerate(shapes))
+    kw = dict(dict(group=2), **kw)
+    same_error(lambda: nn.conv.conv_forward(x, w, b, layer="conv3", **kw),
+               lambda: conv.conv_forward(emu, x, w, b, layer="conv3", **kw), match)
+
+
+def test_conv_params_give_the_output_size():
+    """Caffe's floor rule: Ho = (H + 2*pad - kh) // stride + 1."""
+    assert nn.conv.check_conv_params((2, 6, 11, 8), (4, 3, 3, 2), (4,), 2, 1, 2, "c") == \
+        (2, 1, 2, 6, 5)
