@@ -1,11 +1,12 @@
 """Launcher for kernels/sgd.cu: Caffe's momentum SGD update with weight decay, in place.
 
 Same signature as nn/sgd.py with a leading `runner` and an optional `version`
-(1: scalar, 2: float4; default 2 when the arrays are 16-byte aligned).
+(1: scalar, 2: float4; default 2 when the arrays are 16-byte aligned). Shapes and scalars
+are checked by nn.sgd.check_sgd_args, shared with the reference.
 """
 import numpy as np
 
-from nn.checks import check_number, fail
+from nn.sgd import check_sgd_args
 from kernels.launch_utils import (BLOCK, VECTOR_VERSIONS, check_array, grid_1d,
                                   vector_version)
 
@@ -25,14 +26,9 @@ def sgd_update(runner, param, grad, history, lr, momentum, weight_decay, grad_sc
     layer = "sgd_update"
     check_array(runner, param, "param", layer, "(any shape)")
     for name, a in (("grad", grad), ("history", history)):
-        check_array(runner, a, name, layer, f"{tuple(param.shape)} (the shape of param)",
-                    shape=param.shape)
-    # numpy arrays can be read-only; cupy's flags have no `writeable` (always writeable).
-    if not all(getattr(a.flags, "writeable", True) for a in (param, history)):
-        fail(layer, "param and history are updated in place and must be writeable")
-    scalars = tuple(np.float32(check_number(v, name, layer)) for v, name in
-                    ((lr, "lr"), (momentum, "momentum"), (weight_decay, "weight_decay"),
-                     (grad_scale, "grad_scale")))
+        check_array(runner, a, name, layer, f"{tuple(param.shape)} (the shape of param)")
+    scalars = tuple(np.float32(v) for v in check_sgd_args(
+        param, grad, history, lr, momentum, weight_decay, grad_scale, layer))
     v = vector_version(version, (param, grad, history), layer)
     n = param.size
     runner.kernel("sgd.cu", f"sgd_update_v{v}")(

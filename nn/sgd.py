@@ -5,11 +5,24 @@ so each element is read and written once, and the blocks are split over the CPU 
 """
 import numpy as np
 
+from nn.checks import (check_float_array, check_number, check_same_dtype, check_writeable,
+                       expect_shape, fail)
 from nn.threads import run_split
 
 BLOCK = 1 << 16   # elements per block: 256 KiB of float32 per array, a few fit in L2
 
-from nn.checks import check_float_array, check_number, check_same_dtype, check_shape, fail
+
+def check_sgd_args(param, grad, history, lr, momentum, weight_decay, grad_scale, layer):
+    """Shared with the kernel launcher kernels/sgd.py (the caller has checked the arrays'
+    types; this uses only their shapes and flags): grad and history have param's shape,
+    param and history are writeable, the four scalars are finite numbers.
+    Returns (lr, momentum, weight_decay, grad_scale) as floats."""
+    for name, a in (("grad", grad), ("history", history)):
+        expect_shape(a.shape, name, layer, param.shape, "(the shape of param)")
+    check_writeable(layer, param=param, history=history)
+    return tuple(check_number(v, name, layer) for v, name in
+                 ((lr, "lr"), (momentum, "momentum"), (weight_decay, "weight_decay"),
+                  (grad_scale, "grad_scale")))
 
 
 def sgd_update(param, grad, history, lr, momentum, weight_decay, grad_scale=1.0):
@@ -23,17 +36,13 @@ def sgd_update(param, grad, history, lr, momentum, weight_decay, grad_scale=1.0)
     """
     layer = 'sgd_update'
     check_float_array(param, "param", layer)
-    for name, a in (("grad", grad), ("history", history)):
-        check_float_array(a, name, layer, expected=str(param.shape))
-        check_shape(a, name, layer, param.shape, "(the shape of param)")
+    check_float_array(grad, "grad", layer, expected=str(param.shape))
+    check_float_array(history, "history", layer, expected=str(param.shape))
+    scalars = check_sgd_args(param, grad, history, lr, momentum, weight_decay, grad_scale,
+                             layer)
     check_same_dtype(layer, param=param, grad=grad, history=history)
-    if not (param.flags.writeable and history.flags.writeable):
-        fail(layer, "param and history are updated in place and must be writeable")
     dt = param.dtype.type
-    lr, momentum, weight_decay, grad_scale = (
-        dt(check_number(v, name, layer)) for v, name in
-        ((lr, "lr"), (momentum, "momentum"), (weight_decay, "weight_decay"),
-         (grad_scale, "grad_scale")))
+    lr, momentum, weight_decay, grad_scale = (dt(v) for v in scalars)
     if not (param.flags.c_contiguous and grad.flags.c_contiguous
             and history.flags.c_contiguous):
         fail(layer, "param, grad and history must be C-contiguous")
