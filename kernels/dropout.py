@@ -7,8 +7,7 @@ the same single multiply).
 """
 import numpy as np
 
-from nn.checks import check_int, check_number, fail
-from nn.dropout import keep_threshold
+from nn.dropout import check_dropout_params, keep_threshold
 from kernels.launch_utils import BLOCK, check_array, grid_1d, pick_version
 
 VERSIONS = (1,)  # the kernel versions kept (bench.py --versions times each)
@@ -30,16 +29,12 @@ def dropout_forward(runner, x, ratio, seed, train=True, layer='dropout', version
     (the same array, like the reference). Returns (y, cache); cache is None in test mode,
     else the (seed, threshold, scale) triple that backward needs.
     """
+    # check_array also bounds the size by the kernel's int element index (< 2**31).
     check_array(runner, x, "x", layer, "(N, ...)")
-    ratio = check_number(ratio, "ratio", layer, minimum=0.0, maximum=1.0, max_inclusive=False)
-    seed = check_int(seed, "seed", layer, 0)
-    if seed >= 2 ** 32:
-        fail(layer, f"seed must be < 2**32 (it is used as a uint32), got {seed}")
+    ratio, seed = check_dropout_params(ratio, seed, layer)
     version = pick_version(version, VERSIONS, 1, layer)
     if not train:
         return x, None
-    if x.size >= 2 ** 31:
-        fail(layer, f"x has {x.size} elements; the kernel's int element index allows < 2**31")
     # The scale is rounded to float32 exactly as in nn/dropout.py.
     params = (seed, keep_threshold(ratio), np.float32(1.0 / (1.0 - ratio)))
     return _apply(runner, x, params, version), (params, tuple(x.shape))

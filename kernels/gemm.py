@@ -5,7 +5,8 @@ optional `version`:
     1  one thread per output (gemm_v1)
     2  16 x 16 shared-memory tiles (gemm_v2)
     3  128 x 128 register-blocked tiles, float4 loads, double buffering (gemm_v3, default)
-`matmul` exposes the bare product so the benchmark can time it against cuBLAS.
+`matmul` exposes the bare product so the benchmark can time it against cuBLAS. The layer's
+shapes are checked by nn.inner_product.check_inner_product_shapes, shared with the reference.
 
 All three products of a layer use one kernel, told the operands' layouts by two flags
 (see the header of gemm.cu):
@@ -18,6 +19,7 @@ import numpy as np
 
 from kernels.launch_utils import check_array, pick_version
 from nn.checks import fail
+from nn.inner_product import check_inner_product_shapes
 
 VERSIONS = (1, 2, 3)
 DEFAULT_VERSION = 3
@@ -117,12 +119,8 @@ def inner_product_forward(runner, x, w, b, relu=False, layer='fc', version=None)
     check_array(runner, w, "w", layer, "(O, D)", ndim=2)
     o, d = w.shape
     check_array(runner, x, "x", layer, f"(N, {d}) or (N, ...) with {d} elements per sample")
-    n = x.shape[0] if x.ndim >= 1 else 0
-    if x.ndim < 2 or n == 0 or x.size != n * d:
-        fail(layer, f"x must have D = {d} (w.shape[1]) elements per sample, i.e. shape "
-                    f"(N, {d}) or (N, ...) with product {d}; got {tuple(x.shape)}")
-    check_array(runner, b, "b", layer, f"({o},) (one bias per output, O = w.shape[0])",
-                shape=(o,))
+    check_array(runner, b, "b", layer, f"({o},)", ndim=1)
+    n, d, o = check_inner_product_shapes(x.shape, w.shape, b.shape, layer)
     x2 = x.reshape(n, d)
     y = runner.xp.empty((n, o), dtype=np.float32)
     _gemm(runner, x2, w, y, b, n, o, d, False, True, _BIAS_PER_COLUMN, relu, version)

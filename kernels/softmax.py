@@ -10,7 +10,8 @@ is copied back to the host (which synchronises, as the float return value requir
 """
 import numpy as np
 
-from nn.checks import check_number, fail
+from nn.checks import check_number
+from nn.softmax import check_labels, check_softmax_shape
 from kernels.launch_utils import BLOCK, check_array, grid_1d, pick_version
 
 # The softmax kernel versions kept (bench.py --versions times each); the loss and the
@@ -28,9 +29,7 @@ def _scalar(runner, a):
 def softmax(runner, scores, layer='softmax', version=None):
     """Softmax over axis 1: scores (N, C) or (N, C, H, W) float32 -> probs, same shape."""
     check_array(runner, scores, "scores", layer, "(N, C) or (N, C, H, W)")
-    if scores.ndim not in (2, 4):
-        fail(layer, f"scores must have shape (N, C) or (N, C, H, W), got "
-                    f"{tuple(scores.shape)}")
+    check_softmax_shape(scores.shape, layer)
     n, c = scores.shape[:2]
     s = int(np.prod(scores.shape[2:], dtype=np.int64))
     default = 2 if (s == 1 and c >= V2_MIN_CLASSES) else 1
@@ -47,18 +46,13 @@ def softmax(runner, scores, layer='softmax', version=None):
 
 
 def _check_scores_labels(runner, scores, labels, layer):
-    """scores (N, C) float32, labels (N,) int32 in [0, C) (the range check copies the
-    labels' min and max to the host)."""
+    """scores (N, C) float32, labels (N,) int32 in [0, C): the device arrays here, then the
+    reference's nn.softmax.check_labels (whose range check copies the labels' min and max
+    to the host)."""
     check_array(runner, scores, "scores", layer, "(N, C)", ndim=2)
-    n, c = scores.shape
-    check_array(runner, labels, "labels", layer, f"({n},) (one label per row of scores)",
-                shape=(n,), dtype=np.int32)
-    if n == 0:
-        fail(layer, "scores must have at least one row (the loss is a mean over rows)")
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= c:
-        fail(layer, f"labels must lie in [0, {c}) (C = scores.shape[1]), got values in "
-                    f"[{lo}, {hi}]")
+    check_array(runner, labels, "labels", layer, f"({scores.shape[0]},) (one label per row "
+                "of scores)", dtype=np.int32)
+    check_labels(scores.shape, labels, layer)
 
 
 def softmax_loss_forward(runner, scores, labels, layer='softmax_loss', version=None):

@@ -30,6 +30,16 @@ def keep_threshold(ratio):
     return _U32(np.floor(ratio * 4294967295.0))
 
 
+def check_dropout_params(ratio, seed, layer):
+    """ratio a number in [0, 1), seed an integer in [0, 2**32); shared with the kernel
+    launcher kernels/dropout.py. Returns (ratio as float, seed as int)."""
+    ratio = check_number(ratio, "ratio", layer, minimum=0.0, maximum=1.0, max_inclusive=False)
+    seed = check_int(seed, "seed", layer, 0)
+    if seed >= 2 ** 32:
+        fail(layer, f"seed must be < 2**32 (it is used as a uint32), got {seed}")
+    return ratio, seed
+
+
 def dropout_forward(x, ratio, seed, train=True, layer='dropout'):
     """x (any shape) -> y (same shape).
 
@@ -37,10 +47,7 @@ def dropout_forward(x, ratio, seed, train=True, layer='dropout'):
     flat (C-order) element index; test: y = x (the same array). Returns (y, cache).
     """
     check_float_array(x, "x", layer, expected="(N, ...)")
-    ratio = check_number(ratio, "ratio", layer, minimum=0.0, maximum=1.0, max_inclusive=False)
-    seed = check_int(seed, "seed", layer, 0)
-    if seed >= 2 ** 32:
-        fail(layer, f"seed must be < 2**32 (it is used as a uint32), got {seed}")
+    ratio, seed = check_dropout_params(ratio, seed, layer)
     if not train:
         return x, None
     if x.size >= 2 ** 32:

@@ -1,8 +1,29 @@
 """Inner product (Caffe's InnerProduct layer): y = x W^T + b, optionally fused ReLU."""
+from math import prod
+
 import numpy as np
 
-from nn.checks import check_float_array, check_same_dtype, check_shape, check_upstream_grad, fail
+from nn.checks import (check_float_array, check_same_dtype, check_upstream_grad, expect_shape,
+                       fail)
 from nn.relu import relu_grad
+
+
+def check_inner_product_shapes(x_shape, w_shape, b_shape, layer):
+    """Validate the shapes x (N, ...) with D elements per sample, w (O, D), b (O,); shared
+    with the kernel launcher kernels/gemm.py, so it looks at shapes only. Returns (N, D, O).
+    """
+    o, d = w_shape
+    if len(x_shape) < 2:
+        fail(layer, f"x must be an array of shape (N, D) or (N, ...) with D = {d} "
+                    f"(w.shape[1]) elements per sample, got {tuple(x_shape)}")
+    n = x_shape[0]
+    if prod(x_shape[1:]) != d:
+        fail(layer, f"x must have D = {d} (w.shape[1]) elements per sample, i.e. shape "
+                    f"(N, {d}) or (N, ...) with product {d}; got {tuple(x_shape)}")
+    if min(n, o, d) == 0:   # nothing to compute (and a zero-size grid on the GPU)
+        fail(layer, f"x {tuple(x_shape)} and w {tuple(w_shape)} must not have empty axes")
+    expect_shape(b_shape, "b", layer, (o,), "(one bias per output, O = w.shape[0])")
+    return n, d, o
 
 
 def inner_product_forward(x, w, b, relu=False, layer='fc'):
@@ -11,17 +32,11 @@ def inner_product_forward(x, w, b, relu=False, layer='fc'):
     relu=True applies ReLU to y. Returns (y, cache); with relu=True the cache references
     y, so do not modify y in place before inner_product_backward.
     """
-    check_float_array(x, "x", layer, min_ndim=2, expected="(N, D) or (N, ...) with D elements "
-                                                          "per sample")
+    check_float_array(x, "x", layer, expected="(N, D) or (N, ...) with D elements per sample")
     check_float_array(w, "w", layer, ndim=2, expected="(O, D)")
-    o, d = w.shape
-    n = x.shape[0]
-    if x.size != n * d:
-        fail(layer, f"x must have D = {d} (w.shape[1]) elements per sample, i.e. shape "
-                    f"(N, {d}) or (N, ...) with product {d}; got {x.shape}")
-    check_float_array(b, "b", layer, ndim=1, expected=f"({o},)")
-    check_shape(b, "b", layer, (o,), "(one bias per output, O = w.shape[0])")
+    check_float_array(b, "b", layer, ndim=1, expected=f"({w.shape[0]},)")
     check_same_dtype(layer, x=x, w=w, b=b)
+    n, d, _ = check_inner_product_shapes(x.shape, w.shape, b.shape, layer)
     x2 = x.reshape(n, d)
     y = x2 @ w.T
     y += b

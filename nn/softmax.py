@@ -1,9 +1,30 @@
 """Softmax, Caffe's SoftmaxWithLoss (normalised by the batch size) and top-1 accuracy."""
 import numpy as np
 
-from nn.checks import check_float_array, check_shape, fail
+from nn.checks import check_float_array, check_number, expect_shape, fail
 
 FLT_MIN = np.finfo(np.float32).tiny  # Caffe clamps p at FLT_MIN before the log
+
+
+def check_softmax_shape(shape, layer):
+    """scores must be (N, C) or (N, C, H, W); shared with kernels/softmax.py."""
+    if len(shape) not in (2, 4):
+        fail(layer, f"scores must have shape (N, C) or (N, C, H, W), got {tuple(shape)}")
+
+
+def check_labels(scores_shape, labels, layer):
+    """labels (N,) with values in [0, C) for scores (N, C), and N >= 1 (the loss and the
+    accuracy are means over rows). Shared with kernels/softmax.py: the caller has checked
+    the arrays' types; this uses only labels.shape and labels.min()/max(), which a CuPy
+    array answers too (copying two numbers to the host)."""
+    n, c = scores_shape
+    expect_shape(labels.shape, "labels", layer, (n,), "(one label per row of scores)")
+    if n == 0:
+        fail(layer, "scores must have at least one row (the loss is a mean over rows)")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= c:
+        fail(layer, f"labels must lie in [0, {c}) (C = scores.shape[1]), got values in "
+                    f"[{lo}, {hi}]")
 
 
 def softmax(scores, layer='softmax'):
@@ -12,8 +33,7 @@ def softmax(scores, layer='softmax'):
     The per-position maximum is subtracted first so exp never overflows.
     """
     check_float_array(scores, "scores", layer, expected="(N, C) or (N, C, H, W)")
-    if scores.ndim not in (2, 4):
-        fail(layer, f"scores must have shape (N, C) or (N, C, H, W), got {scores.shape}")
+    check_softmax_shape(scores.shape, layer)
     p = scores - scores.max(axis=1, keepdims=True)
     np.exp(p, out=p)
     p /= p.sum(axis=1, keepdims=True)
@@ -23,15 +43,12 @@ def softmax(scores, layer='softmax'):
 def _check_scores_labels(scores, labels, layer):
     """scores (N, C) float, labels (N,) integers in [0, C)."""
     check_float_array(scores, "scores", layer, ndim=2, expected="(N, C)")
-    n, c = scores.shape
+    n = scores.shape[0]
     if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
         fail(layer, f"labels must be an integer array of shape ({n},), got "
                     f"{type(labels).__name__}" + (f" of dtype {labels.dtype}"
                                                    if isinstance(labels, np.ndarray) else ""))
-    check_shape(labels, "labels", layer, (n,), "(one label per row of scores)")
-    if n and (labels.min() < 0 or labels.max() >= c):
-        fail(layer, f"labels must lie in [0, {c}) (C = scores.shape[1]), got values in "
-                    f"[{labels.min()}, {labels.max()}]")
+    check_labels(scores.shape, labels, layer)
 
 
 def softmax_loss_forward(scores, labels, layer='softmax_loss'):
@@ -48,6 +65,7 @@ def softmax_loss_forward(scores, labels, layer='softmax_loss'):
 def softmax_loss_backward(cache, loss_weight=1.0):
     """-> dscores (N, C) = (p - onehot(labels)) * loss_weight / N."""
     p, labels = cache
+    loss_weight = check_number(loss_weight, "loss_weight", "softmax_loss_backward")
     n = p.shape[0]
     d = p.copy()
     d[np.arange(n), labels] -= 1

@@ -111,3 +111,100 @@ def test_conv_params_give_the_output_size():
     """Caffe's floor rule: Ho = (H + 2*pad - kh) // stride + 1."""
     assert nn.conv.check_conv_params((2, 6, 11, 8), (4, 3, 3, 2), (4,), 2, 1, 2, "c") == \
         (2, 1, 2, 6, 5)
+
+
+@pytest.mark.parametrize("shapes, match", [
+    (((7,), (5, 7), (5,)),
+     r"^fc6: x must be an array of shape \(N, D\) or \(N, \.\.\.\) with D = 7 \(w.shape\[1\]\) "
+     r"elements per sample, got \(7,\)$"),
+    (((3, 2, 4), (5, 7), (5,)),
+     r"^fc6: x must have D = 7 \(w.shape\[1\]\) elements per sample, i.e. shape \(N, 7\) or "
+     r"\(N, \.\.\.\) with product 7; got \(3, 2, 4\)$"),
+    (((0, 7), (5, 7), (5,)), r"^fc6: x \(0, 7\) and w \(5, 7\) must not have empty axes$"),
+    (((3, 7), (5, 7), (4,)),
+     r"^fc6: b must have shape \(5,\) \(one bias per output, O = w.shape\[0\]\), got \(4,\)$"),
+])
+def test_inner_product_shapes(emu, shapes, match):
+    x, w, b = (uniform(s, seed) for seed, s in enumerate(shapes))
+    same_error(lambda: nn.inner_product.inner_product_forward(x, w, b, layer="fc6"),
+               lambda: gemm.inner_product_forward(emu, x, w, b, layer="fc6"), match)
+
+
+def test_inner_product_shapes_give_n_d_o():
+    assert nn.inner_product.check_inner_product_shapes((3, 2, 5), (4, 10), (4,), "f") == \
+        (3, 10, 4)
+
+
+def test_softmax_shape(emu):
+    x = uniform((3, 5, 2))
+    same_error(lambda: nn.softmax.softmax(x, layer="prob"),
+               lambda: softmax.softmax(emu, x, layer="prob"),
+               r"^prob: scores must have shape \(N, C\) or \(N, C, H, W\), got \(3, 5, 2\)$")
+
+
+@pytest.mark.parametrize("n, labels, match", [
+    (3, [0, 4, 1], r"^{}: labels must lie in \[0, 4\) \(C = scores.shape\[1\]\), got values "
+                   r"in \[0, 4\]$"),
+    (3, [2, -1, 3], r"^{}: labels must lie in \[0, 4\) .*got values in \[-1, 3\]$"),
+    (3, [0, 1], r"^{}: labels must have shape \(3,\) \(one label per row of scores\), "
+                r"got \(2,\)$"),
+    (0, [], r"^{}: scores must have at least one row \(the loss is a mean over rows\)$"),
+])
+@pytest.mark.parametrize("name", ["softmax_loss_forward", "accuracy"])
+def test_softmax_labels(emu, name, n, labels, match):
+    scores = uniform((n, 4))
+    labels = np.array(labels, dtype=np.int32)
+    same_error(lambda: getattr(nn.softmax, name)(scores, labels, layer="loss"),
+               lambda: getattr(softmax, name)(emu, scores, labels, layer="loss"),
+               match.format("loss"))
+
+
+def test_softmax_loss_weight(emu):
+    scores, labels = uniform((3, 4)), np.array([0, 3, 1], dtype=np.int32)
+    _, ref_cache = nn.softmax.softmax_loss_forward(scores, labels)
+    # The launcher's forward runs a kernel: build its cache (p, labels) directly instead.
+    ker_cache = (nn.softmax.softmax(scores), labels)
+    same_error(lambda: nn.softmax.softmax_loss_backward(ref_cache, loss_weight="1"),
+               lambda: softmax.softmax_loss_backward(emu, ker_cache, loss_weight="1"),
+               r"^softmax_loss_backward: loss_weight must be a number, got '1'$")
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(ratio=1.0, seed=3), r"^drop7: ratio must be a finite number in \[0.0, 1.0\), got 1.0$"),
+    (dict(ratio=-0.5, seed=3), r"^drop7: ratio must be a finite number in \[0.0, 1.0\)"),
+    (dict(ratio=None, seed=3), r"^drop7: ratio must be a number, got None$"),
+    (dict(ratio=0.5, seed=-1), r"^drop7: seed must be an integer >= 0, got -1$"),
+    (dict(ratio=0.5, seed=2 ** 32), r"^drop7: seed must be < 2\*\*32 \(it is used as a uint32\)"),
+    (dict(ratio=0.5, seed=1.0), r"^drop7: seed must be an integer >= 0, got 1.0$"),
+])
+@pytest.mark.parametrize("train", [True, False])
+def test_dropout_params(emu, kw, match, train):
+    x = uniform((3, 5))
+    same_error(lambda: nn.dropout.dropout_forward(x, train=train, layer="drop7", **kw),
+               lambda: dropout.dropout_forward(emu, x, train=train, layer="drop7", **kw), match)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(grad=(3, 4)), r"^sgd_update: grad must have shape \(3, 5\) \(the shape of param\), "
+                        r"got \(3, 4\)$"),
+    (dict(history=(5, 3)), r"^sgd_update: history must have shape \(3, 5\) "),
+    (dict(read_only="param"), r"^sgd_update: param and history are updated in place and must "
+                              r"be writeable$"),
+    (dict(read_only="history"), r"must be writeable$"),
+    (dict(lr="0.1"), r"^sgd_update: lr must be a number, got '0.1'$"),
+    (dict(momentum=float("inf")), r"^sgd_update: momentum must be a finite number"),
+    (dict(weight_decay=True), r"^sgd_update: weight_decay must be a number, got True$"),
+    (dict(grad_scale=float("nan")), r"^sgd_update: grad_scale must be a finite number"),
+])
+def test_sgd_args(emu, bad, match):
+    arrays = {name: uniform(bad.get(name, (3, 5)), seed)
+              for seed, name in enumerate(("param", "grad", "history"))}
+    if "read_only" in bad:
+        arrays[bad["read_only"]].flags.writeable = False
+    scalars = dict(lr=0.01, momentum=0.9, weight_decay=5e-4, grad_scale=0.5)
+    scalars.update((k, v) for k, v in bad.items() if k in scalars)
+    before = {name: a.copy() for name, a in arrays.items()}
+    same_error(lambda: nn.sgd.sgd_update(**arrays, **scalars),
+               lambda: sgd.sgd_update(emu, **arrays, **scalars), match)
+    for name, a in arrays.items():   # a rejected update changes nothing
+        np.testing.assert_array_equal(a, before[name])
