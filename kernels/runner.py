@@ -277,12 +277,14 @@ def check_args(kernel, params, args, array_type, array_module):
                                         f'{p.dtype.name}, got {type(a).__module__}.'
                                         f'{type(a).__name__}')
             if a.dtype != p.dtype:
-                raise KernelLaunchError(f'{where}: expected dtype {p.dtype.name}, got '
-                                        f'{a.dtype.name}')
+                # '>f4' is also named float32: show the byte order when the names agree.
+                got = a.dtype.name if a.dtype.name != p.dtype.name else a.dtype.str
+                raise KernelLaunchError(f'{where}: expected dtype {p.dtype.name}, got {got}')
             if not a.flags.c_contiguous:
                 raise KernelLaunchError(f'{where}: array of shape {a.shape} is not '
                                         f'C-contiguous (use ascontiguousarray)')
-            if not p.const and not a.flags.writeable:
+            # CuPy's flags have no `writeable` (device arrays are always writable).
+            if not p.const and not getattr(a.flags, 'writeable', True):
                 raise KernelLaunchError(f'{where}: array is read-only but the kernel may '
                                         f'write it')
         else:
@@ -401,6 +403,15 @@ class CupyRunner(KernelRunner):
         super().__init__()
         load_nvrtc()
         import cupy
+        # Fail here with a clear message, not at the first compile deep inside CuPy.
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:  # noqa: BLE001 - no driver: CUDARuntimeError
+            raise RuntimeError(f'CupyRunner needs an NVIDIA GPU and driver, and CuPy sees '
+                               f'none ({e}); use the emulator (EmuRunner) instead') from e
+        if count < 1:
+            raise RuntimeError('CupyRunner needs an NVIDIA GPU, and CuPy sees none; use the '
+                               'emulator (EmuRunner) instead')
         self.xp = cupy
         self._array_type = cupy.ndarray
 

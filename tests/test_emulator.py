@@ -8,12 +8,14 @@ reach, a failing device assert, a bad pointer; and that bad launches are refused
 import glob
 import os
 import textwrap
+import types
 
 import numpy as np
 import pytest
 
 from kernels.runner import (KERNELS_DIR, KernelCompileError, KernelLaunchError, EmuRunner,
-                            get_runner, parse_signatures, read_text, resolve_source)
+                            check_args, get_runner, parse_signatures, read_text,
+                            resolve_source)
 
 ORDERS = ('forward', 'reverse', 'random')
 
@@ -449,11 +451,47 @@ def _vec_args(n=10):
     (lambda a: a[:3], r'takes 4 arguments \(const float\* a, const float\* b, float\* out, '
                       r'int n\), got 3'),
     (lambda a: (*a, np.int32(1)), r'takes 4 arguments'),
+    (lambda a: (a[0].astype('>f4'), *a[1:]), r"argument 0 'a' .*expected dtype float32, got >f4"),
 ])
 def test_bad_arguments_are_refused(sources, change, message):
     kernel = EmuRunner().kernel(sources['good.cu'], 'vec_add')
     with pytest.raises(KernelLaunchError, match='kernel vec_add: ' + message):
         kernel(1, 16, change(_vec_args()))
+
+
+class _DeviceArray:
+    """Stands for a cupy.ndarray: CuPy's `flags` has c_contiguous, f_contiguous and owndata,
+    but no `writeable` (tests cannot create real CuPy arrays without a GPU)."""
+
+    def __init__(self, shape, dtype, c_contiguous=True):
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.flags = types.SimpleNamespace(c_contiguous=c_contiguous, f_contiguous=False,
+                                           owndata=True)
+
+
+def test_launch_checks_accept_cupy_arrays():
+    """check_args is what CupyRunner runs before every GPU launch."""
+    params = parse_signatures(GOOD_KERNELS)['vec_add']
+    a, b, out = (_DeviceArray((10,), np.float32) for _ in range(3))
+    check_args('vec_add', params, (a, b, out, np.int32(10)), _DeviceArray, 'cupy')
+    with pytest.raises(KernelLaunchError, match="'out' .*not C-contiguous"):
+        check_args('vec_add', params, (a, b, _DeviceArray((10,), np.float32, False),
+                                       np.int32(10)), _DeviceArray, 'cupy')
+    with pytest.raises(KernelLaunchError, match=r"'b' .*expected a cupy array"):
+        check_args('vec_add', params, (a, np.ones(10, np.float32), out, np.int32(10)),
+                   _DeviceArray, 'cupy')
+
+
+def test_cupy_runner_without_gpu_is_a_clear_error():
+    from nn.device import cuda_available
+    if cuda_available():
+        pytest.skip('this machine has a GPU')
+    try:
+        import cupy  # noqa: F401
+    except Exception:
+        pytest.skip('CuPy is not installed')
+    with pytest.raises((RuntimeError, ImportError), match='GPU|NVRTC'):
+        get_runner('cuda')
 
 
 def test_read_only_output_is_refused(sources):
