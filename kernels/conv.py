@@ -14,7 +14,7 @@ it splits over blocks into partial sums added by conv_sum_partials (deterministi
 """
 import numpy as np
 
-from kernels.launch_utils import check_array, pick_version
+from kernels.launch_utils import check_array, check_upstream_grad, pick_version
 from nn.conv import check_conv_params
 
 VERSIONS = (1, 2)
@@ -88,8 +88,7 @@ def conv_backward(runner, dy, cache, need_dx=True):
         cache["version"]
     n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)
     layer = f"{cache['layer']} (backward)"
-    check_array(runner, dy, "dy", layer, f"{(n, k, ho, wo)} (the forward output's shape)",
-                shape=(n, k, ho, wo))
+    check_upstream_grad(runner, dy, (n, k, ho, wo), layer)
     xp = runner.xp
     relu = y is not None
 

@@ -8,7 +8,8 @@ the same single multiply).
 import numpy as np
 
 from nn.dropout import check_dropout_params, keep_threshold
-from kernels.launch_utils import BLOCK, check_array, grid_1d, pick_version
+from kernels.launch_utils import (BLOCK, check_array, check_upstream_grad, grid_1d,
+                                  pick_version)
 
 VERSIONS = (1,)  # the kernel versions kept (bench.py --versions times each)
 
@@ -48,5 +49,5 @@ def dropout_backward(runner, dy, cache, version=None):
         check_array(runner, dy, "dy", layer, "(N, ...)")
         return dy
     params, shape = cache
-    check_array(runner, dy, "dy", layer, f"{shape} (the forward input's shape)", shape=shape)
+    check_upstream_grad(runner, dy, shape, layer)
     return _apply(runner, dy, params, version)

@@ -17,7 +17,7 @@ All three products of a layer use one kernel, told the operands' layouts by two 
 """
 import numpy as np
 
-from kernels.launch_utils import check_array, pick_version
+from kernels.launch_utils import check_array, check_upstream_grad, pick_version
 from nn.checks import fail
 from nn.inner_product import check_inner_product_shapes
 
@@ -135,8 +135,7 @@ def inner_product_backward(runner, dy, cache):
     x_shape, x2, w, y, version, layer = cache
     n, d = x2.shape
     o = w.shape[0]
-    check_array(runner, dy, "dy", f"{layer} (backward)",
-                f"{(n, o)} (the forward output's shape)", shape=(n, o))
+    check_upstream_grad(runner, dy, (n, o), f"{layer} (backward)")
     xp = runner.xp
     db = xp.empty((o,), dtype=np.float32)
     relu = y is not None

@@ -1,8 +1,11 @@
-"""Small helpers shared by the layer launchers of relu, sgd, dropout, pool, lrn, softmax.
+"""Small helpers shared by the layer launchers (kernels/<family>.py).
 
-They check launcher arguments (device arrays of the right dtype, C-contiguous, with the
-expected shape) and pick grid sizes, so every launcher reports a bad input the same way as
-the NumPy reference: ValueError('<layer>: <argument> must be ... of shape <expected> ...').
+They check launcher arrays (device arrays of the right dtype, C-contiguous, with the
+expected shape) and pick kernel versions and grid sizes, so every launcher reports a bad
+input the same way as the NumPy reference: ValueError('<layer>: <argument> must be ... of
+shape <expected> ...'). The layer-specific checks of hyper-parameters and shapes are not
+here: they live once in nn/<layer>.py (check_conv_params, check_pool_params, ...), and
+each launcher calls them after check_array.
 """
 import numpy as np
 
@@ -43,6 +46,13 @@ def check_array(runner, a, name, layer, expected, ndim=None, shape=None, dtype=n
     if a.size >= 2 ** 31:
         fail(layer, f"{name} has {a.size} elements; the kernels index with int (< 2**31)")
     return a
+
+
+def check_upstream_grad(runner, dy, shape, layer):
+    """A backward's dy: a C-contiguous float32 device array of exactly `shape`, the forward
+    output's shape (the launchers' counterpart of nn.checks.check_upstream_grad)."""
+    return check_array(runner, dy, "dy", layer, f"{tuple(shape)} (the forward output's shape)",
+                       shape=shape)
 
 
 # The versions of the elementwise kernels (relu, sgd): a scalar v1 and a float4 v2.

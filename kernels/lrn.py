@@ -8,7 +8,8 @@ reference's own check.
 import numpy as np
 
 from nn.lrn import check_lrn_params
-from kernels.launch_utils import BLOCK, check_array, grid_1d, pick_version
+from kernels.launch_utils import (BLOCK, check_array, check_upstream_grad, grid_1d,
+                                  pick_version)
 
 VERSIONS = (1, 2)  # the kernel versions kept (bench.py --versions times each)
 DEFAULT_VERSION = 2
@@ -48,8 +49,7 @@ def lrn_backward(runner, dy, cache, version=None):
     dx = dy * scale^-beta - (2 alpha beta / n) * x * window_sum(dy * y / scale)."""
     layer = "lrn_backward"
     x = cache["x"]
-    check_array(runner, dy, "dy", layer, f"{tuple(x.shape)} (the forward input's shape)",
-                shape=x.shape)
+    check_upstream_grad(runner, dy, x.shape, layer)
     version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer)
     n, c, h, w = x.shape
     dx = runner.xp.empty_like(x)

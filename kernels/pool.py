@@ -9,7 +9,8 @@ import numpy as np
 
 from nn.checks import fail
 from nn.pool import check_pool_params
-from kernels.launch_utils import BLOCK, check_array, grid_1d, pick_version
+from kernels.launch_utils import (BLOCK, check_array, check_upstream_grad, grid_1d,
+                                  pick_version)
 
 # The forward kernel versions kept (bench.py --versions times each); backward has one.
 VERSIONS = (1, 2)
@@ -61,8 +62,7 @@ def max_pool_backward(runner, dy, cache):
     argmax = cache["argmax"]
     n, c, h, w = cache["x_shape"]
     ho, wo = argmax.shape[2:]
-    check_array(runner, dy, "dy", layer,
-                f"{tuple(argmax.shape)} (the forward output's shape)", shape=argmax.shape)
+    check_upstream_grad(runner, dy, argmax.shape, layer)
     dx = runner.xp.empty((n, c, h, w), dtype=np.float32)
     args = (dy, argmax, dx) + tuple(np.int32(v) for v in (
         n * c, h, w, ho, wo, cache["kernel"], cache["stride"], cache["pad"]))

@@ -5,8 +5,8 @@ Same signatures as nn/relu.py with a leading `runner` (kernels/runner.py) and an
 """
 import numpy as np
 
-from kernels.launch_utils import (BLOCK, VECTOR_VERSIONS, check_array, grid_1d,
-                                  vector_version)
+from kernels.launch_utils import (BLOCK, VECTOR_VERSIONS, check_array, check_upstream_grad,
+                                  grid_1d, vector_version)
 
 VERSIONS = VECTOR_VERSIONS  # the kernel versions kept (bench.py --versions times each)
 
@@ -26,8 +26,7 @@ def relu_backward(runner, dy, cache, version=None):
     """dy (shape of y) -> dx = dy where y > 0, else 0."""
     y = cache
     layer = "relu_backward"
-    check_array(runner, dy, "dy", layer, f"{tuple(y.shape)} (the forward output's shape)",
-                shape=y.shape)
+    check_upstream_grad(runner, dy, y.shape, layer)
     dx = runner.xp.empty_like(dy)
     v = vector_version(version, (dy, y, dx), layer)
     runner.kernel("relu.cu", f"relu_backward_v{v}")(
