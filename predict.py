@@ -233,6 +233,9 @@ def _read_model(path, device):
     if architecture != 'CaffeNet':
         raise SetupError(f'{path}: architecture is {architecture!r}, expected CaffeNet')
     order = list(attrs.get('layer_order') or params)
+    if not order:
+        raise SetupError(f'{path}: holds no layers (expected CaffeNet weights: '
+                         f'{", ".join(TRUNK_LAYERS)}, then a classifier such as fc8_twitter)')
     last = order[-1]
     missing = [name for name in TRUNK_LAYERS if name not in params]
     if missing or last in TRUNK_LAYERS:

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 from PIL import Image
@@ -391,6 +392,7 @@ def _tiny_params(layers, shape=(2, 3)):
                     "(96, 3, 11, 11)"),
     ('architecture', "architecture is 'VGG16', expected CaffeNet"),
     ('num_classes', "says num_classes=3"),
+    ('empty', 'holds no layers'),
 ])
 def test_wrong_weights_named(tmp_path, case, expected):
     bad = str(tmp_path / f'{case}.h5')
@@ -404,8 +406,10 @@ def test_wrong_weights_named(tmp_path, case, expected):
         save_weights(bad, _tiny_params(trunk), **attrs)
     elif case == 'architecture':
         save_weights(bad, _tiny_params(trunk), **dict(attrs, architecture='VGG16'))
-    else:
+    elif case == 'num_classes':
         save_weights(bad, _tiny_params(trunk), **dict(attrs, num_classes=3))
+    else:                                   # an HDF5 file without a single layer
+        h5py.File(bad, 'w').close()
     img = _save(tmp_path / 'x.png', _make_image(19, 230, 230))
     status, out, err = _run([img, '--weights', bad, '--map'])
     assert status == 2 and out == ''
