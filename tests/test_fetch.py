@@ -286,3 +286,33 @@ def test_sources_table_is_complete():
     assert caffenet.url.startswith("http://dl.caffe.berkeleyvision.org/")
     assert caffenet.sha1 == "4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46"
     assert all(s.convert_to.endswith(".h5") for s in fetch.SOURCES["finetuned"])
+
+
+def test_user_errors_are_one_line_not_tracebacks(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(fetch.BASE_URL_ENV, raising=False)
+    # a dataset archive that is not there
+    missing = tmp_path / "nowhere.zip"
+    assert fetch.main(["dataset", "--dataset-archive", str(missing),
+                       "--data-dir", str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error (dataset): --dataset-archive {missing}: no such file\n"
+    # a data folder that cannot be created (a file is in the way): fails before any request
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    assert fetch.main(["splits", "--data-dir", str(blocker / "data"), "--retries", "0",
+                       "--base-url", "http://127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error (splits): ") and str(blocker) in err
+    assert err.count("\n") == 1
+
+
+def test_failed_first_attempt_does_not_promise_a_resume(tmp_path, monkeypatch):
+    def refused(*args, **kw):
+        raise fetch._Interrupted("cannot connect: refused")
+    monkeypatch.setattr(fetch, "_transfer", refused)
+    with pytest.raises(fetch.DownloadError) as info:
+        fetch.download("http://127.0.0.1:9/x.bin", tmp_path / "x.bin", retries=0)
+    assert str(info.value).endswith("refused; run again")          # no .part to resume from
+    (tmp_path / "x.bin.part").write_bytes(b"half")
+    with pytest.raises(fetch.DownloadError, match=r"run again to resume from .*x\.bin\.part"):
+        fetch.download("http://127.0.0.1:9/x.bin", tmp_path / "x.bin", retries=0)

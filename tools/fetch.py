@@ -252,7 +252,9 @@ def download(url, dest, sha1=None, sha256=None, size=None, retries=3, timeout=60
         except _Interrupted as e:
             attempt += 1
             if attempt > retries:
-                raise DownloadError(f"{url}: {e}; run again to resume from {part}") from None
+                again = (f"run again to resume from {part}"
+                         if os.path.exists(part) and os.path.getsize(part) else "run again")
+                raise DownloadError(f"{url}: {e}; {again}") from None
             stream.write(f"{label}: {e}; resuming (attempt {attempt} of {retries})\n")
             time.sleep(retry_wait * attempt)
     problem = verify(part, sha1, sha256, size if size is not None else total)
@@ -342,6 +344,8 @@ def fetch_dataset(data_dir, base_url=None, dataset_url=None, archive=None, **kw)
                 "--dataset-url URL)")
         archive = download(url, os.path.join(data_dir, source.dest), source.sha1,
                            source.sha256, source.size, **kw)
+    elif not os.path.isfile(archive):
+        raise DownloadError(f"--dataset-archive {archive}: no such file")
     target = unpack(archive, os.path.join(data_dir, "twitter"))
     if not os.path.exists(os.path.join(target, "twitter_five_agrees.txt")):
         print(f"warning: {target} has no twitter_five_agrees.txt; check the archive layout "
@@ -410,6 +414,10 @@ def main(argv=None):
                 fetch_weights(args.weights_dir, target, args.base_url, **kw)
         except DownloadError as e:
             print(f"error ({target}): {e}", file=sys.stderr)
+            failed += 1
+        except OSError as e:   # e.g. a folder that cannot be created or written, disk full
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"error ({target}): {where}{e.strerror or e}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 
