@@ -1,5 +1,6 @@
 """tools/convert_caffemodel.py against caffemodels built here with a tiny protobuf encoder,
 in the V1 format (BVLC CaffeNet) and the current one, packed and unpacked floats."""
+import os
 import struct
 
 import h5py
@@ -241,3 +242,15 @@ def test_random_corruption_never_escapes_as_another_error(weights):
 def test_missing_input_file(tmp_path, capsys):
     assert cc.main([str(tmp_path / "none.caffemodel"), str(tmp_path / "o.h5")]) == 1
     assert "none.caffemodel: cannot read" in capsys.readouterr().err
+
+
+def test_unwritable_output_is_a_clean_error(tmp_path, weights, capsys):
+    model = tmp_path / "m.caffemodel"
+    model.write_bytes(v1_model(weights))
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder should be")
+    out = blocker / "o.h5"
+    assert cc.main([str(model), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}: cannot write: ") and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["blocker", "m.caffemodel"]   # nothing half-written

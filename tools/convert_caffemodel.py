@@ -41,7 +41,8 @@ flattening order (C, kh, kw) is the one Caffe's InnerProduct uses on pool5, so t
 classifier and the fully convolutional net share one HDF5 file.
 
 A malformed or truncated file raises `CaffemodelError` (bad varint, length past the end,
-unknown wire type, blob data count not matching its shape, ...) naming the file and layer.
+unknown wire type, blob data count not matching its shape, ...) naming the file and layer;
+so does an output file that cannot be written.
 """
 import argparse
 import math
@@ -305,9 +306,13 @@ def convert(in_path, out_path, num_classes=None, class_names=None):
     if len(class_names) != num_classes:
         raise CaffemodelError(f"{in_path}: {len(class_names)} class names given for "
                               f"{num_classes} classes")
-    save_weights(out_path, params, architecture="CaffeNet", num_classes=int(num_classes),
-                 class_names=class_names, input_size=CROP, mean_bgr=list(MEAN_BGR),
-                 layer_order=list(params))
+    try:
+        save_weights(out_path, params, architecture="CaffeNet", num_classes=int(num_classes),
+                     class_names=class_names, input_size=CROP, mean_bgr=list(MEAN_BGR),
+                     layer_order=list(params))
+    except OSError as e:   # a folder that cannot be created or written, a full disk
+        reason = e.strerror or str(e)
+        raise CaffemodelError(f"{os.fspath(out_path)}: cannot write: {reason}") from None
     return params
 
 
