@@ -419,14 +419,32 @@ class CaffeNet:
     def load(self, path, strict=False):
         """Copy matching layers from an HDF5 weight file (see load_params for the rules).
 
-        Adopts the file's class_names when the last layer is copied and the net has none.
+        The file's root attributes must fit this net (`_check_file_attrs`). Adopts the file's class_names when the last layer is copied and the net has none.
         Returns {'copied': [...], 'fresh': [...], 'ignored': [...]}."""
         params, attrs = load_weights(path)
+        self._check_file_attrs(path, attrs)
         report = self.load_params(params, strict=strict, source=str(path))
         if (self.class_names is None and self.last_layer in report["copied"]
                 and len(attrs.get("class_names", [])) == self.num_classes):
             self.class_names = list(attrs["class_names"])
         return report
+
+    def _check_file_attrs(self, path, attrs):
+        """WeightsError when a weight file's root attributes say it is not for this net:
+        another architecture, input size, or a mean other than the MEAN_BGR that the
+        preprocessing subtracts. Absent attributes (hand-written files) pass."""
+        architecture = attrs.get("architecture", "CaffeNet")
+        if architecture != "CaffeNet":
+            raise WeightsError(f"{path}: root attribute architecture is {architecture!r}, "
+                               f"expected 'CaffeNet'")
+        size = attrs.get("input_size", self.input_size)
+        if size != self.input_size:
+            raise WeightsError(f"{path}: root attribute input_size is {size}, this network's "
+                               f"input is {self.input_size}")
+        mean = attrs.get("mean_bgr", MEAN_BGR)
+        if not np.allclose(mean, MEAN_BGR, rtol=0, atol=1e-3):
+            raise WeightsError(f"{path}: root attribute mean_bgr is {list(mean)}, but the "
+                               f"preprocessing subtracts {list(MEAN_BGR)}")
 
     def save(self, path):
         """Write the weights (Caffe blob shapes) and the root attributes to HDF5, atomically."""

@@ -65,6 +65,11 @@ def save_weights(path, params, **attrs):
     _check_params(path, params)
     attrs = dict(attrs)
     attrs.setdefault("layer_order", list(params))
+    for key in _STRING_LIST_ATTRS:
+        # A bare string would be stored as a list of its characters.
+        if isinstance(attrs.get(key), (str, bytes)):
+            raise WeightsError(f"{path}: attribute {key} must be a list of strings, got the "
+                               f"string {attrs[key]!r}")
 
     def write(tmp):
         with h5py.File(tmp, "w") as f:
@@ -111,20 +116,60 @@ def _read_blob(path, layer, group, blob):
     return data[()]
 
 
+def _check_attrs(path, params, attrs):
+    """Raise WeightsError when the root attributes contradict each other or the layers:
+    num_classes vs class_names and vs the bias of the last layer of layer_order,
+    input_size a positive int, mean_bgr three numbers. Absent attributes are not checked."""
+    def fail(message):
+        raise WeightsError(f"{path}: {message}")
+
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    for key in ("num_classes", "input_size"):
+        if key in attrs and not (is_int(attrs[key]) and attrs[key] >= 1):
+            fail(f"root attribute {key} must be a positive integer, got {attrs[key]!r}")
+    if "mean_bgr" in attrs:
+        mean = np.asarray(attrs["mean_bgr"])
+        if mean.shape != (3,) or not np.issubdtype(mean.dtype, np.number):
+            fail(f"root attribute mean_bgr must be 3 numbers (B, G, R), got {attrs['mean_bgr']!r}")
+    num_classes = attrs.get("num_classes")
+    if num_classes is None:
+        return
+    order = attrs.get("layer_order")
+    if order:
+        last = order[-1]
+        bias = np.shape(params[last]["bias"])
+        if bias != (num_classes,):
+            fail(f"last layer {last!r} has bias shape {bias} but the file says "
+                 f"num_classes={num_classes}")
+    if "class_names" in attrs and len(attrs["class_names"]) != num_classes:
+        fail(f"{len(attrs['class_names'])} class_names {attrs['class_names']} for "
+             f"num_classes={num_classes}")
+
+
 def load_weights(path):
     """Read a weight file written by `save_weights` (or the Caffe converter).
 
     Returns (params, attrs): params {layer: {'weight': ndarray, 'bias': ndarray}} in the
     order of the `layer_order` attribute when present, attrs a dict of plain Python values.
-    Raises WeightsError naming the file (and layer) on anything missing or malformed.
+    Raises WeightsError naming the file (and layer) on anything missing or malformed,
+    including root attributes that contradict each other or the layers (`_check_attrs`).
     """
     h5py = _h5py()
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise WeightsError(f"{path}: is a directory, not a weight file")
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: no such weight file")
     if not h5py.is_hdf5(path):
         raise WeightsError(f"{path}: not an HDF5 file (expected CaffeNet weights in HDF5)")
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:  # truncated or damaged: h5py's message does not name the file
+        raise WeightsError(f"{path}: cannot be read as HDF5 (damaged or truncated?): {e}") \
+            from None
+    with f:
         attrs = {key: _plain(key, value) for key, value in f.attrs.items()}
         names = list(f.keys())
         order = attrs.get("layer_order")
@@ -142,4 +187,5 @@ def load_weights(path):
                                    "(expected /<layer>/weight and /<layer>/bias)")
             params[layer] = {blob: _read_blob(path, layer, group, blob)
                              for blob in ("weight", "bias")}
+    _check_attrs(path, params, attrs)
     return params, attrs

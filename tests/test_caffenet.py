@@ -353,3 +353,45 @@ def test_loaded_params_are_copies():
     for name, blobs in source.items():
         for blob, a in blobs.items():
             np.testing.assert_array_equal(a, before[name][blob])
+
+
+@pytest.mark.parametrize("attr, value, message", [
+    ("architecture", "VGG16", r"architecture is 'VGG16', expected 'CaffeNet'"),
+    ("input_size", 227, r"input_size is 227, this network's input is 13"),
+    ("mean_bgr", [103.0, 116.6688, 122.6789], r"mean_bgr is \[103.0, .*preprocessing subtracts"),
+])
+def test_load_refuses_a_file_made_for_another_network(tmp_path, attr, value, message):
+    """Root attributes say what a file is: a wrong one is an error, nothing is copied."""
+    import h5py
+    path = tmp_path / "tiny.h5"
+    tiny_net(seed=1).save(path)
+    with h5py.File(path, "a") as f:
+        f.attrs[attr] = value
+    net = tiny_net(seed=2)
+    before = net.to_numpy_params()
+    with pytest.raises(WeightsError, match="tiny.h5: root attribute " + message):
+        net.load(path)
+    np.testing.assert_array_equal(net.params["conv1"]["weight"], before["conv1"]["weight"])
+
+
+def test_load_hand_written_file(tmp_path):
+    """A file written with h5py by hand: float64 blobs become the net's float32, no root
+    attributes are needed, and a missing dataset names the layer."""
+    import h5py
+    source = {name: {blob: a.astype(np.float64) + 0.25 for blob, a in blobs.items()}
+              for name, blobs in tiny_net(seed=1).to_numpy_params().items()}
+    path = tmp_path / "by_hand.h5"
+    with h5py.File(path, "w") as f:
+        for name, blobs in source.items():
+            for blob, a in blobs.items():
+                f.create_dataset(f"{name}/{blob}", data=a)
+    net = tiny_net(seed=2)
+    assert net.load(path)["copied"] == net.param_layers
+    for name, blobs in source.items():
+        for blob, a in blobs.items():
+            assert net.params[name][blob].dtype == np.float32
+            np.testing.assert_array_equal(net.params[name][blob], a.astype(np.float32))
+    with h5py.File(path, "a") as f:
+        del f["conv2/bias"]
+    with pytest.raises(WeightsError, match=r"by_hand.h5: layer 'conv2' has no 'bias' dataset"):
+        tiny_net().load(path)

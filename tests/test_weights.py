@@ -103,3 +103,35 @@ def test_layer_order_naming_a_missing_group(tmp_path):
     save_weights(path, _params(), layer_order=["conv1", "fc8_twitter", "fc9"])
     with pytest.raises(WeightsError, match="'fc9'"):
         load_weights(path)
+
+
+def test_damaged_file_names_the_file(tmp_path):
+    path = tmp_path / "cut.h5"
+    save_weights(path, _params())
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])  # the HDF5 signature survives, the rest not
+    with pytest.raises(WeightsError, match="cut.h5: cannot be read as HDF5"):
+        load_weights(path)
+    with pytest.raises(WeightsError, match="is a directory"):
+        load_weights(tmp_path)
+
+
+@pytest.mark.parametrize("attrs, message", [
+    (dict(num_classes=3), r"last layer 'fc8_twitter' has bias shape \(2,\) but the file says "
+                          r"num_classes=3"),
+    (dict(num_classes=2, class_names=["only one"]), r"1 class_names .* for num_classes=2"),
+    (dict(num_classes=2.5), "num_classes must be a positive integer"),
+    (dict(input_size=0), "input_size must be a positive integer"),
+    (dict(mean_bgr=[104.0, 117.0]), "mean_bgr must be 3 numbers"),
+])
+def test_contradictory_root_attributes(tmp_path, attrs, message):
+    path = tmp_path / "w.h5"
+    save_weights(path, _params(), **attrs)
+    with pytest.raises(WeightsError, match="w.h5: (root attribute )?" + message):
+        load_weights(path)
+
+
+def test_string_list_attribute_must_be_a_list(tmp_path):
+    with pytest.raises(WeightsError, match="class_names must be a list of strings"):
+        save_weights(tmp_path / "w.h5", _params(), class_names="negative")
+    assert not os.listdir(tmp_path)
