@@ -376,6 +376,20 @@ def test_dynamic_shared_memory_is_poisoned(sources):
     assert y.view(np.uint32).tolist() == [0xFFFFFFFF] * 8  # NaN bit pattern
 
 
+def test_dynamic_shared_memory_past_shared_mem_faults(sources):
+    """A launch with too few shared_mem bytes reads past its dynamic shared memory: a
+    fault naming it, even after a launch with more bytes (no left-overs to read)."""
+    kernel = EmuRunner().kernel(sources['buggy.cu'], 'peek_dynamic')
+    y = np.zeros(8, np.float32)
+    kernel(1, 8, (y,), shared_mem=64)  # more than enough
+    for shared_mem in (16, 0):  # 4 floats for 8 threads, then none
+        with pytest.raises(KernelLaunchError, match=r"past the end of the launch's shared_mem "
+                                                    r"bytes\) in kernel peek_dynamic"):
+            kernel(1, 8, (y,), shared_mem=shared_mem)
+    kernel(1, 8, (y,), shared_mem=32)  # exactly enough: still works
+    assert y.view(np.uint32).tolist() == [0xFFFFFFFF] * 8
+
+
 @pytest.mark.parametrize('kernel, args, message', [
     ('barrier_in_branch', (), r'divergent barrier .*barrier_in_branch.*has already returned'),
     ('early_return', (np.int32(20),), r'divergent barrier .*early_return.*already returned'),

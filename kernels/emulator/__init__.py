@@ -15,7 +15,8 @@ $CAFFENET_EMU_CACHE (default ~/.cache/caffenet-emu), written to a temporary name
 renamed, so parallel test processes never see half-written files.
 
 It is stricter than a GPU: shared memory (static and dynamic) is filled with 0xFF bytes at
-every block start (NaN as float, -1 as int); threads run in forward, reverse or seeded random
+every block start (NaN as float, -1 as int), and the dynamic part ends at a guard page (an
+access past the launch's shared_mem bytes faults); threads run in forward, reverse or seeded random
 order (a new random order after every barrier); a barrier that not all threads of a block
 reach raises KernelLaunchError("divergent barrier ..."); a failed device assert, or an
 invalid memory access, raises KernelLaunchError with kernel, place, block and thread instead

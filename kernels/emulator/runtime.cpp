@@ -84,9 +84,13 @@ void* g_main_sp = nullptr;
 void (*g_entry)(void**) = nullptr;
 void** g_args = nullptr;
 const char* g_kernel = "";
+// Dynamic shared memory: the launch's bytes (rounded up to 16) end right at a PROT_NONE
+// guard page, so reading or writing past `shared_mem` faults (reported like any invalid
+// access) instead of touching left-overs of an earlier, larger launch.
 unsigned char* g_dyn_shared = nullptr;
-size_t g_dyn_shared_size = 0;
-size_t g_dyn_shared_capacity = 0;
+size_t g_dyn_shared_size = 0;      // bytes poisoned at each block start (16-byte rounded)
+unsigned char* g_dyn_map = nullptr;  // the mapping: g_dyn_capacity bytes, then the guard
+size_t g_dyn_capacity = 0;
 
 // Error reporting: the message goes to g_err, then control returns to the scheduler.
 char g_err[2048];
@@ -224,10 +228,14 @@ static void on_fault(int sig, siginfo_t* info, void*) {
         raise(sig);
         return;
     }
-    fail("invalid memory access (%s at address %p) in kernel %s, block (%u,%u,%u), "
+    const unsigned char* addr = static_cast<const unsigned char*>(info->si_addr);
+    const unsigned char* guard = g_dyn_map ? g_dyn_map + g_dyn_capacity : nullptr;
+    bool past_dynamic = guard && addr >= guard && addr < guard + g_page;
+    fail("invalid memory access (%s at address %p%s) in kernel %s, block (%u,%u,%u), "
          "thread (%u,%u,%u)",
-         sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", info->si_addr, g_kernel, blockIdx.x, blockIdx.y,
-         blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+         sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", info->si_addr,
+         past_dynamic ? ", past the end of the launch's shared_mem bytes" : "", g_kernel,
+         blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
     siglongjmp(g_fault_jmp, 1);
 }
 
@@ -251,9 +259,32 @@ static void make_order(int* order, int n, int mode, uint64_t* rng) {
     }
 }
 
+// Place `bytes` of dynamic shared memory just below the guard page (see g_dyn_shared).
+static bool place_dynamic_shared(size_t bytes) {
+    size_t rounded = (bytes + 15) / 16 * 16;  // keeps the buffer 16-byte aligned (float4)
+    if (rounded > g_dyn_capacity || g_dyn_map == nullptr) {
+        if (g_dyn_map) munmap(g_dyn_map, g_dyn_capacity + g_page);
+        size_t capacity = (rounded + g_page - 1) / g_page * g_page;
+        if (capacity == 0) capacity = g_page;
+        void* p = mmap(nullptr, capacity + g_page, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            g_dyn_map = nullptr;
+            g_dyn_capacity = 0;
+            return false;
+        }
+        g_dyn_map = static_cast<unsigned char*>(p);
+        g_dyn_capacity = capacity;
+        mprotect(g_dyn_map + capacity, g_page, PROT_NONE);
+    }
+    g_dyn_shared = g_dyn_map + g_dyn_capacity - rounded;
+    g_dyn_shared_size = rounded;
+    return true;
+}
+
 static void poison_shared() {
     memset(__start_emu_shared, 0xFF, (size_t)(__stop_emu_shared - __start_emu_shared));
-    if (g_dyn_shared_size) memset(g_dyn_shared, 0xFF, g_dyn_shared_size);
+    memset(g_dyn_shared, 0xFF, g_dyn_shared_size);
 }
 
 // Check that the threads stopped after a round all wait at the same barrier, or all ended.
@@ -334,12 +365,11 @@ EMU_API int emu_launch(void (*entry)(void**), void** args, const char* kernel,
         snprintf(err, err_len, "kernel %s: cannot allocate fiber stacks", kernel);
         return -1;
     }
-    if (dyn_shared > g_dyn_shared_capacity) {
-        delete[] g_dyn_shared;
-        g_dyn_shared = new unsigned char[dyn_shared + 16];
-        g_dyn_shared_capacity = dyn_shared;
+    if (!place_dynamic_shared(dyn_shared)) {
+        snprintf(err, err_len, "kernel %s: cannot allocate %zu bytes of dynamic shared memory",
+                 kernel, dyn_shared);
+        return -1;
     }
-    g_dyn_shared_size = dyn_shared;
     g_entry = entry;
     g_args = args;
     g_kernel = kernel;
