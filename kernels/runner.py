@@ -205,6 +205,7 @@ _LOCATION_RES = (
 
 def compile_error(log, default_file, compiler):
     """KernelCompileError for a compiler log (g++ 'f:12:3: error' or NVRTC 'f(12): error')."""
+    log = log.replace('\x00', '')  # NVRTC's log ends with the C string's terminator
     for pattern in _LOCATION_RES:
         m = pattern.search(log)
         if m:

@@ -1,7 +1,10 @@
 """Every kernels/*.cu compiles for the GPU (NVRTC, sm_80 and sm_90), without needing a GPU.
 
 The source is assembled exactly as CupyRunner does (prelude + `#line 1 "<file>"` + file) and
-compiled with NVRTC's low-level calls, which work on machines without a CUDA device.
+compiled with NVRTC's low-level calls, which work on machines without a CUDA device, with
+the options CuPy's RawModule uses: ours plus the `-ftz=true` CuPy adds, straight to a cubin
+for the real architecture (as CuPy does), so ptxas' checks (shared memory per block,
+registers) run too, not only the front end.
 """
 import glob
 import os
@@ -12,7 +15,8 @@ from kernels.runner import (KERNELS_DIR, NVRTC_OPTIONS, KernelCompileError, asse
                             compile_error,
                             find_kernels, load_nvrtc, read_text, resolve_source)
 
-ARCHS = ('compute_80', 'compute_90')
+ARCHS = ('sm_80', 'sm_90')
+CUPY_ADDS = ('-ftz=true',)  # cupy.cuda.compiler._compile_with_cache_cuda appends it
 
 
 @pytest.fixture(scope='module')
@@ -24,13 +28,15 @@ def nvrtc():
 
 
 def nvrtc_compile(nvrtc, source, name, arch):
-    """Compile with NVRTC; returns the log, raises KernelCompileError on failure."""
+    """Compile with NVRTC to a cubin; returns the log, raises KernelCompileError on failure."""
     program = nvrtc.createProgram(source, name, [], [])
     try:
         try:
-            nvrtc.compileProgram(program, [f'--gpu-architecture={arch}', *NVRTC_OPTIONS])
+            nvrtc.compileProgram(program, [f'--gpu-architecture={arch}', *NVRTC_OPTIONS,
+                                           *CUPY_ADDS])
         except nvrtc.NVRTCError:
             raise compile_error(nvrtc.getProgramLog(program), name, 'NVRTC') from None
+        assert len(nvrtc.getCUBIN(program)) > 0, f'{name}: no cubin for {arch}'
         return nvrtc.getProgramLog(program)
     finally:
         nvrtc.destroyProgram(program)
@@ -70,3 +76,15 @@ def test_nvrtc_error_names_file_and_line(nvrtc, tmp_path):
         nvrtc_compile(nvrtc, assemble_source(p, display), display, 'compute_80')
     assert info.value.file.endswith('broken.cu') and info.value.line == 3
     assert 'undefined_name' in str(info.value)
+
+
+def test_ptxas_limits_are_checked(nvrtc, tmp_path):
+    """64 KiB of static shared memory passes NVRTC's front end but not ptxas (48 KiB)."""
+    path = tmp_path / 'big.cu'
+    path.write_text('extern "C" __global__ void big(float* y)\n{\n'
+                    '    __shared__ float b[16384];\n    b[threadIdx.x] = 1.0f;\n'
+                    '    __syncthreads();\n    y[threadIdx.x] = b[threadIdx.x + 1];\n}\n')
+    p, display = resolve_source(str(path))
+    with pytest.raises(KernelCompileError, match=r"(?s)big.cu:.*too much shared data") as info:
+        nvrtc_compile(nvrtc, assemble_source(p, display), display, 'sm_80')
+    assert '\x00' not in str(info.value)
