@@ -77,21 +77,30 @@ class SGDSolver:
     def step(self, grads):
         """Update every blob of net.params in place from grads (same structure: the sum
         of iter_size mini-batch gradients), then advance `iter`."""
+        self._check_grads(grads)  # all of them first: an error never leaves half a step
         lr, ops = self.lr, self.net.device.ops
         mults = self.net.param_multipliers()
+        for layer, blobs in self.net.params.items():
+            for blob in BLOBS:
+                lr_mult, decay_mult = mults[layer][blob]
+                ops.sgd_update(blobs[blob], grads[layer][blob], self.history[layer][blob],
+                               lr * lr_mult, self.momentum, self.weight_decay * decay_mult,
+                               grad_scale=1.0 / self.iter_size)
+        self.iter += 1
+
+    def _check_grads(self, grads):
+        """KeyError / ValueError naming the layer and blob when grads does not have the
+        structure and shapes of net.params."""
         for layer, blobs in self.net.params.items():
             if layer not in grads:
                 raise KeyError(f"SGDSolver.step: no gradient for layer {layer!r}")
             for blob in BLOBS:
-                param, grad = blobs[blob], grads[layer][blob]
-                if grad.shape != param.shape:
+                if blob not in grads[layer]:
+                    raise KeyError(f"SGDSolver.step: no {blob} gradient for layer {layer!r}")
+                shape, want = grads[layer][blob].shape, blobs[blob].shape
+                if shape != want:
                     raise ValueError(f"SGDSolver.step: layer {layer!r} {blob} gradient has "
-                                     f"shape {grad.shape}, expected {param.shape}")
-                lr_mult, decay_mult = mults[layer][blob]
-                ops.sgd_update(param, grad, self.history[layer][blob], lr * lr_mult,
-                               self.momentum, self.weight_decay * decay_mult,
-                               grad_scale=1.0 / self.iter_size)
-        self.iter += 1
+                                     f"shape {shape}, expected {want}")
 
     # ------------------------------------------------------------------- state
     def state_dict(self):

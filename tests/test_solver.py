@@ -71,8 +71,27 @@ def test_bad_solver_arguments():
     solver = SGDSolver(TwoBlobNet(), base_lr=0.1, lr_policy="fixed")
     with pytest.raises(KeyError, match="'a'"):
         solver.step({})
+    with pytest.raises(KeyError, match="no bias gradient for layer 'a'"):
+        solver.step({"a": {"weight": np.ones(2)}})
+    assert solver.iter == 0
     with pytest.raises(ValueError, match=r"'a' bias gradient has shape \(2,\), expected \(1,\)"):
         solver.step({"a": {"weight": np.ones(2), "bias": np.ones(2)}})
+
+
+def test_bad_gradient_leaves_no_half_step():
+    """A gradient missing for a later layer is found before any blob is updated."""
+    net = small_net()
+    before = net.to_numpy_params()
+    _, grads, _ = net.loss_and_grads(np.random.default_rng(3).standard_normal((2, 3, 11, 11)),
+                                     np.array([2, 0]))
+    del grads["fc8_twitter"]["bias"]
+    solver = SGDSolver(net, base_lr=0.1, lr_policy="fixed")
+    with pytest.raises(KeyError, match="no bias gradient for layer 'fc8_twitter'"):
+        solver.step(grads)
+    assert solver.iter == 0
+    for name, blobs in before.items():
+        for blob, a in blobs.items():
+            np.testing.assert_array_equal(net.params[name][blob], a)
 
 
 def test_accumulate_sums_without_aliasing():
