@@ -37,7 +37,10 @@ SYNTHETIC_DIR = os.path.join("data", "synthetic")
 # Settings that may not change between an interrupted run and its --resume.
 RESUME_MUST_MATCH = ("data", "agree", "fold", "init", "seed", "batch_size", "iter_size",
                      "base_lr", "momentum", "weight_decay", "gamma", "stepsize", "max_iter",
-                     "device")
+                     "device", "n_train", "n_test")
+# How to get the dataset (README: the archive comes from the authors' project page).
+FETCH_DATA = ("`python -m tools.fetch dataset --dataset-archive FILE` and "
+              "`python -m tools.fetch splits`")
 
 # The paper's recipe, and a small one for the offline synthetic dataset. Offline there
 # are no ImageNet weights, so it trains from scratch, with Caffe's xavier filler: Caffe's
@@ -56,11 +59,21 @@ class TrainError(RuntimeError):
     """A problem the user can fix (missing data or weights, bad settings): one clear line."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: ...)' only for real defaults: options whose default depends on the
+    preset (None here) say it in their help text instead."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Fine-tune CaffeNet on the Twitter visual sentiment dataset "
                     "(Campos et al. 2017). Defaults are the paper's recipe.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", default=os.path.join("data", "twitter"),
                    help="dataset folder (see nn/twitter.py for its layout), or 'synthetic' "
@@ -87,8 +100,9 @@ def parse_args(argv=None):
                    help="mini-batches accumulated per SGD step (Caffe's iter_size): "
                         "the effective batch is batch-size x iter-size")
     g.add_argument("--base-lr", type=float, default=None, help="base learning rate [0.001]")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=0.0005)
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=0.0005,
+                   help="L2 weight decay (Caffe's decay_mult applies per blob)")
     g.add_argument("--gamma", type=float, default=0.1, help="lr factor at every step")
     g.add_argument("--epochs", type=float, default=None, help="training length [65]")
     g.add_argument("--step-epochs", type=float, default=None,
@@ -121,9 +135,18 @@ def parse_args(argv=None):
     for name in ("batch_size", "iter_size", "test_batch_size", "display"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("epochs", "step_epochs", "base_lr"):
+    for name in ("epochs", "step_epochs", "base_lr", "gamma"):
         if not getattr(args, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
+    for name in ("max_iter", "stepsize"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("momentum", "weight_decay", "checkpoint_every"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must not be negative")
+    if args.synthetic_images < 2 * NUM_FOLDS:
+        p.error(f"--synthetic-images must be at least {2 * NUM_FOLDS} (two of each class "
+                f"per fold)")
     if args.all_folds is False and args.agree == "all":
         p.error("--agree all needs --all-folds")
     return args
@@ -134,20 +157,29 @@ def resolve_data_dir(args, say):
     """The dataset folder; generates the synthetic dataset when asked for and absent."""
     if args.data != "synthetic":
         if not os.path.isdir(args.data):
-            raise TrainError(f"dataset folder {args.data} not found: fetch it with "
-                             f"`python -m tools.fetch dataset splits`, or run offline with "
-                             f"`python train.py --data synthetic`")
+            raise TrainError(f"dataset folder {args.data} not found: fetch it with {FETCH_DATA}, "
+                             f"or run offline with `python train.py --data synthetic`")
         return args.data
-    from nn.twitter import label_file, make_synthetic_dataset
-    if not os.path.isfile(label_file(SYNTHETIC_DIR, "three")):
+    from nn.twitter import DatasetError, label_file, make_synthetic_dataset, read_list
+    try:   # the three-agree list holds every generated image
+        existing = len(read_list(label_file(SYNTHETIC_DIR, "three")))
+    except DatasetError:
+        existing = None
+    if existing != args.synthetic_images:
         say(f"generating a synthetic dataset of {args.synthetic_images} images in "
-            f"{SYNTHETIC_DIR}")
+            f"{SYNTHETIC_DIR}" + ("" if existing is None else
+                                  f" (it held one of {existing} images)"))
         make_synthetic_dataset(SYNTHETIC_DIR, n_images=args.synthetic_images, seed=0)
     return SYNTHETIC_DIR
 
 
 def load_items(data_dir, agree, fold, say):
-    """(train, test) lists of (path, label), with the split-generation warning shown."""
+    """(train, test) lists of (path, label), with the split-generation warning shown.
+
+    Images that the lists name but that are not on disk are left out, with a note; when a
+    list has none at all (e.g. the split files were fetched but not the images), TrainError
+    names the folder and how to fetch the dataset.
+    """
     from nn.twitter import DatasetError, load_fold
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -157,7 +189,22 @@ def load_items(data_dir, agree, fold, say):
             raise TrainError(str(e)) from e
     for w in caught:
         say(f"note: {w.message}")
-    return train, test
+    return present_images(train, "training", say), present_images(test, "test", say)
+
+
+def present_images(items, what, say):
+    """The (path, label) items whose image file exists; notes or raises about the others."""
+    kept = [item for item in items if os.path.isfile(item[0])]
+    missing = len(items) - len(kept)
+    if not kept:
+        raise TrainError(f"none of the {len(items)} {what} images is in "
+                         f"{os.path.dirname(items[0][0]) or '.'} (e.g. {items[0][0]} is "
+                         f"missing): fetch the dataset with {FETCH_DATA}")
+    if missing:
+        first = next(path for path, _ in items if not os.path.isfile(path))
+        say(f"note: {missing} of the {len(items)} {what} images are missing and left out "
+            f"(e.g. {first})")
+    return kept
 
 
 # ---------------------------------------------------------------------------- schedule
@@ -169,16 +216,21 @@ def schedule(args, n_train):
     return max_iter, stepsize
 
 
+def check_weights_file(args):
+    """With --init imagenet the weight file must exist (checked before anything else runs)."""
+    if args.init == "imagenet" and not os.path.isfile(args.weights):
+        raise TrainError(f"ImageNet weights {args.weights} not found: fetch and convert "
+                         f"them with `python -m tools.fetch weights`, or train from "
+                         f"Caffe's random initialisation with --init random")
+
+
 def build_net(args, device, say):
     from nn.caffenet import CaffeNet
     net = CaffeNet(num_classes=2, last_layer=LAST_LAYER, class_names=list(CLASS_NAMES),
                    device=device, dropout_seed=args.seed, seed=args.seed,
                    init="caffe" if args.init == "imagenet" else args.init.replace("random", "caffe"))
     if args.init == "imagenet":
-        if not os.path.isfile(args.weights):
-            raise TrainError(f"ImageNet weights {args.weights} not found: fetch and convert "
-                             f"them with `python -m tools.fetch weights`, or train from "
-                             f"Caffe's random initialisation with --init random")
+        check_weights_file(args)
         from nn.weights import WeightsError
         try:
             report = net.load(args.weights)
@@ -196,8 +248,9 @@ def build_net(args, device, say):
 
 # -------------------------------------------------------------------------- evaluation
 def evaluate(net, items, batch_size, crops):
-    """Accuracy and per-image probabilities (N, 2) on `items`; crops 'center' or 'ten'
-    (Caffe's oversampling: probabilities averaged over the ten crops)."""
+    """Accuracy, per-image probabilities (N, 2) and the paths of images that could not be
+    loaded (left out of the accuracy), on `items`; crops 'center' or 'ten' (Caffe's
+    oversampling: probabilities averaged over the ten crops). TrainError if none loads."""
     from nn.batches import EvalLoader
     probs, labels = [], []
     with EvalLoader(items, batch_size, crops=crops) as loader:
@@ -210,17 +263,22 @@ def evaluate(net, items, batch_size, crops):
                 p = net.predict(images)
             probs.append(p)
             labels.append(batch_labels)
+    if not probs:
+        raise TrainError(f"none of the {len(items)} test images could be loaded "
+                         f"(e.g. {loader.skipped[0]})")
     probs, labels = np.concatenate(probs), np.concatenate(labels)
-    return float(np.mean(probs.argmax(axis=1) == labels)), probs
+    return float(np.mean(probs.argmax(axis=1) == labels)), probs, loader.skipped
 
 
 # ---------------------------------------------------------------------------- training
 class StopRequest:
-    """Ctrl-C handling: the first one asks the loop to stop after the current step (and
-    checkpoint); a second one interrupts at once."""
+    """Ctrl-C handling: while `training` is set, the first one asks the loop to stop after
+    the current step (and checkpoint) and a second one interrupts at once; at any other
+    time (loading, evaluating) Ctrl-C interrupts at once (KeyboardInterrupt)."""
 
     def __init__(self):
         self.requested = False
+        self.training = False
         self._previous = None
 
     def __enter__(self):
@@ -229,7 +287,7 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.requested or not self.training:
             raise KeyboardInterrupt
         self.requested = True
         print("\nCtrl-C: stopping after this step and writing a checkpoint "
@@ -283,7 +341,7 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
     solver = SGDSolver(net, args.base_lr, momentum=args.momentum,
                        weight_decay=args.weight_decay, lr_policy="step", gamma=args.gamma,
                        stepsize=stepsize, iter_size=args.iter_size)
-    loader_state, losses = {"epoch": 0, "position": 0}, []
+    loader_state, losses, seconds_before = {"epoch": 0, "position": 0}, [], 0.0
     if args.resume and os.path.isfile(checkpoint):
         try:
             loader_state, extra = load_checkpoint(checkpoint, net, solver, settings,
@@ -291,14 +349,21 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
         except CheckpointError as e:
             raise TrainError(str(e)) from e
         losses = extra.get("losses", [])
+        seconds_before = extra.get("train_seconds", 0.0)
         say(f"[{name}] resumed from {checkpoint} at step {solver.iter}")
     elif args.resume:
         say(f"[{name}] no checkpoint at {checkpoint}: starting from the beginning")
+    elif os.path.isfile(checkpoint):
+        say(f"[{name}] note: starting afresh; the checkpoint {checkpoint} of an earlier run "
+            f"will be replaced (--resume continues it instead)")
 
     def save(state):
-        save_checkpoint(checkpoint, net, solver, state, settings, {"losses": losses})
+        save_checkpoint(checkpoint, net, solver, state, settings,
+                        {"losses": losses,
+                         "train_seconds": seconds_before + time.time() - started})
 
     started, start_iter, images_seen = time.time(), solver.iter, 0
+    stop.training = True      # until the loop ends, the first Ctrl-C stops after a step
     with TrainLoader(train, args.batch_size, seed=args.seed, epoch=loader_state["epoch"],
                      position=loader_state["position"]) as loader:
         while solver.iter < max_iter:
@@ -333,23 +398,30 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
             if early and done < max_iter:
                 say(f"[{name}] stopped at step {done}; continue with --resume")
                 return None
-    train_seconds = time.time() - started
+    stop.training = False     # from here Ctrl-C interrupts at once (StopRequest)
+    train_seconds = seconds_before + time.time() - started
 
     weights_path = os.path.join(args.out_dir, name + ".h5")
     net.save(weights_path)
     say(f"[{name}] evaluating {len(test)} test images")
-    acc_center, _ = evaluate(net, test, args.test_batch_size, "center")
+    acc_center, _, skipped = evaluate(net, test, args.test_batch_size, "center")
     acc_ten = None
     if not args.no_oversample:
-        acc_ten, _ = evaluate(net, test, max(1, args.test_batch_size // 10) if
-                              device.name == "cpu" else args.test_batch_size, "ten")
+        acc_ten, _, skipped = evaluate(net, test, max(1, args.test_batch_size // 10) if
+                                       device.name == "cpu" else args.test_batch_size, "ten")
     metrics = dict(run=name, accuracy_center=acc_center, accuracy_oversampled=acc_ten,
+                   n_test_evaluated=len(test) - len(skipped), test_images_skipped=skipped,
                    final_loss=losses[-1] if losses else None, losses=losses,
                    train_seconds=train_seconds, weights_file=weights_path, settings=settings)
     metrics_path = os.path.join(args.out_dir, name + ".json")
-    atomic_write(metrics_path, lambda tmp: open(tmp, "w").write(json.dumps(metrics, indent=1)))
+
+    def write_metrics(tmp):
+        with open(tmp, "w") as f:
+            json.dump(metrics, f, indent=1)
+    atomic_write(metrics_path, write_metrics)
     over = "" if acc_ten is None else f", 10-crop oversampled {acc_ten:.3f}"
-    print(f"[{name}] test accuracy: centre crop {acc_center:.3f}{over}; weights "
+    left_out = (f" ({len(skipped)} unreadable test images left out)" if skipped else "")
+    print(f"[{name}] test accuracy: centre crop {acc_center:.3f}{over}{left_out}; weights "
           f"{weights_path}, metrics {metrics_path}", flush=True)
     if os.path.isfile(checkpoint):
         os.remove(checkpoint)  # the run is complete: its weights and metrics are written
@@ -368,11 +440,29 @@ def summary_table(results):
     return "\n".join(lines)
 
 
+def one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning for train.py: 'train.py: warning: <message>' on stderr (a
+    skipped image is one line naming the file, not a source listing)."""
+    print(f"train.py: warning: {message}", file=sys.stderr if file is None else file,
+          flush=True)
+
+
 def main(argv=None, stop_at=None):
+    """Run train.py with argv (default sys.argv[1:]); returns the exit status: 0 done (or
+    stopped by stop_at), 2 a problem the user can fix, 130 stopped by Ctrl-C."""
     args = parse_args(argv)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line_warning
+        return run(args, say, stop_at)
+
+
+def run(args, say, stop_at):
+    """main() after parsing: train the fold(s), print the results; returns the exit status."""
+    from nn.batches import NoImagesError
     try:
+        check_weights_file(args)
         from nn.device import DeviceError, get_device
         try:
             device = get_device(args.device)
@@ -393,9 +483,13 @@ def main(argv=None, stop_at=None):
         if args.all_folds:
             print(summary_table(results), flush=True)
         return 0
-    except TrainError as e:
+    except (TrainError, NoImagesError) as e:
         print(f"train.py: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ntrain.py: interrupted (checkpoints already written are kept; continue with "
+              "--resume)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

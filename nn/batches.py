@@ -19,7 +19,8 @@ Two loaders, both iterators of ``(images float32, labels int32)``:
 An image that fails to load is skipped with a warning naming the file (training never
 stops for a bad file); it is added to `loader.skipped`. A training batch is then filled up
 with the next samples of the stream, so training batches are always full. If every image
-of the list fails, TrainLoader raises RuntimeError instead of looping forever.
+of the list fails, TrainLoader raises NoImagesError (a RuntimeError) instead of looping
+forever.
 
 Use as a context manager (or call `close()`) to stop the background thread early.
 """
@@ -36,6 +37,10 @@ from nn.preprocess import CROP, RESIZE, ImageError, center_crop, load_resized, r
     ten_crops
 
 _END = object()   # end-of-stream marker in the batch queue
+
+
+class NoImagesError(RuntimeError):
+    """Not one image of a TrainLoader's list can be loaded (the message gives the last error)."""
 
 
 def epoch_order(n, seed, epoch):
@@ -151,7 +156,7 @@ class _BackgroundLoader:
                 skipped.append((job.path, str(e)))
                 failures_in_a_row += 1
                 if self._full_batches and failures_in_a_row >= n_items:
-                    raise RuntimeError(f"none of the {n_items} images could be loaded; "
+                    raise NoImagesError(f"none of the {n_items} images could be loaded; "
                                        f"last error: {e}") from e
                 continue
             failures_in_a_row = 0

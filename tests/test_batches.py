@@ -134,7 +134,7 @@ def test_train_skips_bad_images_with_a_warning_and_keeps_batches_full(items, bad
 
 
 def test_train_raises_when_no_image_loads(bad_file):
-    with pytest.raises(RuntimeError, match="none of the 2 images could be loaded"):
+    with pytest.raises(batches.NoImagesError, match="none of the 2 images could be loaded"):
         with _train([(bad_file, 0), (bad_file + "x", 1)], 2) as loader:
             next(loader)
 

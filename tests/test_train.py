@@ -1,6 +1,8 @@
 """train.py end to end on the synthetic dataset (CPU path): learning, resume, errors."""
 import json
 import os
+import shutil
+import signal
 
 import h5py
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 
 import train
 from nn.caffenet import CaffeNet
+from nn.twitter import label_file, load_fold, make_synthetic_dataset, read_list
 
 # Small and quick: batch 4, a handful of steps, centre-crop evaluation only.
 QUICK = ["--data", "synthetic", "--synthetic-images", "40", "--batch-size", "4",
@@ -65,6 +68,70 @@ def test_missing_imagenet_weights_names_path_and_fetch_command(in_tmp, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "no/such.h5" in err and "tools.fetch weights" in err and "--init random" in err
+    assert not os.path.exists("data")     # it stopped at once, before generating any data
+
+
+def test_missing_images_stop_at_once_naming_the_file(in_tmp, capsys):
+    # the split files were fetched but not the images (fetch splits without dataset)
+    make_synthetic_dataset("ds", n_images=20, seed=0)
+    shutil.rmtree(os.path.join("ds", "images"))
+    assert train.main(["--data", "ds", "--init", "xavier", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train.py: none of the ") and err.count("\n") == 1
+    assert "synthetic_000" in err and "python -m tools.fetch dataset" in err
+    # present but unreadable, every one of them
+    make_synthetic_dataset("ds", n_images=20, seed=0)
+    for name in os.listdir(os.path.join("ds", "images")):
+        with open(os.path.join("ds", "images", name), "w") as f:
+            f.write("not a JPEG")
+    assert train.main(["--data", "ds", "--init", "xavier", "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("train.py: none of the ") and "could be loaded" in err[-1]
+    assert all(line.startswith("train.py: warning: skipping") for line in err[:-1])
+
+
+def test_unreadable_images_are_one_line_warnings_and_left_out(in_tmp, capsys):
+    make_synthetic_dataset(os.path.join("data", "synthetic"), n_images=40, seed=0)
+    _, test = load_fold(os.path.join("data", "synthetic"), "five", 2)
+    broken = test[0][0]
+    with open(broken, "w") as f:
+        f.write("not a JPEG")
+    assert train.main(QUICK + ["--max-iter", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"train.py: warning: skipping an image that cannot be loaded: {broken}: "
+                   f"cannot read image: UnidentifiedImageError: cannot identify image file "
+                   f"{broken!r}\n")
+    with open(os.path.join("weights", "synthetic_five_fold2.json")) as f:
+        metrics = json.load(f)
+    assert metrics["test_images_skipped"] == [broken]
+    assert metrics["n_test_evaluated"] == len(test) - 1
+
+
+def test_bad_settings_are_usage_errors(capsys):
+    for argv in (["--max-iter", "0"], ["--stepsize", "0"], ["--checkpoint-every", "-1"],
+                 ["--gamma", "0"], ["--momentum", "-0.1"], ["--weight-decay", "-1"],
+                 ["--data", "synthetic", "--synthetic-images", "9"]):
+        with pytest.raises(SystemExit) as exc:
+            train.parse_args(argv)
+        assert exc.value.code == 2
+        flag = argv[-2] if argv[-2].startswith("--") else argv[0]
+        assert flag in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_help_shows_no_none_defaults(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: 0.9)" in text
+
+
+def test_synthetic_dataset_follows_the_requested_size(in_tmp):
+    args = train.parse_args(["--data", "synthetic", "--synthetic-images", "20"])
+    folder = train.resolve_data_dir(args, lambda msg: None)
+    assert len(read_list(label_file(folder, "three"))) == 20
+    args = train.parse_args(["--data", "synthetic", "--synthetic-images", "30"])
+    train.resolve_data_dir(args, lambda msg: None)
+    assert len(read_list(label_file(folder, "three"))) == 30
 
 
 def test_imagenet_init_copies_all_but_the_last_layer(in_tmp, capsys):
@@ -123,6 +190,45 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(in_tmp, monkeyp
     checkpoint = os.path.join("weights", "checkpoints", "synthetic_five_fold2.h5")
     with h5py.File(checkpoint, "r") as f:
         assert f["solver"].attrs["iter"] == 2
+
+
+def test_ctrl_c_checkpoints_in_training_and_aborts_in_evaluation(in_tmp, monkeypatch, capsys):
+    real = CaffeNet.loss_and_grads
+    calls = []
+
+    def interrupted(self, x, labels):
+        calls.append(1)
+        if len(calls) == 2:                      # Ctrl-C during the second step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, x, labels)
+
+    monkeypatch.setattr(CaffeNet, "loss_and_grads", interrupted)
+    args = [a for a in QUICK if a != "--quiet"] + ["--max-iter", "5"]
+    assert train.main(args) == 130
+    out = capsys.readouterr().out
+    assert "stopped at step 2; continue with --resume" in out
+    checkpoint = os.path.join("weights", "checkpoints", "synthetic_five_fold2.h5")
+    with h5py.File(checkpoint, "r") as f:
+        assert f["solver"].attrs["iter"] == 2
+        assert json.loads(f.attrs["extra"])["train_seconds"] > 0
+    monkeypatch.setattr(CaffeNet, "loss_and_grads", real)
+
+    # a changed dataset cannot be resumed into (the data stream would not line up)
+    assert train.main(args + ["--resume", "--synthetic-images", "50"]) == 2
+    assert "n_train: checkpoint" in capsys.readouterr().err
+    # a fresh start says that it replaces the checkpoint
+    assert train.main(args + ["--synthetic-images", "50"], stop_at=1) == 0
+    assert "checkpoint" in capsys.readouterr().out.split("note: starting afresh; the ")[1]
+
+    # Ctrl-C while evaluating stops at once, with one line and exit status 130
+    def evaluate_interrupted(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the Ctrl-C should have interrupted")
+    monkeypatch.setattr(train, "evaluate", evaluate_interrupted)
+    assert train.main(args + ["--max-iter", "1"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err.strip().startswith("train.py: interrupted")
+    assert "Traceback" not in captured.err and "stopping after this step" not in captured.err
 
 
 @pytest.mark.slow
