@@ -27,7 +27,8 @@ I;16*, I              16-bit grey: value >> 8 (what OpenCV does to 16-bit files)
 F                     float grey: clipped to 0..255, rounded
 ====================  ===================================================================
 
-EXIF orientation is applied first (a photo taken sideways is turned upright).
+EXIF orientation is applied first (a photo taken sideways is turned upright). An EXIF
+block that cannot be parsed counts as no orientation: the pixels are still good.
 Any file Pillow cannot read completely raises `ImageError` naming the file.
 
 The resize is Pillow's ``Image.BILINEAR`` on the 8-bit image. Note that when shrinking,
@@ -37,7 +38,7 @@ ImageData layer, samples only the 2 x 2 nearest pixels. Values can differ by a f
 on detailed images; this is a known, documented difference from the authors' pipeline.
 """
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 try:  # one definition for the whole project when nn/weights.py provides it
     from nn.weights import MEAN_BGR
@@ -48,6 +49,15 @@ RESIZE = 256   # side the whole image is resized to before cropping (Caffe new_h
 CROP = 227     # CaffeNet's input side
 
 _MEAN = np.asarray(MEAN_BGR, dtype=np.float32).reshape(3, 1, 1)
+
+
+# EXIF orientation tag (0x0112) value -> the transpose that turns the decoded pixels
+# upright (the EXIF/TIFF specification; 1 = already upright).
+_EXIF_ORIENTATION = 0x0112
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 class ImageError(ValueError):
@@ -81,6 +91,21 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
+def _upright(img):
+    """Apply the image's EXIF orientation (a Pillow image in, a Pillow image out).
+
+    Only the orientation tag is read; Pillow's ImageOps.exif_transpose would also rewrite
+    the whole EXIF block, which raises on malformed tags (struct.error) in photos whose
+    pixels are fine. Metadata that cannot be parsed means "no orientation".
+    """
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:   # any parse failure of a metadata block: keep the pixels as decoded
+        return img
+    method = _UPRIGHT.get(orientation)
+    return img if method is None else img.transpose(method)
+
+
 def load_image(path):
     """Read an image file as 8-bit RGB with EXIF orientation applied.
 
@@ -90,7 +115,7 @@ def load_image(path):
     try:
         with Image.open(path) as img:
             img.load()  # decode now, so truncation is detected here
-            img = ImageOps.exif_transpose(img)
+            img = _upright(img)
             rgb = _to_rgb(img)
             return np.array(rgb, dtype=np.uint8)
     except ImageError:

@@ -1,4 +1,6 @@
 """nn/preprocess.py: colour modes, EXIF, errors, bilinear resize, BGR/mean/CHW, crops."""
+import struct
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -93,6 +95,51 @@ def test_exif_orientation_is_applied(tmp_path):
         for j in range(5):
             expected[i, j] = rgb[5 - 1 - j, i]
     np.testing.assert_array_equal(out, expected)
+
+
+# Every EXIF orientation, by hand: displayed[i, j] in terms of the stored (H, W) pixels.
+_DISPLAYED = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],                       # mirrored left-right
+    3: lambda a: a[::-1, ::-1],                    # turned 180 degrees
+    4: lambda a: a[::-1, :],                       # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, 2),             # mirrored along the main diagonal
+    6: lambda a: a[::-1, :].transpose(1, 0, 2),    # turned 90 degrees clockwise
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # mirrored along the other diagonal
+    8: lambda a: a[:, ::-1].transpose(1, 0, 2),    # turned 90 degrees counter-clockwise
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(_DISPLAYED))
+def test_every_exif_orientation(tmp_path, orientation):
+    rgb = _rng(orientation).integers(1, 256, size=(5, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(rgb)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    out = pp.load_image(_save(tmp_path, img, "e.png", exif=exif))
+    np.testing.assert_array_equal(out, _DISPLAYED[orientation](rgb))
+
+
+def _tiff_exif(entries, tail):
+    """Raw big-endian EXIF (the "Exif" marker, then TIFF): one IFD of (tag, type, count,
+    4 value bytes) entries, followed by `tail` (data the entries point to, from offset
+    8 + 2 + 12 * len(entries) + 4)."""
+    ifd = struct.pack(">H", len(entries))
+    for tag, kind, count, value in entries:
+        ifd += struct.pack(">HHI", tag, kind, count) + value
+    return b"Exif\0\0" + b"MM\0\x2a" + struct.pack(">I", 8) + ifd + b"\0\0\0\0" + tail
+
+
+def test_malformed_exif_keeps_the_orientation_it_can_read(tmp_path):
+    # Tag 0x010a (FillOrder, a SHORT in the TIFF spec) holding ASCII text: Pillow's
+    # ImageOps.exif_transpose fails re-writing such a block (struct.error); the pixels and
+    # the orientation tag are fine.
+    rgb = _rng(9).integers(1, 256, size=(5, 8, 3), dtype=np.uint8)
+    tail_offset = 8 + 2 + 12 * 2 + 4
+    exif = _tiff_exif([(0x010a, 2, 6, tail_offset.to_bytes(4, "big")),
+                       (0x0112, 3, 1, b"\0\x06\0\0")], b"Canon\0")
+    path = _save(tmp_path, Image.fromarray(rgb), "bad_exif.png", exif=exif)
+    np.testing.assert_array_equal(pp.load_image(path), _DISPLAYED[6](rgb))
 
 
 @pytest.mark.parametrize("content", [None, b"", b"this is not an image at all", "truncated"])
