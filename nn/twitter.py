@@ -190,8 +190,10 @@ def load_fold(data_dir=DEFAULT_DATA_DIR, agree="five", fold=2, splits_dir=None,
         if not os.path.isfile(labels):
             raise DatasetError(
                 f"no split files ({train_path}) and no label file ({labels}): fetch the "
-                "dataset with `python -m tools.fetch dataset splits` or make a synthetic "
-                "one with nn.twitter.make_synthetic_dataset")
+                "dataset with `python -m tools.fetch dataset --dataset-archive FILE` (the "
+                "archive from the dataset's project page, see README) and `python -m "
+                "tools.fetch splits`, or make a synthetic one with `python train.py --data "
+                "synthetic`")
         warnings.warn(f"split files {os.path.dirname(train_path)} not found: using "
                       f"generated stratified {NUM_FOLDS}-fold splits of {labels} "
                       f"(seed {seed}), not the paper's folds", UserWarning, stacklevel=2)

@@ -105,7 +105,9 @@ def test_load_fold_generates_splits_with_a_warning(tmp_path):
 
 
 def test_load_fold_without_labels_or_splits_explains(tmp_path):
-    with pytest.raises(twitter.DatasetError, match="tools.fetch"):
+    # `tools.fetch dataset` alone cannot download it (no stable address): name the option
+    with pytest.raises(twitter.DatasetError,
+                       match="tools.fetch dataset --dataset-archive FILE.*tools.fetch splits"):
         twitter.load_fold(tmp_path, "five", 1)
 
 
