@@ -2,7 +2,7 @@
 
 The weights are a real-size CaffeNet made here (random, rescaled so that the output depends
 visibly on the image) and saved once per module. Expected values are computed
-independently of predict.py: preprocessing written out with Pillow and NumPy slicing, the
+independently of predict.py: preprocessing written out with nn.resize and NumPy slicing, the
 plain classifier (fc layers as inner products) for the classification, and for the map
 the classifier's fc6/fc7/fc8 applied as matrix products to every 6x6 window of pool5 (the
 fully convolutional net is exactly that, except for zero padding at the borders).
@@ -20,6 +20,7 @@ from PIL import Image
 
 import predict
 from nn.caffenet import CaffeNet, caffenet_spec
+from nn.resize import resize_linear
 from nn.weights import MEAN_BGR, save_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,9 +66,9 @@ def weights(tmp_path_factory):
 
 
 def _resize_bgr(rgb, size):
-    """Independent preprocessing: Pillow bilinear resize of the whole image, BGR, minus mean."""
-    resized = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR),
-                         dtype=np.float32)
+    """Independent preprocessing: OpenCV-exact linear resize of the whole image (nn.resize,
+    tested on its own in tests/test_resize.py), then BGR and minus mean by hand."""
+    resized = resize_linear(rgb, size, size).astype(np.float32)
     return (resized[:, :, ::-1] - np.float32(MEAN_BGR)).transpose(2, 0, 1)
 
 

@@ -1,4 +1,4 @@
-"""nn/preprocess.py: colour modes, EXIF, errors, bilinear resize, BGR/mean/CHW, crops."""
+"""nn/preprocess.py: colour modes, EXIF, errors, OpenCV linear resize, BGR/mean/CHW, crops."""
 import struct
 
 import numpy as np
@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from nn import preprocess as pp
+from nn.resize import resize_linear
 
 MEAN = np.array([104.0070, 116.6688, 122.6789])
 
@@ -159,38 +160,48 @@ def test_unreadable_files_raise_image_error_naming_the_file(tmp_path, content):
 
 # --- resize, channel order, mean --------------------------------------------------------
 
-def _bilinear_reference(src, size):
-    """Pillow-style bilinear (triangle filter widened by the scale when shrinking), float64."""
-    def weights(n_in, n_out):
-        scale = n_in / n_out
-        support = max(scale, 1.0)
-        m = np.zeros((n_out, n_in))
-        for x in range(n_out):
-            center = (x + 0.5) * scale
-            lo = max(int(center - support + 0.5), 0)
-            hi = min(int(center + support + 0.5), n_in)
-            j = np.arange(lo, hi)
-            w = np.maximum(0.0, 1.0 - np.abs((j - center + 0.5) / support))
-            m[x, lo:hi] = w / w.sum()
-        return m
-    rows, cols = weights(src.shape[0], size), weights(src.shape[1], size)
-    return np.einsum("ai,ijc,bj->abc", rows, src.astype(np.float64), cols)
+def _to_bgr_minus_mean(hwc_rgb):
+    """uint8 (H, W, 3) RGB -> float32 (3, H, W) BGR minus the mean, written out by hand."""
+    bgr = hwc_rgb[:, :, ::-1].astype(np.float32)
+    return (bgr - MEAN.astype(np.float32)).transpose(2, 0, 1)
 
 
-@pytest.mark.parametrize("shape,size", [((41, 29), 17), ((13, 21), 31)])
-def test_resize_is_bilinear(shape, size):
+@pytest.mark.parametrize("shape,size", [((41, 29), 17), ((13, 21), 31), ((375, 500), 256)])
+def test_resize_is_opencv_linear_then_bgr_minus_mean(shape, size):
     rgb = _rng(9).integers(0, 256, size=shape + (3,), dtype=np.uint8)
-    ref = _bilinear_reference(rgb, size)                          # RGB, float64
     out = pp.resize_image(rgb, size)
     assert out.shape == (3, size, size) and out.dtype == np.float32
     assert out.flags.c_contiguous
-    back = out + MEAN.reshape(3, 1, 1).astype(np.float32)       # undo the mean
-    rgb_out = back[::-1].transpose(1, 2, 0)                      # CHW BGR -> HWC RGB
-    # Pillow rounds to 8 bits between its two passes: at most one level off
-    assert np.abs(rgb_out - ref).max() <= 1.0 + 1e-4
-    # the comparison is sharp enough to tell bilinear from bicubic
-    bicubic = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC), float)
-    assert np.abs(bicubic - ref).max() > 2.0
+    np.testing.assert_array_equal(out, _to_bgr_minus_mean(resize_linear(rgb, size, size)))
+    # no longer Pillow's bilinear, whose shrinking filter averages a wider footprint
+    pillow = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+    if size < min(shape):
+        assert np.abs(_to_bgr_minus_mean(pillow) - out).max() > 5
+
+
+def test_resize_two_by_two_by_hand():
+    # the red channel is tests/test_resize.py's hand-worked 2x2 -> 4x4 case; green and blue
+    # are constant and stay so; BGR order puts red last
+    rgb = np.empty((2, 2, 3), np.uint8)
+    rgb[:, :, 0] = [[10, 50], [90, 200]]
+    rgb[:, :, 1], rgb[:, :, 2] = 77, 3
+    red = np.array([[10, 20, 40, 50], [30, 44, 73, 88], [70, 93, 139, 163],
+                    [90, 117, 172, 200]], np.float32)
+    mean = MEAN.astype(np.float32)
+    out = pp.resize_image(rgb, 4)
+    np.testing.assert_array_equal(out[2], red - mean[2])
+    np.testing.assert_array_equal(out[1], np.float32(77) - mean[1])
+    np.testing.assert_array_equal(out[0], np.float32(3) - mean[0])
+
+
+def test_resize_matches_caffe_opencv_pipeline():
+    # Caffe: cv::imread gives BGR, cv::resize(INTER_LINEAR), then subtract the mean
+    cv2 = pytest.importorskip("cv2")
+    rgb = _rng(12).integers(0, 256, size=(375, 500, 3), dtype=np.uint8)
+    bgr = cv2.resize(np.ascontiguousarray(rgb[:, :, ::-1]), (256, 256),
+                     interpolation=cv2.INTER_LINEAR)
+    expected = (bgr.astype(np.float32) - MEAN.astype(np.float32)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(pp.resize_image(rgb), expected)
 
 
 def test_constant_colour_gives_bgr_minus_mean():
