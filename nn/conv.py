@@ -129,6 +129,40 @@ def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv'):
     return y, cache
 
 
+def dx_by_convolution(stride, pad, kernel_shape, kg, cg):
+    """Whether conv_backward computes dx as a convolution rather than with col2im.
+
+    For stride 1 the input gradient is itself a convolution: dy, padded by k - 1 - pad,
+    correlated with the filters flipped in space and with input and output channels swapped
+    (see _dx_as_convolution). Its im2col gathers dy's windows with one copy, while col2im
+    scatter-adds kh*kw short strided rows; the gather wins unless dy has many more channels
+    per group than x. Measured at batch 16 on 2 cores: dx of conv3/4/5 32/33/26 ms with
+    col2im, 30/24/16 ms as a convolution; conv2 (Kg/Cg = 2.7) 61 ms against 77.
+    Square kernels only (im2col takes one pad for both axes).
+    """
+    kh, kw = kernel_shape
+    return stride == 1 and kh == kw and pad <= kh - 1 and kg <= 2 * cg
+
+
+def _dx_as_convolution(dy, w, pad, group):
+    """Input gradient of a stride-1 convolution, computed as a convolution.
+
+    dy (N, K, Ho, Wo) (ReLU mask already applied), w (K, C // group, k, k) -> dx (N, C, H, W):
+    dx[c] = sum_k correlate(pad(dy[k], k - 1 - pad), flip(w[k, c])) within each group.
+    """
+    k, cg, kh, kw = w.shape
+    kg = k // group
+    n, _, ho, wo = dy.shape
+    flipped = w.reshape(group, kg, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    flipped = np.ascontiguousarray(flipped).reshape(group, cg, kg * kh * kw)
+    cols = im2col(dy, kh, kw, 1, kh - 1 - pad, group)     # (group, Kg*k*k, N*H*W)
+    h, wid = ho + kh - 1 - 2 * pad, wo + kw - 1 - 2 * pad
+    dxg = np.empty((group, cg, n * h * wid), dtype=dy.dtype)
+    for g in range(group):
+        np.matmul(flipped[g], cols[g], out=dxg[g])
+    return np.ascontiguousarray(dxg.reshape(group * cg, n, h, wid).transpose(1, 0, 2, 3))
+
+
 def conv_backward(dy, cache, need_dx=True):
     """Gradients of conv_forward.
 
@@ -136,26 +170,27 @@ def conv_backward(dy, cache, need_dx=True):
     When the forward had relu=True the ReLU gradient (y > 0) is applied first.
     need_dx=False skips the input gradient (dx is None): a network's first layer needs
     none, and for CaffeNet's conv1 it is about a third of the layer's backward work.
+    dx comes from the transposed product and col2im, or, where it is cheaper (see
+    dx_by_convolution), from a convolution of dy.
     """
     x_shape, w, cols, stride, pad, group, (ho, wo), y = cache
     k, cg, kh, kw = w.shape
     n = x_shape[0]
     check_upstream_grad(dy, (n, k, ho, wo), w.dtype, "conv_backward")
-    # Channel-major gradient (group, K/group, N*Ho*Wo), matching the cols layout; the ReLU
-    # mask is applied during this same copy.
-    dyt = np.empty((group, k // group, n * ho * wo), dtype=dy.dtype)
-    dyt_view = dyt.reshape(k, n, ho, wo)
     if y is not None:
-        np.multiply(dy.transpose(1, 0, 2, 3), y.transpose(1, 0, 2, 3) > 0, out=dyt_view)
-    else:
-        dyt_view[...] = dy.transpose(1, 0, 2, 3)
+        dy = dy * (y > 0)
+    # Channel-major gradient (group, K/group, N*Ho*Wo), matching the cols layout.
+    dyt = np.empty((group, k // group, n * ho * wo), dtype=dy.dtype)
+    dyt.reshape(k, n, ho, wo)[...] = dy.transpose(1, 0, 2, 3)
     db = dyt.sum(axis=2).reshape(k)
     wg = w.reshape(group, k // group, cg * kh * kw)
     dw = np.empty_like(wg)
     for g in range(group):
         np.matmul(dyt[g], cols[g].T, out=dw[g])
     dx = None
-    if need_dx:
+    if need_dx and dx_by_convolution(stride, pad, (kh, kw), k // group, cg):
+        dx = _dx_as_convolution(dy, w, pad, group)
+    elif need_dx:
         dcols = np.empty_like(cols)
         for g in range(group):
             np.matmul(wg[g].T, dyt[g], out=dcols[g])

@@ -29,6 +29,12 @@ CONFIGS = [  # (N, C, H, W, K, kh, kw, stride, pad, group)
     (3, 4, 9, 7, 6, 3, 5, 2, 1, 2),
     (1, 6, 11, 10, 9, 5, 3, 3, 2, 3),
     (2, 2, 5, 5, 4, 1, 1, 1, 0, 2),
+    # stride 1: dx as a convolution (padded, grouped) and, where Kg > 2 Cg, a
+    # non-square kernel or pad > k - 1, through col2im
+    (2, 4, 6, 8, 6, 3, 3, 1, 1, 2),
+    (2, 4, 7, 6, 10, 3, 3, 1, 1, 2),
+    (1, 6, 7, 8, 6, 3, 5, 1, 2, 2),
+    (1, 2, 5, 6, 2, 1, 1, 1, 1, 1),
 ]
 
 
@@ -142,3 +148,32 @@ def test_need_dx_false_skips_only_dx():
     assert dx is not None and none is None
     np.testing.assert_array_equal(dw2, dw)
     np.testing.assert_array_equal(db2, db)
+
+
+@pytest.mark.parametrize("cfg, by_convolution", [
+    ((2, 4, 6, 8, 6, 3, 3, 1, 1, 2), True),    # Kg 3 <= 2 Cg 4, pad 1 <= k - 1
+    ((2, 3, 7, 9, 5, 3, 3, 1, 0, 1), True),
+    ((2, 4, 7, 6, 10, 3, 3, 1, 1, 2), False),  # Kg 5 > 2 Cg 4
+    ((1, 6, 7, 8, 6, 3, 5, 1, 2, 2), False),   # non-square kernel
+    ((1, 2, 5, 6, 2, 1, 1, 1, 1, 1), False),   # pad 1 > k - 1 = 0
+    ((3, 4, 9, 7, 6, 3, 3, 2, 1, 2), False),   # stride 2
+])
+def test_both_input_gradient_methods_agree(cfg, by_convolution):
+    """dx as a convolution of dy equals dx from col2im, for every shape either may get."""
+    from nn.conv import _dx_as_convolution, col2im, dx_by_convolution, im2col
+    rng = np.random.default_rng(11)
+    x, w, b, kw = make(rng, cfg)
+    n, c, h, wid, k, kh, kwid, stride, pad, group = cfg
+    assert dx_by_convolution(stride, pad, (kh, kwid), k // group, c // group) == by_convolution
+    y, cache = conv_forward(x, w, b, relu=True, **kw)
+    dy = rng.standard_normal(y.shape) * (y > 0)
+    dx, _, _ = conv_backward(dy, cache)
+    # col2im route, written out: dcols = W^T dy per group, then scatter-add
+    dyt = dy.transpose(1, 0, 2, 3).reshape(group, k // group, -1)
+    wg = w.reshape(group, k // group, -1)
+    dcols = np.stack([wg[g].T @ dyt[g] for g in range(group)])
+    np.testing.assert_allclose(dx, col2im(dcols, x.shape, kh, kwid, stride, pad), rtol=1e-12,
+                               atol=1e-12)
+    if stride == 1 and kh == kwid and pad <= kh - 1:
+        np.testing.assert_allclose(_dx_as_convolution(dy, w, pad, group), dx, rtol=1e-12,
+                                   atol=1e-12)
