@@ -256,9 +256,8 @@ def _read_model(path, device):
     if int(attrs.get('input_size', INPUT_SIZE)) != INPUT_SIZE:
         raise SetupError(f'{path}: input_size is {attrs["input_size"]}, CaffeNet needs '
                          f'{INPUT_SIZE}')
+    # load_weights has checked that a mean_bgr attribute holds 3 numbers.
     mean = np.asarray(attrs.get('mean_bgr', MEAN_BGR), dtype=np.float64)
-    if mean.shape != (3,):
-        raise SetupError(f'{path}: mean_bgr must be 3 numbers (B, G, R), got {mean.tolist()}')
     mean_shift = (np.asarray(MEAN_BGR) - mean).astype(np.float32).reshape(3, 1, 1)
 
     net = CaffeNet(num_classes=num_classes, last_layer=last, class_names=class_names,
