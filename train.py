@@ -228,9 +228,8 @@ def build_net(args, device, say):
     from nn.caffenet import CaffeNet
     net = CaffeNet(num_classes=2, last_layer=LAST_LAYER, class_names=list(CLASS_NAMES),
                    device=device, dropout_seed=args.seed, seed=args.seed,
-                   init="caffe" if args.init == "imagenet" else args.init.replace("random", "caffe"))
-    if args.init == "imagenet":
-        check_weights_file(args)
+                   init="xavier" if args.init == "xavier" else "caffe")
+    if args.init == "imagenet":   # run() has checked that the file exists
         from nn.weights import WeightsError
         try:
             report = net.load(args.weights)
