@@ -47,11 +47,7 @@ import numpy as np
 from PIL import Image
 
 from nn.resize import resize_linear
-
-try:  # one definition for the whole project when nn/weights.py provides it
-    from nn.weights import MEAN_BGR
-except ImportError:  # pragma: no cover - only while nn/weights.py does not exist
-    MEAN_BGR = (104.0070, 116.6688, 122.6789)
+from nn.weights import MEAN_BGR
 
 RESIZE = 256   # side the whole image is resized to before cropping (Caffe new_height/width)
 CROP = 227     # CaffeNet's input side
