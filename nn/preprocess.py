@@ -9,8 +9,8 @@ Pipeline for one image (every array is float32, channels first, BGR, mean subtra
          --random_crop / center_crop / ten_crops--> (3, 227, 227) or (10, 3, 227, 227)
 
 `load_resized(path)` does the first two steps with S = 256 (training and testing);
-`load_for_map(path, size)` does them with any S (the fully convolutional sentiment map
-resizes the image to 451 x 451 directly and uses no crop).
+`load_resized(path, size)` with any S serves the fully convolutional sentiment map, which
+resizes the image to 451 x 451 directly and uses no crop.
 
 Colour modes (Pillow names) are turned into 8-bit RGB like this:
 
@@ -156,15 +156,6 @@ def load_resized(path, size=RESIZE):
     Raises ImageError naming `path` when the file cannot be read.
     """
     return resize_image(load_image(path), size)
-
-
-def load_for_map(path, size):
-    """Image file -> float32 (3, size, size) for the fully convolutional sentiment map.
-
-    The whole image is resized to size x size (451 in the paper), BGR, mean subtracted,
-    no crop; add a batch axis (``x[None]``) before feeding the network.
-    """
-    return load_resized(path, size)
 
 
 def _check_image(img, crop, name):

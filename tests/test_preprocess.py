@@ -215,11 +215,11 @@ def test_constant_colour_gives_bgr_minus_mean():
     assert pp.MEAN_BGR == (104.0070, 116.6688, 122.6789)
 
 
-def test_load_resized_and_load_for_map(tmp_path):
+def test_load_resized_any_size(tmp_path):
     rgb = _rng(10).integers(0, 256, size=(27, 35, 3), dtype=np.uint8)
     path = _save(tmp_path, Image.fromarray(rgb), "x.png")
     np.testing.assert_array_equal(pp.load_resized(path, 33), pp.resize_image(rgb, 33))
-    m = pp.load_for_map(path, 45)
+    m = pp.load_resized(path, 45)   # the sentiment map's whole-image resize
     assert m.shape == (3, 45, 45)
     np.testing.assert_array_equal(m, pp.resize_image(rgb, 45))
     assert pp.load_resized(path).shape == (3, 256, 256)
