@@ -35,10 +35,9 @@ def check_array(runner, a, name, layer, expected, ndim=None, shape=None, dtype=n
     """
     dtype = np.dtype(dtype)
     what = f"a C-contiguous {dtype} {runner.xp.__name__} array of shape {expected}"
-    if not isinstance(a, runner.xp.ndarray) or a.dtype != dtype:
-        fail(layer, f"{name} must be {what}, got {describe(a)}")
-    if (ndim is not None and a.ndim != ndim) or \
-            (shape is not None and tuple(a.shape) != tuple(shape)):
+    if (not isinstance(a, runner.xp.ndarray) or a.dtype != dtype
+            or (ndim is not None and a.ndim != ndim)
+            or (shape is not None and tuple(a.shape) != tuple(shape))):
         fail(layer, f"{name} must be {what}, got {describe(a)}")
     if not a.flags.c_contiguous:
         fail(layer, f"{name} must be C-contiguous (use xp.ascontiguousarray), got a strided "
