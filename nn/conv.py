@@ -7,11 +7,17 @@ the whole batch, and the weights need no reshuffling):
     cols[g, (c, i, j), (n, ho, wo)] = x_padded[n, g*C/group + c, ho*stride + i, wo*stride + j]
 
 so that  y[g] (K/group, N*Ho*Wo) = w[g] (K/group, C/group*kh*kw) @ cols[g].
+
+The backward pass uses the same matrix: dw[g] = dy[g] @ cols[g]^T, and dx scatters
+w[g]^T @ dy[g] back onto the windows (col2im). 3x3 kernels at stride 1 (CaffeNet's conv3
+to conv5) go through Winograd's F(2x2, 3x3) instead (nn/winograd.py), which needs 2.25x
+fewer multiplications; conv_algorithm says which, and algorithm= can ask for either.
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from nn.threads import run_split
+from nn.winograd import winograd_applies, winograd_backward, winograd_forward
 from nn.checks import (check_float_array, check_int, check_same_dtype, check_upstream_grad,
                        expect_shape, fail)
 
@@ -103,16 +109,24 @@ def _check_conv_args(x, w, b, stride, pad, group, layer):
     return check_conv_params(x.shape, w.shape, b.shape, stride, pad, group, layer)
 
 
-def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv'):
-    """Caffe convolution, optionally followed by ReLU.
+def conv_algorithm(kernel_shape, stride, algorithm=None, layer='conv'):
+    """How conv_forward computes: 'winograd' (nn/winograd.py: F(2x2, 3x3), 2.25x fewer
+    multiplications) for a 3x3 kernel at stride 1, 'im2col' (this module) otherwise.
+    algorithm='im2col' or 'winograd' asks for one; 'winograd' only where it applies."""
+    applies = winograd_applies(kernel_shape, stride)
+    if algorithm is None:
+        return 'winograd' if applies else 'im2col'
+    if algorithm not in ('im2col', 'winograd'):
+        fail(layer, f"algorithm must be None, 'im2col' or 'winograd', got {algorithm!r}")
+    if algorithm == 'winograd' and not applies:
+        fail(layer, f"algorithm 'winograd' needs a 3x3 kernel at stride 1, got a "
+                    f"{kernel_shape[0]}x{kernel_shape[1]} kernel at stride {stride}")
+    return algorithm
 
-    x (N, C, H, W), w (K, C // group, kh, kw), b (K,)  ->  y (N, K, Ho, Wo),
-    Ho = (H + 2*pad - kh) // stride + 1. Group g maps input channels
-    [g*C/group, (g+1)*C/group) to output channels [g*K/group, (g+1)*K/group).
-    Returns (y, cache). y is referenced by the cache when relu=True: do not modify it
-    in place before conv_backward.
-    """
-    stride, pad, group, ho, wo = _check_conv_args(x, w, b, stride, pad, group, layer)
+
+def _im2col_forward(x, w, b, stride, pad, group, ho, wo):
+    """y (N, K, Ho, Wo) = one matrix product per group with the column matrix; returns
+    (y, cols)."""
     n = x.shape[0]
     k, cg, kh, kw = w.shape
     cols = im2col(x, kh, kw, stride, pad, group)
@@ -123,44 +137,51 @@ def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv'):
     # (K, N, Ho, Wo) -> NCHW while adding the bias: one pass instead of copy + add.
     y = np.empty((n, k, ho, wo), dtype=x.dtype)
     np.add(yg.reshape(k, n, ho, wo).transpose(1, 0, 2, 3), b.reshape(1, k, 1, 1), out=y)
+    return y, cols
+
+
+def _im2col_backward(dy, x_shape, w, cols, stride, pad, group, need_dx):
+    """Gradients from the column matrix: dw = dy cols^T and dx = col2im(W^T dy) per group."""
+    k, cg, kh, kw = w.shape
+    # Channel-major gradient (group, K/group, N*Ho*Wo), matching the cols layout.
+    dyt = np.empty((group, k // group, cols.shape[2]), dtype=dy.dtype)
+    dyt.reshape((k,) + dy.shape[:1] + dy.shape[2:])[...] = dy.transpose(1, 0, 2, 3)
+    db = dyt.sum(axis=2).reshape(k)
+    wg = w.reshape(group, k // group, cg * kh * kw)
+    dw = np.empty_like(wg)
+    for g in range(group):
+        np.matmul(dyt[g], cols[g].T, out=dw[g])
+    dx = None
+    if need_dx:
+        dcols = np.empty_like(cols)
+        for g in range(group):
+            np.matmul(wg[g].T, dyt[g], out=dcols[g])
+        dx = col2im(dcols, x_shape, kh, kw, stride, pad)
+    return dx, dw.reshape(w.shape), db
+
+
+def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv',
+                 algorithm=None):
+    """Caffe convolution, optionally followed by ReLU.
+
+    x (N, C, H, W), w (K, C // group, kh, kw), b (K,)  ->  y (N, K, Ho, Wo),
+    Ho = (H + 2*pad - kh) // stride + 1. Group g maps input channels
+    [g*C/group, (g+1)*C/group) to output channels [g*K/group, (g+1)*K/group).
+    algorithm: see conv_algorithm (default: Winograd for 3x3 stride 1, else im2col).
+    Returns (y, cache). y is referenced by the cache when relu=True: do not modify it
+    in place before conv_backward.
+    """
+    stride, pad, group, ho, wo = _check_conv_args(x, w, b, stride, pad, group, layer)
+    algorithm = conv_algorithm(w.shape[2:], stride, algorithm, layer)
+    if algorithm == 'winograd':
+        y, saved = winograd_forward(x, w, b, pad, group)
+    else:
+        y, saved = _im2col_forward(x, w, b, stride, pad, group, ho, wo)
     if relu:
         np.maximum(y, 0, out=y)
-    cache = (x.shape, w, cols, stride, pad, group, (ho, wo), y if relu else None)
+    cache = dict(algorithm=algorithm, saved=saved, x_shape=x.shape, w=w, stride=stride,
+                 pad=pad, group=group, y_shape=y.shape, y=y if relu else None)
     return y, cache
-
-
-def dx_by_convolution(stride, pad, kernel_shape, kg, cg):
-    """Whether conv_backward computes dx as a convolution rather than with col2im.
-
-    For stride 1 the input gradient is itself a convolution: dy, padded by k - 1 - pad,
-    correlated with the filters flipped in space and with input and output channels swapped
-    (see _dx_as_convolution). Its im2col gathers dy's windows with one copy, while col2im
-    scatter-adds kh*kw short strided rows; the gather wins unless dy has many more channels
-    per group than x. Measured at batch 16 on 2 cores: dx of conv3/4/5 32/33/26 ms with
-    col2im, 30/24/16 ms as a convolution; conv2 (Kg/Cg = 2.7) 61 ms against 77.
-    Square kernels only (im2col takes one pad for both axes).
-    """
-    kh, kw = kernel_shape
-    return stride == 1 and kh == kw and pad <= kh - 1 and kg <= 2 * cg
-
-
-def _dx_as_convolution(dy, w, pad, group):
-    """Input gradient of a stride-1 convolution, computed as a convolution.
-
-    dy (N, K, Ho, Wo) (ReLU mask already applied), w (K, C // group, k, k) -> dx (N, C, H, W):
-    dx[c] = sum_k correlate(pad(dy[k], k - 1 - pad), flip(w[k, c])) within each group.
-    """
-    k, cg, kh, kw = w.shape
-    kg = k // group
-    n, _, ho, wo = dy.shape
-    flipped = w.reshape(group, kg, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-    flipped = np.ascontiguousarray(flipped).reshape(group, cg, kg * kh * kw)
-    cols = im2col(dy, kh, kw, 1, kh - 1 - pad, group)     # (group, Kg*k*k, N*H*W)
-    h, wid = ho + kh - 1 - 2 * pad, wo + kw - 1 - 2 * pad
-    dxg = np.empty((group, cg, n * h * wid), dtype=dy.dtype)
-    for g in range(group):
-        np.matmul(flipped[g], cols[g], out=dxg[g])
-    return np.ascontiguousarray(dxg.reshape(group * cg, n, h, wid).transpose(1, 0, 2, 3))
 
 
 def conv_backward(dy, cache, need_dx=True):
@@ -170,29 +191,12 @@ def conv_backward(dy, cache, need_dx=True):
     When the forward had relu=True the ReLU gradient (y > 0) is applied first.
     need_dx=False skips the input gradient (dx is None): a network's first layer needs
     none, and for CaffeNet's conv1 it is about a third of the layer's backward work.
-    dx comes from the transposed product and col2im, or, where it is cheaper (see
-    dx_by_convolution), from a convolution of dy.
     """
-    x_shape, w, cols, stride, pad, group, (ho, wo), y = cache
-    k, cg, kh, kw = w.shape
-    n = x_shape[0]
-    check_upstream_grad(dy, (n, k, ho, wo), w.dtype, "conv_backward")
+    w, y = cache['w'], cache['y']
+    check_upstream_grad(dy, cache['y_shape'], w.dtype, "conv_backward")
     if y is not None:
         dy = dy * (y > 0)
-    # Channel-major gradient (group, K/group, N*Ho*Wo), matching the cols layout.
-    dyt = np.empty((group, k // group, n * ho * wo), dtype=dy.dtype)
-    dyt.reshape(k, n, ho, wo)[...] = dy.transpose(1, 0, 2, 3)
-    db = dyt.sum(axis=2).reshape(k)
-    wg = w.reshape(group, k // group, cg * kh * kw)
-    dw = np.empty_like(wg)
-    for g in range(group):
-        np.matmul(dyt[g], cols[g].T, out=dw[g])
-    dx = None
-    if need_dx and dx_by_convolution(stride, pad, (kh, kw), k // group, cg):
-        dx = _dx_as_convolution(dy, w, pad, group)
-    elif need_dx:
-        dcols = np.empty_like(cols)
-        for g in range(group):
-            np.matmul(wg[g].T, dyt[g], out=dcols[g])
-        dx = col2im(dcols, x_shape, kh, kw, stride, pad)
-    return dx, dw.reshape(w.shape), db
+    if cache['algorithm'] == 'winograd':
+        return winograd_backward(dy, cache['saved'], need_dx)
+    return _im2col_backward(dy, cache['x_shape'], w, cache['saved'], cache['stride'],
+                            cache['pad'], cache['group'], need_dx)

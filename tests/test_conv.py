@@ -29,8 +29,8 @@ CONFIGS = [  # (N, C, H, W, K, kh, kw, stride, pad, group)
     (3, 4, 9, 7, 6, 3, 5, 2, 1, 2),
     (1, 6, 11, 10, 9, 5, 3, 3, 2, 3),
     (2, 2, 5, 5, 4, 1, 1, 1, 0, 2),
-    # stride 1: dx as a convolution (padded, grouped) and, where Kg > 2 Cg, a
-    # non-square kernel or pad > k - 1, through col2im
+    # stride 1: 3x3 through Winograd (padded, grouped); a non-square kernel and 1x1
+    # with pad > k - 1 through im2col
     (2, 4, 6, 8, 6, 3, 3, 1, 1, 2),
     (2, 4, 7, 6, 10, 3, 3, 1, 1, 2),
     (1, 6, 7, 8, 6, 3, 5, 1, 2, 2),
@@ -150,30 +150,43 @@ def test_need_dx_false_skips_only_dx():
     np.testing.assert_array_equal(db2, db)
 
 
-@pytest.mark.parametrize("cfg, by_convolution", [
-    ((2, 4, 6, 8, 6, 3, 3, 1, 1, 2), True),    # Kg 3 <= 2 Cg 4, pad 1 <= k - 1
-    ((2, 3, 7, 9, 5, 3, 3, 1, 0, 1), True),
-    ((2, 4, 7, 6, 10, 3, 3, 1, 1, 2), False),  # Kg 5 > 2 Cg 4
-    ((1, 6, 7, 8, 6, 3, 5, 1, 2, 2), False),   # non-square kernel
-    ((1, 2, 5, 6, 2, 1, 1, 1, 1, 1), False),   # pad 1 > k - 1 = 0
-    ((3, 4, 9, 7, 6, 3, 3, 2, 1, 2), False),   # stride 2
-])
-def test_both_input_gradient_methods_agree(cfg, by_convolution):
-    """dx as a convolution of dy equals dx from col2im, for every shape either may get."""
-    from nn.conv import _dx_as_convolution, col2im, dx_by_convolution, im2col
+WINOGRAD_CONFIGS = [  # 3x3 at stride 1: odd and even sizes, pads 0-2, groups, one image
+    (2, 4, 6, 8, 6, 3, 3, 1, 1, 2),
+    (1, 3, 7, 5, 4, 3, 3, 1, 0, 1),
+    (3, 6, 5, 9, 9, 3, 3, 1, 2, 3),
+    (2, 2, 3, 3, 3, 3, 3, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("cfg", WINOGRAD_CONFIGS)
+@pytest.mark.parametrize("relu", [False, True])
+def test_winograd_and_im2col_agree(cfg, relu):
+    """Both algorithms give the same y, dx, dw and db (float64: to rounding)."""
+    from nn.conv import conv_algorithm
+    assert conv_algorithm(cfg[5:7], cfg[7]) == 'winograd'
     rng = np.random.default_rng(11)
     x, w, b, kw = make(rng, cfg)
-    n, c, h, wid, k, kh, kwid, stride, pad, group = cfg
-    assert dx_by_convolution(stride, pad, (kh, kwid), k // group, c // group) == by_convolution
-    y, cache = conv_forward(x, w, b, relu=True, **kw)
-    dy = rng.standard_normal(y.shape) * (y > 0)
-    dx, _, _ = conv_backward(dy, cache)
-    # col2im route, written out: dcols = W^T dy per group, then scatter-add
-    dyt = dy.transpose(1, 0, 2, 3).reshape(group, k // group, -1)
-    wg = w.reshape(group, k // group, -1)
-    dcols = np.stack([wg[g].T @ dyt[g] for g in range(group)])
-    np.testing.assert_allclose(dx, col2im(dcols, x.shape, kh, kwid, stride, pad), rtol=1e-12,
-                               atol=1e-12)
-    if stride == 1 and kh == kwid and pad <= kh - 1:
-        np.testing.assert_allclose(_dx_as_convolution(dy, w, pad, group), dx, rtol=1e-12,
-                                   atol=1e-12)
+    results = {}
+    for algorithm in ('im2col', 'winograd'):
+        y, cache = conv_forward(x, w, b, relu=relu, algorithm=algorithm, **kw)
+        assert cache['algorithm'] == algorithm
+        dy = np.random.default_rng(12).standard_normal(y.shape)
+        results[algorithm] = (y,) + conv_backward(dy, cache)
+    for a, e in zip(results['winograd'], results['im2col']):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_algorithm_choice_and_errors():
+    from nn.conv import conv_algorithm
+    assert conv_algorithm((3, 3), 1) == 'winograd'
+    assert conv_algorithm((3, 3), 1, 'im2col') == 'im2col'
+    for shape, stride in (((5, 5), 1), ((3, 3), 2), ((3, 5), 1), ((11, 11), 4)):
+        assert conv_algorithm(shape, stride) == 'im2col'
+    x = np.ones((1, 2, 7, 7), np.float32)
+    w, b = np.ones((2, 2, 5, 5), np.float32), np.ones(2, np.float32)
+    with pytest.raises(ValueError, match="conv2: algorithm 'winograd' needs a 3x3 kernel at "
+                                         "stride 1, got a 5x5 kernel at stride 1"):
+        conv_forward(x, w, b, algorithm='winograd', layer='conv2')
+    with pytest.raises(ValueError, match="conv2: algorithm must be None, 'im2col' or "
+                                         "'winograd', got 'fft'"):
+        conv_forward(x, w, b, algorithm='fft', layer='conv2')
