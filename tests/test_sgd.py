@@ -34,6 +34,21 @@ def test_two_steps_float32_against_float64_formula():
     np.testing.assert_allclose(p32, p64, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("grad_scale, weight_decay", [(1.0, 0.0), (1.0, 0.01), (0.5, 0.0),
+                                                      (0.25, 0.003)])
+def test_every_shortcut_matches_the_formula_exactly(grad_scale, weight_decay):
+    """grad_scale 1 and weight_decay 0 skip their multiplications; the numbers must not
+    change. Over several blocks (a size that is no multiple of BLOCK, split over threads)."""
+    from nn.sgd import BLOCK
+    rng = np.random.default_rng(23)
+    p, g, h = (rng.standard_normal(2 * BLOCK + 4097) for _ in range(3))
+    expected_h = 0.9 * h + 0.02 * (g * grad_scale + weight_decay * p)
+    expected_p = p - expected_h
+    sgd_update(p, g, h, 0.02, 0.9, weight_decay, grad_scale=grad_scale)
+    np.testing.assert_array_equal(h, expected_h)
+    np.testing.assert_array_equal(p, expected_p)
+
+
 def test_bad_input():
     p = np.ones((3, 2), np.float32)
     with pytest.raises(ValueError, match=r"sgd_update: grad must have shape \(3, 2\)"):
