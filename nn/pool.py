@@ -15,6 +15,12 @@ exactly "first row that holds the maximum, then its first column", and each pass
 the first occurrence with the trick "offset = max(offset, o * (v > best))" (offsets only
 grow, so the last strict improvement wins). Padding is filled with -inf, which never
 beats the -FLT_MAX start. The batch is split over threads (nn/threads.py).
+
+The backward pass is one scatter-add: np.bincount over each window's flat argmax in the
+whole batch, weighted by dy. Where overlapping windows share a maximum it sums their
+gradients in float64 and rounds once (Caffe adds them one by one in float32; the
+difference is below float32's last place of the sum). It replaced kernel*kernel strided
+adds, one per window offset: 27 -> 14 ms for pool1/2/5 at batch 16.
 """
 import numpy as np
 
@@ -60,14 +66,13 @@ def _padded_extent(size, kernel, stride, pad, out):
 
 
 def _offset_dtype(kernel):
-    """Smallest integer type for window offsets 0 .. kernel*kernel (the last: 'none')."""
-    return np.uint8 if kernel * kernel < 256 else np.int32
+    """Smallest integer type for window offsets 0 .. kernel*kernel - 1."""
+    return np.uint8 if kernel * kernel <= 256 else np.int32
 
 
 def _pool_planes(x, kernel, stride, pad, padded, y, offset, argmax):
-    """Forward for some images: x (m, C, H, W) -> y, offset, argmax (m, C, Ho, Wo).
-
-    offset = i * kernel + j of the window's first maximum, kernel*kernel for none."""
+    """Forward for some images: x (m, C, H, W) -> y, argmax (m, C, Ho, Wo); offset (same
+    shape) is scratch space for i * kernel + j of each window's first maximum."""
     m, c, h, w = x.shape
     ho, wo = y.shape[2:]
     hp, wp = padded
@@ -110,17 +115,14 @@ def _pool_planes(x, kernel, stride, pad, padded, y, offset, argmax):
         np.maximum(y, v, out=y)
 
     # Flat argmax within the unpadded plane: (ho*stride - pad + i) * W + wo*stride - pad + j,
-    # looked up per offset; windows that found nothing get -1 (and the 'none' offset).
-    table = np.array([(o // kernel) * w + o % kernel for o in range(kernel * kernel + 1)],
+    # looked up per offset; windows that found nothing get -1.
+    table = np.array([(o // kernel) * w + o % kernel for o in range(kernel * kernel)],
                      dtype=np.int32)
     base = ((np.arange(ho, dtype=np.int32) * stride - pad).reshape(ho, 1) * np.int32(w)
             + (np.arange(wo, dtype=np.int32) * stride - pad))
     np.take(table, offset, out=argmax)
     argmax += base
-    empty = y == dt(-FLT_MAX)
-    if empty.any():
-        offset[empty] = off(kernel * kernel)
-        argmax[empty] = -1
+    argmax[y == dt(-FLT_MAX)] = -1
 
 
 def max_pool_forward(x, kernel, stride, pad=0, layer='pool'):
@@ -140,41 +142,23 @@ def max_pool_forward(x, kernel, stride, pad=0, layer='pool'):
     argmax = np.empty((n, c, ho, wo), dtype=np.int32)
     run_split(n, lambda lo, hi: _pool_planes(x[lo:hi], kernel, stride, pad, padded,
                                              y[lo:hi], offset[lo:hi], argmax[lo:hi]))
-    cache = {'argmax': argmax, 'offset': offset, 'x_shape': x.shape, 'dtype': x.dtype,
-             'kernel': kernel, 'stride': stride, 'pad': pad, 'padded': padded}
+    cache = {'argmax': argmax, 'x_shape': x.shape, 'dtype': x.dtype}
     return y, cache
-
-
-def _unpool_planes(dy, offset, kernel, stride, pad, padded, dx):
-    """Backward for some images: dy, offset (m, C, Ho, Wo) -> dx (m, C, H, W)."""
-    m, c, h, w = dx.shape
-    ho, wo = dy.shape[2:]
-    direct = padded == (h, w) and pad == 0
-    dxp = dx if direct else np.zeros((m, c) + padded, dtype=dy.dtype)
-    if direct:
-        dxp[...] = 0
-    picked = np.empty_like(dy)
-    mask = np.empty(dy.shape, dtype=bool)
-    for i in range(kernel):
-        for j in range(kernel):
-            # For one offset (i, j) the source pixels (ho*stride + i, wo*stride + j) are
-            # distinct, so a strided add is a correct scatter; overlaps between windows
-            # accumulate across offsets. The 'none' offset matches no (i, j).
-            np.equal(offset, i * kernel + j, out=mask)
-            np.multiply(dy, mask, out=picked)
-            strided_window(dxp, i, j, stride, ho, wo)[...] += picked
-    if not direct:
-        dx[...] = dxp[:, :, pad:pad + h, pad:pad + w]
 
 
 def max_pool_backward(dy, cache):
     """dy (N, C, Ho, Wo) -> dx (N, C, H, W): each dy goes to its window's argmax,
     accumulating where overlapping windows share a maximum; windows with argmax -1 pass
     nothing."""
-    kernel, stride, pad, padded = cache['kernel'], cache['stride'], cache['pad'], cache['padded']
-    offset = cache['offset']
-    check_upstream_grad(dy, offset.shape, cache['dtype'], "max_pool_backward")
-    dx = np.empty(cache['x_shape'], dtype=dy.dtype)
-    run_split(dx.shape[0], lambda lo, hi: _unpool_planes(
-        dy[lo:hi], offset[lo:hi], kernel, stride, pad, padded, dx[lo:hi]))
-    return dx
+    argmax = cache['argmax']
+    check_upstream_grad(dy, argmax.shape, cache['dtype'], "max_pool_backward")
+    n, c, h, w = cache['x_shape']
+    target = argmax.reshape(n * c, -1).astype(np.intp)
+    target += np.arange(0, n * c * h * w, h * w, dtype=np.intp)[:, None]
+    weights = dy.reshape(n * c, -1)
+    empty = argmax.reshape(n * c, -1) < 0
+    if empty.any():
+        target[empty] = 0
+        weights = np.where(empty, 0, weights)
+    dx = np.bincount(target.ravel(), weights=weights.ravel(), minlength=n * c * h * w)
+    return dx.astype(dy.dtype).reshape(n, c, h, w)
