@@ -1075,6 +1075,10 @@ def run(args):
     if device.name == 'cpu':
         notes.append('CPU path (NumPy reference) timed; GPU figures need a GPU: '
                       'run `python bench.py --device cuda` on a machine with an NVIDIA GPU')
+        notes.append('the CPU path computes 3x3 stride-1 convolutions (conv3-conv5) by '
+                     "Winograd's F(2x2, 3x3), with 2.25x fewer multiplications; their "
+                     "GFLOP/s and %roof count the direct convolution's work, so they can "
+                     'pass the FP32 peak')
     if torch_why:
         notes.append(f'no PyTorch comparison: {torch_why}')
     if args.versions and device.runner is None:
