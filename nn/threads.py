@@ -5,10 +5,11 @@ run them truly in parallel. The layers without matrix products (pooling, LRN, Re
 split their batch into contiguous chunks of images, one per thread (`run_split`); each
 thread writes only its own images' rows of the outputs, so no locking is needed.
 
-Matrix products are left to the BLAS library's own threads: measured on the 2-core
-machine, splitting conv/fc products over our threads with BLAS on one thread each was
-slower than one large product on both BLAS threads (conv3 forward 45 ms against 29 ms,
-fc6 forward 35 ms against 19 ms, batch 16).
+Matrix products are mostly left to the BLAS library's own threads: measured on the
+2-core machine, splitting conv products over our threads was slower than one large
+product on both BLAS threads (conv3 forward 45 ms against 29 ms, batch 16). The one
+exception is the fully connected forward at a small batch, y^T = W x^T split by rows of
+W (nn/inner_product.py): fc6 at batch 16 takes 13 ms that way, 20 ms as one call.
 
 run_split must not be nested (a chunk calling run_split could wait on itself).
 """
