@@ -721,7 +721,27 @@ def bench_case(case, layer, ops, lib, timer, vendor, args, batch, peaks, version
     return row
 
 
-def kernel_versions(device, case):
+def reference_algorithms(device, case, layer):
+    """[(label, ops)] for the CPU path: the reference's convolution algorithms
+    (nn.conv.conv_algorithm) where more than one applies (3x3 at stride 1: im2col and
+    Winograd); [] for every other case. The backward follows its forward's algorithm (it
+    is in the cache), so the forward op is the one bound."""
+    from nn.conv import conv_algorithm
+    if layer is None or layer.kind != 'conv' or case.op not in ('conv_forward',
+                                                                 'conv_backward'):
+        return []
+    p = layer.params
+    if conv_algorithm((p['kernel'], p['kernel']), p.get('stride', 1)) != 'winograd':
+        return []
+    out = []
+    for algorithm in ('im2col', 'winograd'):
+        ops = subject_ops(device)
+        ops.conv_forward = functools.partial(device.ops.conv_forward, algorithm=algorithm)
+        out.append((algorithm, ops))
+    return out
+
+
+def kernel_versions(device, case, layer=None):
     """[(label, ops)] for each kept version of the kernel `case` times (kernel devices).
 
     The launcher module's VERSIONS tuple lists them. A backward that takes no `version=`
@@ -731,7 +751,7 @@ def kernel_versions(device, case):
     import inspect
     from kernels.ops import OP_FAMILIES
     if device.runner is None:
-        return None
+        return reference_algorithms(device, case, layer)
     family = 'gemm' if case.op == 'matmul' else OP_FAMILIES[case.op]
     module = importlib.import_module(f'kernels.{family}')
     target = case.op
@@ -1042,7 +1062,8 @@ def parse_args(argv):
                    help="time only these (comma-separated): a layer 'conv3', a case "
                         "'conv3.backward', 'sgd', or 'net' for the whole network only")
     p.add_argument('--versions', action='store_true',
-                   help='also time every kept version of each kernel (GPU; launchers take version=)')
+                   help="also time every kept version of each kernel (GPU: the launchers' "
+                        'version=; CPU: the two convolution algorithms of conv3-conv5)')
     p.add_argument('--json', default=None, metavar='FILE', help='write every figure to FILE')
     p.add_argument('--classes', type=int, default=1000,
                    help='classes of the last layer (default 1000, ImageNet CaffeNet)')
@@ -1082,7 +1103,8 @@ def run(args):
     if torch_why:
         notes.append(f'no PyTorch comparison: {torch_why}')
     if args.versions and device.runner is None:
-        notes.append('--versions compares GPU kernel versions; ignored on the CPU path')
+        notes.append("--versions on the CPU path: the reference's convolution algorithms "
+                     '(im2col, Winograd) for the 3x3 stride-1 layers; nothing else has two')
     if device.name == 'emu':
         notes.append('emu: the CUDA kernels run on the CPU emulator; the checks hold, the '
                      'times say nothing about a GPU')
@@ -1114,12 +1136,12 @@ def run(args):
         for case in select(build_cases(layers, batch, sgd=batch == batches[0]), kernel_only):
             vendor = next((v for v in vendors if v.runner(case, None)), None)
             versions = None
-            if args.versions and device.runner is not None:
+            if args.versions:
                 try:
-                    versions = kernel_versions(device, case)
+                    versions = kernel_versions(device, case, by_name.get(case.layer))
                 except ImportError as exc:
                     notes.append(f'{case.name}: no versions to compare: {exc}')
-                if versions == []:
+                if versions == [] and device.runner is not None:
                     notes.append(f'{case.name}: its launcher takes no version=')
             kernels.append(bench_case(case, by_name.get(case.layer), ops, lib, timer, vendor,
                                       args, batch, peaks, versions))

@@ -176,7 +176,22 @@ def test_versions_bind_the_launchers():
     assert ops.conv_forward.keywords == {'version': 1}  # the backward follows its forward
     labels = [v for v, _ in bench.kernel_versions(device, cases['fc6.gemm_forward'])]
     assert labels == ['1', '2', '3']
-    assert bench.kernel_versions(get_device('cpu'), cases['conv2.forward']) is None
+    layers = {l.name: l for l in flops.caffenet_layers()}
+    cpu = get_device('cpu')
+    assert bench.kernel_versions(cpu, cases['conv2.forward'], layers['conv2']) == []
+    assert bench.kernel_versions(cpu, cases['fc6.forward'], layers['fc6']) == []
+    versions = bench.kernel_versions(cpu, cases['conv4.backward'], layers['conv4'])
+    assert [v for v, _ in versions] == ['im2col', 'winograd']
+    assert versions[1][1].conv_forward.keywords == {'algorithm': 'winograd'}
+
+
+def test_cpu_versions_are_the_convolution_algorithms(tmp_path):
+    rc, report = _run(tmp_path, '--batch', '1', '--only', 'conv5,conv1', '--versions')
+    assert rc == 0
+    rows = {r['name']: r for r in report['kernels']}
+    assert [v['version'] for v in rows['conv5.backward']['versions']] == ['im2col', 'winograd']
+    assert all(v['status'] == 'ok' and v['time_s'] > 0 for v in rows['conv5.forward']['versions'])
+    assert 'versions' not in rows['conv1.forward']   # only one algorithm applies
 
 
 def test_emulated_kernel_path(tmp_path):
