@@ -742,7 +742,8 @@ def reference_algorithms(device, case, layer):
 
 
 def kernel_versions(device, case, layer=None):
-    """[(label, ops)] for each kept version of the kernel `case` times (kernel devices).
+    """[(label, ops)] for each kept version of the kernel `case` times (kernel devices;
+    on the CPU path, reference_algorithms: the convolution algorithms).
 
     The launcher module's VERSIONS tuple lists them. A backward that takes no `version=`
     follows its forward's (kernels/conv.py and gemm.py keep it in the cache), so the

@@ -179,6 +179,7 @@ def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv',
         y, saved = _im2col_forward(x, w, b, stride, pad, group, ho, wo)
     if relu:
         np.maximum(y, 0, out=y)
+    # saved: im2col's column matrix, or winograd_forward's (x shape, pad, group, V, U).
     cache = dict(algorithm=algorithm, saved=saved, x_shape=x.shape, w=w, stride=stride,
                  pad=pad, group=group, y_shape=y.shape, y=y if relu else None)
     return y, cache

@@ -54,9 +54,10 @@ def sgd_update(param, grad, history, lr, momentum, weight_decay, grad_scale=1.0)
         for start in range(lo, hi, BLOCK):
             end = min(start + BLOCK, hi)
             st, de = step[:end - start], decay[:end - start]
-            # The formula's operation order (and the kernel's). Multiplying by a
-            # grad_scale of 1 changes nothing, and Caffe skips a weight decay of 0
-            # (decay_mult 0: biases), so both are skipped.
+            # The formula's operation order. Multiplying by a grad_scale of 1 changes
+            # nothing, and Caffe's solver skips a weight decay of 0 (decay_mult 0:
+            # biases), so both are skipped. The CUDA kernel computes both always: the
+            # same values for finite parameters (0 * inf would give NaN there).
             gb = g[start:end]
             if grad_scale != 1:
                 gb = np.multiply(gb, grad_scale, out=st)

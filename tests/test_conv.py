@@ -97,9 +97,10 @@ def test_gradients(cfg, relu):
                 names=["x", "w", "b"])
 
 
-def test_float32_backward_matches_float64():
+@pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[4]])   # im2col, Winograd
+def test_float32_backward_matches_float64(cfg):
     rng = np.random.default_rng(4)
-    x, w, b, kw = make(rng, CONFIGS[1])
+    x, w, b, kw = make(rng, cfg)
     dy = rng.standard_normal(conv_forward(x, w, b, **kw)[0].shape)
     g64 = conv_backward(dy, conv_forward(x, w, b, relu=True, **kw)[1])
     g32 = conv_backward(dy.astype(np.float32), conv_forward(
@@ -138,9 +139,10 @@ def test_mixed_dtypes_and_bad_dy_rejected():
         conv_backward(np.ones((1, 2, 3, 3)), cache)
 
 
-def test_need_dx_false_skips_only_dx():
+@pytest.mark.parametrize("cfg", [CONFIGS[2], CONFIGS[4]])   # im2col, Winograd
+def test_need_dx_false_skips_only_dx(cfg):
     rng = np.random.default_rng(5)
-    x, w, b, kw = make(rng, CONFIGS[2], np.float32)
+    x, w, b, kw = make(rng, cfg, np.float32)
     y, cache = conv_forward(x, w, b, relu=True, **kw)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx, dw, db = conv_backward(dy, cache)
@@ -155,6 +157,7 @@ WINOGRAD_CONFIGS = [  # 3x3 at stride 1: odd and even sizes, pads 0-2, groups, o
     (1, 3, 7, 5, 4, 3, 3, 1, 0, 1),
     (3, 6, 5, 9, 9, 3, 3, 1, 2, 3),
     (2, 2, 3, 3, 3, 3, 3, 1, 1, 1),
+    (1, 2, 4, 5, 2, 3, 3, 1, 3, 1),    # pad 3: outputs larger than the input
 ]
 
 
@@ -173,6 +176,23 @@ def test_winograd_and_im2col_agree(cfg, relu):
         dy = np.random.default_rng(12).standard_normal(y.shape)
         results[algorithm] = (y,) + conv_backward(dy, cache)
     for a, e in zip(results['winograd'], results['im2col']):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_winograd_takes_transposed_views():
+    """x, w and dy in Fortran order (not C-contiguous) give the C-ordered arrays' results."""
+    rng = np.random.default_rng(13)
+    x, w, b, kw = make(rng, WINOGRAD_CONFIGS[0])
+    y, cache = conv_forward(x, w, b, **kw)
+    dy = rng.standard_normal(y.shape)
+    want = (y,) + conv_backward(dy, cache)
+
+    def view(a):   # same values, reversed axis order in memory
+        return np.asfortranarray(a)
+    assert not view(x).flags.c_contiguous
+    yv, cache_v = conv_forward(view(x), view(w), b, **kw)
+    got = (yv,) + conv_backward(view(dy), cache_v)
+    for a, e in zip(got, want):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
 
 

@@ -1,5 +1,6 @@
-"""nn/threads.py (splitting the batch over threads) and the layer that uses it (pooling):
-a split into any number of chunks must give the same numbers as one chunk."""
+"""nn/threads.py (splitting work over threads) and the layers that use it (pooling,
+col2im, the fc forward): a split into any number of chunks must give the same numbers as
+one chunk."""
 import threading
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 from nn import threads
 from nn.conv import conv_backward, conv_forward
+from nn.inner_product import inner_product_forward
 from nn.pool import max_pool_backward, max_pool_forward
 
 
@@ -49,8 +51,8 @@ def test_run_split_reraises_after_every_chunk_finished(monkeypatch):
 
 
 def _all_layers(rng):
-    """Pooling (split over threads) and conv (not split: a check that it does not depend
-    on the thread count) on odd sizes (N = 5), float32."""
+    """Pooling (images split over threads), conv (col2im: channels split) and the fc
+    forward (rows of W split) on odd sizes (N = 5, 7 outputs), float32."""
     out = []
     x = rng.standard_normal((5, 6, 11, 9)).astype(np.float32)
     w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
@@ -60,6 +62,8 @@ def _all_layers(rng):
     y, cache = max_pool_forward(x, 3, 2, pad=1)
     out += [y, cache["argmax"], max_pool_backward(
         rng.standard_normal(y.shape).astype(np.float32), cache)]
+    w_fc = rng.standard_normal((7, x[0].size)).astype(np.float32)
+    out.append(inner_product_forward(x, w_fc, rng.standard_normal(7).astype(np.float32))[0])
     return out
 
 
