@@ -31,6 +31,7 @@ import sys
 import time
 import types
 
+import nn  # first, before NumPy: see nn/__init__.py (OpenBLAS threads)
 import numpy as np
 
 from nn import flops

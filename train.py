@@ -25,6 +25,7 @@ import sys
 import time
 import warnings
 
+import nn  # first, before NumPy: see nn/__init__.py (OpenBLAS threads)
 import numpy as np
 
 from nn.atomic import atomic_write
