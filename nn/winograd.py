@@ -38,6 +38,8 @@ even sizes); NumPy's passes over the transformed arrays take back part of that.
 """
 import numpy as np
 
+from nn.threads import run_split
+
 B_T = np.array([[1, 0, -1, 0],
                 [0, 1, 1, 0],
                 [0, -1, 1, 0],
@@ -86,24 +88,24 @@ def _every_other(a, start, count, axis):
     return a[index] if axis == 0 else a[:, index]
 
 
-def _input_transform(x, pad, th, tw):
-    """x (N, C, H, W) -> V (4, 4, Th, Tw, N, C) = B^T d B of every tile d of the
+def _input_transform(x, pad, v):
+    """x (n, C, H, W) -> v (4, 4, Th, Tw, n, C) = B^T d B of every tile d of the
     zero-padded input."""
+    th, tw = v.shape[2:4]
     n, c, h, wd = x.shape
     xs = np.zeros((2 * th + 2, 2 * tw + 2, n, c), dtype=x.dtype)
     xs[pad:pad + h, pad:pad + wd] = x.transpose(2, 3, 0, 1)
     rows = np.empty((4, th) + xs.shape[1:], dtype=x.dtype)
     _combine(B_T, [_every_other(xs, i, th, 0) for i in range(4)], rows)
-    v = np.empty((4, 4, th, tw, n, c), dtype=x.dtype)
     for a in range(4):
         _combine(B_T, [_every_other(rows[a], j, tw, 1) for j in range(4)], v[a])
-    return v
 
 
-def _input_transform_adjoint(dv, pad, h, wd):
-    """dV (4, 4, Th, Tw, N, C) -> dx (N, C, H, W): B dV B^T of every tile, added onto the
+def _input_transform_adjoint(dv, pad, dx):
+    """dv (4, 4, Th, Tw, n, C) -> dx (n, C, H, W): B dV B^T of every tile, added onto the
     overlapping tiles, padding cut off."""
     th, tw, n, c = dv.shape[2:]
+    h, wd = dx.shape[2:]
     d_rows = np.zeros((4, th, 2 * tw + 2, n, c), dtype=dv.dtype)
     column = np.empty((4, th, tw, n, c), dtype=dv.dtype)
     for a in range(4):
@@ -115,35 +117,43 @@ def _input_transform_adjoint(dv, pad, h, wd):
     dxs = np.zeros((2 * th + 2, 2 * tw + 2, n, c), dtype=dv.dtype)
     for i in range(4):
         _every_other(dxs, i, th, 0)[...] += row[i]
-    return np.ascontiguousarray(dxs[pad:pad + h, pad:pad + wd].transpose(2, 3, 0, 1))
+    dx[...] = dxs[pad:pad + h, pad:pad + wd].transpose(2, 3, 0, 1)
 
 
-def _output_transform(m, b, ho, wo):
-    """M (4, 4, Th, Tw, N, K) -> y (N, K, Ho, Wo) = A^T M A of every tile, plus the bias
+def _output_transform(m, b, y):
+    """m (4, 4, Th, Tw, n, K) -> y (n, K, Ho, Wo) = A^T M A of every tile, plus the bias
     b (K,)."""
     th, tw, n, k = m.shape[2:]
+    ho, wo = y.shape[2:]
     rows = np.empty((2, 4, th, tw, n, k), dtype=m.dtype)
     _combine(A_T, m, rows)
     ys = np.empty((th, 2, tw, 2, n, k), dtype=m.dtype)
     for r in range(2):
         _combine(A_T, rows[r], [ys[:, r, :, s] for s in range(2)])
     ys = ys.reshape(2 * th, 2 * tw, n, k)[:ho, :wo]
-    y = np.empty((n, k, ho, wo), dtype=m.dtype)
     np.add(ys.transpose(2, 3, 0, 1), b.reshape(1, k, 1, 1), out=y)   # NCHW, bias added
-    return y
 
 
-def _output_transform_adjoint(dy, th, tw):
-    """dy (N, K, Ho, Wo) -> dM (4, 4, Th, Tw, N, K) = A dY A^T of every tile."""
+def _output_transform_adjoint(dy, dm):
+    """dy (n, K, Ho, Wo) -> dm (4, 4, Th, Tw, n, K) = A dY A^T of every tile."""
+    th, tw = dm.shape[2:4]
     n, k, ho, wo = dy.shape
     dys = np.zeros((th, 2, tw, 2, n, k), dtype=dy.dtype)
     dys.reshape(2 * th, 2 * tw, n, k)[:ho, :wo] = dy.transpose(2, 3, 0, 1)
     rows = np.empty((2, 4, th, tw, n, k), dtype=dy.dtype)
     for r in range(2):
         _combine(A_T.T, [dys[:, r, :, s] for s in range(2)], rows[r])
-    dm = np.empty((4, 4, th, tw, n, k), dtype=dy.dtype)
     _combine(A_T.T, rows, dm)
-    return dm
+
+
+def _split_images(n, fn, *arrays):
+    """fn(*parts) with the N images split over the CPU threads (nn/threads.py): each part
+    is the images lo:hi of an array, whose image axis is 0 (N, C, H, W) or -2 (tiles,
+    (4, 4, Th, Tw, N, C)). The transforms are NumPy passes over memory; two threads take
+    about 10% off conv3 and conv4's forward (2 cores, batch 16)."""
+    def part(lo, hi):
+        fn(*(a[lo:hi] if a.ndim == 4 else a[..., lo:hi, :] for a in arrays))
+    run_split(n, part)
 
 
 def _group_slices(group, cg, kg):
@@ -162,12 +172,16 @@ def winograd_forward(x, w, b, pad, group):
     k, cg = w.shape[:2]
     ho, wo = h + 2 * pad - 2, wd + 2 * pad - 2
     th, tw = -(-ho // 2), -(-wo // 2)                 # 2x2 output tiles down, across
-    v = _input_transform(x, pad, th, tw).reshape(16, th * tw * n, c)          # V[a,b] (P, C)
+    v6 = np.empty((4, 4, th, tw, n, c), dtype=x.dtype)
+    _split_images(n, lambda xi, vi: _input_transform(xi, pad, vi), x, v6)
+    v = v6.reshape(16, th * tw * n, c)                                       # V[a,b] (P, C)
     u = (G_KRON_G.astype(w.dtype) @ w.reshape(k * cg, 9).T).reshape(16, k, cg)  # U[a,b] (K, Cg)
     m = np.empty((16, th * tw * n, k), dtype=x.dtype)
     for cs, ks in _group_slices(group, cg, k // group):
         np.matmul(v[:, :, cs], u[:, ks].transpose(0, 2, 1), out=m[:, :, ks])
-    y = _output_transform(m.reshape(4, 4, th, tw, n, k), b, ho, wo)
+    y = np.empty((n, k, ho, wo), dtype=x.dtype)
+    _split_images(n, lambda mi, yi: _output_transform(mi, b, yi),
+                  m.reshape(4, 4, th, tw, n, k), y)
     return y, (x.shape, pad, group, v, u)
 
 
@@ -179,7 +193,9 @@ def winograd_backward(dy, saved, need_dx=True):
     ho, wo = dy.shape[2:]
     th, tw = -(-ho // 2), -(-wo // 2)
     db = dy.sum(axis=(0, 2, 3))
-    dm = _output_transform_adjoint(dy, th, tw).reshape(16, th * tw * n, k)  # dM[a,b] (P, K)
+    dm6 = np.empty((4, 4, th, tw, n, k), dtype=dy.dtype)
+    _split_images(n, _output_transform_adjoint, dy, dm6)
+    dm = dm6.reshape(16, th * tw * n, k)                                     # dM[a,b] (P, K)
     groups = _group_slices(group, cg, k // group)
     du = np.empty_like(u)
     for cs, ks in groups:
@@ -190,5 +206,7 @@ def winograd_backward(dy, saved, need_dx=True):
         dv = np.empty_like(v)
         for cs, ks in groups:
             np.matmul(dm[:, :, ks], u[:, ks], out=dv[:, :, cs])
-        dx = _input_transform_adjoint(dv.reshape(4, 4, th, tw, n, c), pad, h, wd)
+        dx = np.empty((n, c, h, wd), dtype=dy.dtype)
+        _split_images(n, lambda dvi, dxi: _input_transform_adjoint(dvi, pad, dxi),
+                      dv.reshape(4, 4, th, tw, n, c), dx)
     return dx, np.ascontiguousarray(dw), db

@@ -1,6 +1,6 @@
 """nn/threads.py (splitting work over threads) and the layers that use it (pooling,
-col2im, the fc forward): a split into any number of chunks must give the same numbers as
-one chunk."""
+col2im, Winograd's transforms, the fc forward): a split into any number of chunks must
+give the same numbers as one chunk."""
 import threading
 
 import numpy as np
@@ -51,14 +51,16 @@ def test_run_split_reraises_after_every_chunk_finished(monkeypatch):
 
 
 def _all_layers(rng):
-    """Pooling (images split over threads), conv (col2im: channels split) and the fc
-    forward (rows of W split) on odd sizes (N = 5, 7 outputs), float32."""
+    """Pooling (images split over threads), conv (im2col's col2im: channels split;
+    Winograd's transforms: images split) and the fc forward (rows of W split) on odd sizes
+    (N = 5, 7 outputs), float32."""
     out = []
     x = rng.standard_normal((5, 6, 11, 9)).astype(np.float32)
     w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
-    y, cache = conv_forward(x, w, b, stride=2, pad=1, group=2, relu=True)
-    out += [y, *conv_backward(rng.standard_normal(y.shape).astype(np.float32), cache)]
+    for stride in (2, 1):   # im2col (col2im: channels split), Winograd (images split)
+        y, cache = conv_forward(x, w, b, stride=stride, pad=1, group=2, relu=True)
+        out += [y, *conv_backward(rng.standard_normal(y.shape).astype(np.float32), cache)]
     y, cache = max_pool_forward(x, 3, 2, pad=1)
     out += [y, cache["argmax"], max_pool_backward(
         rng.standard_normal(y.shape).astype(np.float32), cache)]
