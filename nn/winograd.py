@@ -31,9 +31,9 @@ dw = G^T dU G. Float32 results differ from im2col's by a few units in the last p
 (the constants are 0, +-1 and 1/2); tests/test_winograd.py bounds that against float64.
 
 What it buys on a CPU: `python bench.py --device cpu --only conv3,conv4,conv5 --versions`
-(batch 16, 2 cores) timed im2col against Winograd at 27.9 / 23.9 ms (conv3 forward),
-30.3 / 24.9 (conv4), 20.2 / 17.0 (conv5), and backward 56.5 / 40.3, 49.5 / 41.9,
-35.3 / 28.0. The matrix products are 1.9x smaller (2.25x, less the tiles' padding to
+(batch 16, 2 cores) timed im2col against Winograd at 27.2 / 21.5 ms (conv3 forward),
+37.0 / 22.4 (conv4), 24.7 / 18.2 (conv5), and backward 55.7 / 39.2, 49.0 / 40.1,
+36.4 / 26.1. The matrix products are 1.9x smaller (2.25x, less the tiles' padding to
 even sizes); NumPy's passes over the transformed arrays take back part of that.
 """
 import numpy as np
