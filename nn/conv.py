@@ -36,19 +36,24 @@ def im2col(x, kh, kw, stride, pad, group):
     """x (N, C, H, W) -> cols (group, C//group * kh * kw, N * Ho * Wo), see module docstring.
 
     The windows are a strided view of the padded input (no copy); one transposing copy
-    then writes the whole column matrix, never a loop over pixels.
+    then writes the column matrix, never a loop over pixels. Channels are independent, so
+    the copy is split over the CPU threads by channel (conv1 and conv2 at batch 16 on 2
+    cores: 9-10 ms -> 6-7 ms).
     """
     n, c, h, w = x.shape
     ho, wo = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
-    if pad > 0:
-        xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
-        xp[:, :, pad:pad + h, pad:pad + w] = x
-    else:
-        xp = x
-    # windows[n, c, p, q, i, j] = xp[n, c, p*stride + i, q*stride + j]
-    windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
     cols = np.empty((c, kh, kw, n, ho, wo), dtype=x.dtype)
-    cols[...] = windows[:, :, :ho, :wo].transpose(1, 4, 5, 0, 2, 3)
+
+    def fill(lo, hi):
+        xp = x[:, lo:hi]
+        if pad > 0:
+            xp = np.zeros((n, hi - lo, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
+            xp[:, :, pad:pad + h, pad:pad + w] = x[:, lo:hi]
+        # windows[n, c, p, q, i, j] = xp[n, c, p*stride + i, q*stride + j]
+        windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+        cols[lo:hi] = windows[:, :, :ho, :wo].transpose(1, 4, 5, 0, 2, 3)
+
+    run_split(c, fill)
     return cols.reshape(group, (c // group) * kh * kw, n * ho * wo)
 
 
