@@ -10,14 +10,16 @@ Caffe's backward (the same window, since it is symmetric):
 import numpy as np
 
 from nn.checks import check_float_array, check_int, check_number, check_upstream_grad, fail
+from nn.threads import run_split
 
 
-def channel_window_sum(a, local_size):
-    """a (N, C, ...) -> s (same shape), s[:, c] = sum of a[:, c'] for |c' - c| <= half,
-    channels outside [0, C) skipped. One vectorised add per window offset (local_size - 1
-    adds), which is exact, unlike differences of a cumulative sum."""
+def channel_window_sum(a, local_size, out=None):
+    """a (N, C, ...) -> s (same shape, written to out if given), s[:, c] = sum of a[:, c']
+    for |c' - c| <= half, channels outside [0, C) skipped. One vectorised add per window
+    offset (local_size - 1 adds), which is exact, unlike differences of a cumulative sum."""
     half = (local_size - 1) // 2
-    s = a.copy()
+    s = np.empty_like(a) if out is None else out
+    s[...] = a
     for d in range(1, min(half, a.shape[1] - 1) + 1):
         s[:, d:] += a[:, :-d]   # channel c - d contributes to c
         s[:, :-d] += a[:, d:]   # channel c + d contributes to c
@@ -48,11 +50,17 @@ def lrn_forward(x, local_size=5, alpha=1e-4, beta=0.75, k=1.0, layer='norm'):
     check_float_array(x, "x", layer, ndim=4, expected="(N, C, H, W)")
     local_size, alpha, beta, k = check_lrn_params(local_size, alpha, beta, k, layer)
     dt = x.dtype.type
-    scale = channel_window_sum(x * x, local_size)
-    scale *= dt(alpha / local_size)
-    scale += dt(k)
-    scale_pow = np.power(scale, dt(-beta))
-    y = x * scale_pow
+    scale, scale_pow, y = (np.empty(x.shape, dtype=x.dtype) for _ in range(3))
+
+    def images(lo, hi):   # images are independent: split them over the CPU threads
+        xs, sc, sp = x[lo:hi], scale[lo:hi], scale_pow[lo:hi]
+        channel_window_sum(xs * xs, local_size, out=sc)
+        sc *= dt(alpha / local_size)
+        sc += dt(k)
+        np.power(sc, dt(-beta), out=sp)
+        np.multiply(xs, sp, out=y[lo:hi])
+
+    run_split(x.shape[0], images)
     return y, (x, y, scale, scale_pow, local_size, alpha, beta)
 
 
@@ -61,11 +69,16 @@ def lrn_backward(dy, cache):
     x, y, scale, scale_pow, local_size, alpha, beta = cache
     check_upstream_grad(dy, x.shape, x.dtype, "lrn_backward")
     dt = x.dtype.type
-    ratio = dy * y
-    ratio /= scale
-    acc = channel_window_sum(ratio, local_size)
-    acc *= x
-    acc *= dt(2.0 * alpha * beta / local_size)
-    dx = dy * scale_pow
-    dx -= acc
+    dx = np.empty(x.shape, dtype=x.dtype)
+
+    def images(lo, hi):   # images are independent: split them over the CPU threads
+        ratio = dy[lo:hi] * y[lo:hi]
+        ratio /= scale[lo:hi]
+        acc = channel_window_sum(ratio, local_size)
+        acc *= x[lo:hi]
+        acc *= dt(2.0 * alpha * beta / local_size)
+        d = np.multiply(dy[lo:hi], scale_pow[lo:hi], out=dx[lo:hi])
+        d -= acc
+
+    run_split(x.shape[0], images)
     return dx

@@ -1,6 +1,6 @@
-"""nn/threads.py (splitting work over threads) and the layers that use it (pooling,
-col2im, Winograd's transforms, the fc forward): a split into any number of chunks must
-give the same numbers as one chunk."""
+"""nn/threads.py (splitting work over threads) and the layers that use it (pooling, LRN,
+im2col and col2im, Winograd's transforms, the fc forward): a split into any number of
+chunks must give the same numbers as one chunk."""
 import threading
 
 import numpy as np
@@ -9,6 +9,7 @@ import pytest
 from nn import threads
 from nn.conv import conv_backward, conv_forward
 from nn.inner_product import inner_product_forward
+from nn.lrn import lrn_backward, lrn_forward
 from nn.pool import max_pool_backward, max_pool_forward
 
 
@@ -51,9 +52,9 @@ def test_run_split_reraises_after_every_chunk_finished(monkeypatch):
 
 
 def _all_layers(rng):
-    """Pooling (images split over threads), conv (im2col's col2im: channels split;
-    Winograd's transforms: images split) and the fc forward (rows of W split) on odd sizes
-    (N = 5, 7 outputs), float32."""
+    """Pooling and LRN (images split over threads), conv (im2col and col2im: channels
+    split; Winograd's transforms: images split) and the fc forward (rows of W split) on
+    odd sizes (N = 5, 7 outputs), float32."""
     out = []
     x = rng.standard_normal((5, 6, 11, 9)).astype(np.float32)
     w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
@@ -64,6 +65,8 @@ def _all_layers(rng):
     y, cache = max_pool_forward(x, 3, 2, pad=1)
     out += [y, cache["argmax"], max_pool_backward(
         rng.standard_normal(y.shape).astype(np.float32), cache)]
+    y, cache = lrn_forward(x, 5, alpha=0.5, beta=0.75)
+    out += [y, lrn_backward(rng.standard_normal(y.shape).astype(np.float32), cache)]
     w_fc = rng.standard_normal((7, x[0].size)).astype(np.float32)
     out.append(inner_product_forward(x, w_fc, rng.standard_normal(7).astype(np.float32))[0])
     return out
