@@ -12,7 +12,7 @@ def make(rng, x_shape, o, dtype=np.float64):
             rng.standard_normal((o, d)).astype(dtype), rng.standard_normal(o).astype(dtype))
 
 
-@pytest.mark.parametrize("x_shape", [(3, 7), (2, 3, 5, 3)])
+@pytest.mark.parametrize("x_shape", [(3, 7), (2, 3, 5, 3), (1, 6)])   # (1, 6): one image, unsplit
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_forward_matches_explicit_sum(x_shape, dtype):
     rng = np.random.default_rng(12)
@@ -41,7 +41,7 @@ def test_hand_worked():
     np.testing.assert_array_equal(db, [2.0, 1.0, 0.0])
 
 
-@pytest.mark.parametrize("x_shape", [(3, 7), (2, 3, 5, 3)])
+@pytest.mark.parametrize("x_shape", [(3, 7), (2, 3, 5, 3), (1, 6)])   # (1, 6): one image, unsplit
 @pytest.mark.parametrize("relu", [False, True])
 def test_gradients(x_shape, relu):
     rng = np.random.default_rng(13)
