@@ -37,8 +37,8 @@ def im2col(x, kh, kw, stride, pad, group):
 
     The windows are a strided view of the padded input (no copy); one transposing copy
     then writes the column matrix, never a loop over pixels. Channels are independent, so
-    the copy is split over the CPU threads by channel (conv1 and conv2 at batch 16 on 2
-    cores: 9-10 ms -> 6-7 ms).
+    the copy is split over the CPU threads by channel (im2col alone for conv1 and conv2
+    at batch 16 on 2 cores: 9-10 ms on one thread, 6-7 ms on two).
     """
     n, c, h, w = x.shape
     ho, wo = conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)

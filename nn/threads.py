@@ -8,11 +8,13 @@ col2im (channels, nn/conv.py), Winograd's transforms (images, nn/winograd.py), t
 update (blocks, nn/sgd.py) and the fully connected forward (rows of W,
 nn/inner_product.py).
 
-Matrix products are mostly left to the BLAS library's own threads: measured on the
-2-core machine, splitting conv products over our threads was slower than one large
-product on both BLAS threads (conv3 forward 45 ms against 29 ms, batch 16). The one
-exception is the fully connected forward at a small batch, y^T = W x^T split by rows of
-W (nn/inner_product.py): fc6 at batch 16 takes 13 ms that way, 20 ms as one call.
+Matrix products are mostly left to the BLAS library's own threads: on the 2-core
+machine, splitting conv products over our threads was slower than one large product on
+both BLAS threads (conv3 forward 45 ms against 29 ms at batch 16, measured by an earlier
+session while OpenBLAS threads still spun; Winograd's 16 products split over our threads
+measured no faster since). The exception is the fully connected forward at a small batch,
+y^T = W x^T split by blocks of 64 rows of W (nn/inner_product.py; not for one
+image): fc6 at batch 16 takes 11 ms that way, 20 ms as one x @ W^T call.
 
 run_split must not be nested (a chunk calling run_split could wait on itself).
 """
