@@ -61,22 +61,18 @@ def winograd_applies(kernel_shape, stride):
 
 def _combine(matrix, parts, out):
     """out[i] = sum_j matrix[i, j] * parts[j], for a matrix of 0 and +-1 (B^T, A^T and
-    their transposes), as one or two whole-array adds or subtracts per output."""
+    their transposes), as whole-array adds and subtracts: the first two terms in one pass
+    where the first is +1 (every row of those matrices with two or more terms has one)."""
     for i, row in enumerate(matrix):
         terms = sorted(((c, p) for c, p in zip(row, parts) if c != 0), key=lambda t: -t[0])
-        (c0, p0), rest = terms[0], terms[1:]   # c0 == 1 whenever any coefficient is +1
-        if not rest and c0 == 1:
-            np.copyto(out[i], p0)
-            continue
-        if not rest:
-            np.negative(p0, out=out[i])
-            continue
-        (c1, p1), rest = rest[0], rest[1:]
-        if c0 == 1:
+        (c0, p0), rest = terms[0], terms[1:]
+        if c0 == 1 and rest:
+            (c1, p1), rest = rest[0], rest[1:]
             (np.add if c1 == 1 else np.subtract)(p0, p1, out=out[i])
-        else:                                  # both -1
-            np.add(p0, p1, out=out[i])
-            np.negative(out[i], out=out[i])
+        elif c0 == 1:
+            np.copyto(out[i], p0)
+        else:
+            np.negative(p0, out=out[i])
         for c, p in rest:
             (np.add if c == 1 else np.subtract)(out[i], p, out=out[i])
 
