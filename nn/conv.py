@@ -184,7 +184,7 @@ def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv',
         y, saved = _im2col_forward(x, w, b, stride, pad, group, ho, wo)
     if relu:
         np.maximum(y, 0, out=y)
-    # saved: im2col's column matrix, or winograd_forward's (x shape, pad, group, V, U).
+    # saved: im2col's column matrix, or winograd_forward's (V, U).
     cache = dict(algorithm=algorithm, saved=saved, x_shape=x.shape, w=w, stride=stride,
                  pad=pad, group=group, y_shape=y.shape, y=y if relu else None)
     return y, cache
@@ -203,6 +203,7 @@ def conv_backward(dy, cache, need_dx=True):
     if y is not None:
         dy = dy * (y > 0)
     if cache['algorithm'] == 'winograd':
-        return winograd_backward(dy, cache['saved'], need_dx)
+        return winograd_backward(dy, cache['x_shape'], cache['pad'], cache['group'],
+                                 cache['saved'], need_dx)
     return _im2col_backward(dy, cache['x_shape'], w, cache['saved'], cache['stride'],
                             cache['pad'], cache['group'], need_dx)

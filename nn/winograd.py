@@ -161,8 +161,8 @@ def winograd_forward(x, w, b, pad, group):
     """Convolution with 3x3 filters at stride 1 by F(2x2, 3x3).
 
     x (N, C, H, W), w (K, C // group, 3, 3), b (K,) -> y (N, K, Ho, Wo), Ho = H + 2*pad - 2
-    (the caller, nn/conv.py, has checked the arguments). Returns (y, saved): what
-    winograd_backward needs (the transformed input and filters).
+    (the caller, nn/conv.py, has checked the arguments). Returns (y, (V, U)), the
+    transformed input and filters that winograd_backward needs.
     """
     n, c, h, wd = x.shape
     k, cg = w.shape[:2]
@@ -178,13 +178,15 @@ def winograd_forward(x, w, b, pad, group):
     y = np.empty((n, k, ho, wo), dtype=x.dtype)
     _split_images(n, lambda mi, yi: _output_transform(mi, b, yi),
                   m.reshape(4, 4, th, tw, n, k), y)
-    return y, (x.shape, pad, group, v, u)
+    return y, (v, u)
 
 
-def winograd_backward(dy, saved, need_dx=True):
+def winograd_backward(dy, x_shape, pad, group, saved, need_dx=True):
     """Gradients of winograd_forward: dy (N, K, Ho, Wo) -> (dx (N, C, H, W) or None,
-    dw (K, C // group, 3, 3), db (K,))."""
-    (n, c, h, wd), pad, group, v, u = saved
+    dw (K, C // group, 3, 3), db (K,)); x_shape, pad and group as in the forward, saved
+    its (V, U)."""
+    n, c, h, wd = x_shape
+    v, u = saved
     k, cg = u.shape[1:]
     ho, wo = dy.shape[2:]
     th, tw = -(-ho // 2), -(-wo // 2)
