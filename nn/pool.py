@@ -152,10 +152,11 @@ def max_pool_backward(dy, cache):
     argmax = cache['argmax']
     check_upstream_grad(dy, argmax.shape, cache['dtype'], "max_pool_backward")
     n, c, h, w = cache['x_shape']
-    target = argmax.reshape(n * c, -1).astype(np.intp)
-    target += np.arange(0, n * c * h * w, h * w, dtype=np.intp)[:, None]
+    planes = argmax.reshape(n * c, -1)          # one row per (image, channel) plane
+    plane_start = np.arange(0, n * c * h * w, h * w, dtype=np.intp)[:, None]
+    target = planes.astype(np.intp) + plane_start
     weights = dy.reshape(n * c, -1)
-    empty = argmax.reshape(n * c, -1) < 0
+    empty = planes < 0
     if empty.any():
         target[empty] = 0
         weights = np.where(empty, 0, weights)

@@ -179,7 +179,7 @@ def test_winograd_and_im2col_agree(cfg, relu):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
 
 
-def test_winograd_takes_transposed_views():
+def test_winograd_takes_fortran_ordered_arrays():
     """x, w and dy in Fortran order (not C-contiguous) give the C-ordered arrays' results."""
     rng = np.random.default_rng(13)
     x, w, b, kw = make(rng, WINOGRAD_CONFIGS[0])
