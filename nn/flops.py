@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 
 from nn.conv import conv_output_size
 from nn.pool import pool_output_size
+from nn.weights import INPUT_SIZE
 
 FLOAT_BYTES = 4
 INDEX_BYTES = 4  # int32 argmax / labels
-
-CAFFENET_INPUT_SIZE = 227
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ def _pool_window_total(size, out, kernel, stride, pad):
     return total
 
 
-def layers_from_spec(spec, input_size=CAFFENET_INPUT_SIZE, in_channels=3):
+def layers_from_spec(spec, input_size=INPUT_SIZE, in_channels=3):
     """A network spec (nn/caffenet.py's format) as a list of `Layer`, input to loss.
 
     Shapes are propagated from a (in_channels, input_size, input_size) image. A ReLU fused
@@ -128,7 +127,7 @@ def layers_from_spec(spec, input_size=CAFFENET_INPUT_SIZE, in_channels=3):
     return layers
 
 
-def caffenet_layers(num_classes=1000, input_size=CAFFENET_INPUT_SIZE, last_layer='fc8'):
+def caffenet_layers(num_classes=1000, input_size=INPUT_SIZE, last_layer='fc8'):
     """CaffeNet (nn/caffenet.py's caffenet_spec: bvlc_reference_caffenet, pooling before
     LRN) as a list of `Layer`, with its ReLUs as separate layers and the loss last."""
     from nn.caffenet import caffenet_spec

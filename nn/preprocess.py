@@ -47,10 +47,10 @@ import numpy as np
 from PIL import Image
 
 from nn.resize import resize_linear
-from nn.weights import MEAN_BGR
+from nn.weights import INPUT_SIZE, MEAN_BGR
 
 RESIZE = 256   # side the whole image is resized to before cropping (Caffe new_height/width)
-CROP = 227     # CaffeNet's input side
+CROP = INPUT_SIZE     # CaffeNet's input side
 
 _MEAN = np.asarray(MEAN_BGR, dtype=np.float32).reshape(3, 1, 1)
 
