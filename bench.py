@@ -34,6 +34,7 @@ import types
 import nn  # first, before NumPy: see nn/__init__.py (OpenBLAS threads)
 import numpy as np
 
+from kernels.ops import OP_NAMES   # the op set of docs/design.md
 from nn import flops
 from nn.atomic import atomic_write
 
@@ -48,11 +49,6 @@ SGD_ARGS = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
 # The timed training steps use a tiny rate: speed does not depend on it, and a real one
 # would drive the random network to inf/NaN within a few repeated steps.
 NET_LR = 1e-7
-OP_NAMES = ('conv_forward', 'conv_backward', 'inner_product_forward', 'inner_product_backward',
-            'max_pool_forward', 'max_pool_backward', 'lrn_forward', 'lrn_backward',
-            'relu_forward', 'relu_backward', 'dropout_forward', 'dropout_backward',
-            'softmax', 'softmax_loss_forward', 'softmax_loss_backward', 'accuracy',
-            'sgd_update')
 
 
 class BenchError(RuntimeError):
@@ -830,7 +826,7 @@ def torch_caffenet(torch, spec, params, device):
     return nn.Sequential(*mods).to(device)
 
 
-def _torch_sgd(torch, model, spec):
+def _torch_sgd(torch, model):
     """SGD with Caffe's multipliers: weights lr x1 decay x1, biases lr x2 no decay."""
     weights = [p for n, p in model.named_parameters() if n.endswith('weight')]
     biases = [p for n, p in model.named_parameters() if n.endswith('bias')]
@@ -840,7 +836,7 @@ def _torch_sgd(torch, model, spec):
                            lr=lr, momentum=SGD_ARGS['momentum'])
 
 
-def bench_network(device, sub_device, lib, timer, torch, args, batch):
+def bench_network(device, sub_device, timer, torch, args, batch):
     """Whole-network figures at `batch`: inference, training step, and batch-1 latency.
 
     Checked first: scores (test mode), and loss plus every gradient (train mode, the
@@ -933,7 +929,7 @@ def _torch_network(torch, device, net, params, x_host, labels_host, want):
     """
     dev = 'cuda' if device.name == 'cuda' else 'cpu'
     model = torch_caffenet(torch, net.spec, params, dev)
-    opt = _torch_sgd(torch, model, net.spec)
+    opt = _torch_sgd(torch, model)
     F = torch.nn.functional
     x = torch.from_numpy(x_host).to(dev)
     y = torch.from_numpy(labels_host.astype(np.int64)).to(dev)
@@ -1154,7 +1150,7 @@ def run(args):
     if want_net:
         from nn.device import Device
         sub = Device(device.name, device.xp, ops, device.runner)
-        network = bench_network(device, sub, lib, timer, torch, args, max(batches))
+        network = bench_network(device, sub, timer, torch, args, max(batches))
 
     wrong = [r['name'] for r in kernels + network
              if r['status'] != 'ok' or r.get('vendor', {}).get('status', 'ok') != 'ok']
