@@ -16,15 +16,13 @@ import os
 import numpy as np
 
 from nn.atomic import atomic_write
+from nn.checks import FLOAT_DTYPES
 
 # The ImageNet mean pixel, in Caffe's BGR channel order, that preprocessing subtracts.
 MEAN_BGR = (104.0070, 116.6688, 122.6789)
 
 # CaffeNet's input side (the crop the network was trained on).
 INPUT_SIZE = 227
-
-# Dtypes a weight file may hold (Caffe blobs are float32; float64 appears in tests).
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Attributes whose values are lists of strings (stored as variable-length UTF-8).
 _STRING_LIST_ATTRS = ("class_names", "layer_order")
@@ -110,7 +108,7 @@ def _read_blob(path, layer, group, blob):
         raise WeightsError(f"{path}: layer {layer!r} has no {blob!r} dataset "
                            "(expected datasets 'weight' and 'bias')")
     data = group[blob]
-    if data.dtype not in _FLOAT_DTYPES:
+    if data.dtype not in FLOAT_DTYPES:
         raise WeightsError(f"{path}: layer {layer!r} {blob} has dtype {data.dtype}, "
                            "expected float32 (or float64)")
     return data[()]
