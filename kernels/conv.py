@@ -14,7 +14,8 @@ it splits over blocks into partial sums added by conv_sum_partials (deterministi
 """
 import numpy as np
 
-from kernels.launch_utils import check_array, check_upstream_grad, pick_version
+from kernels.launch_utils import (cdiv, check_array, check_upstream_grad, pick_version,
+                                  split_reduction)
 from nn.conv import check_conv_params
 
 VERSIONS = (1, 2)
@@ -23,17 +24,6 @@ DEFAULT_VERSION = 2
 BLOCK = 256      # threads per block of every conv.cu kernel
 TILE = 128       # version 2's output tile (rows and columns)
 _R_STEP = 8      # version 2's reduction step; split chunks are multiples of it
-
-# Split of version 2's weight-gradient reduction: when there are fewer than
-# SPLIT_BELOW_BLOCKS output tiles, cut the N * Ho * Wo reduction into chunks until there
-# are about SPLIT_TARGET_BLOCKS blocks, each chunk at least MIN_SPLIT_CHUNK long.
-SPLIT_BELOW_BLOCKS = 128
-SPLIT_TARGET_BLOCKS = 256
-MIN_SPLIT_CHUNK = 512
-
-
-def _cdiv(a, b):
-    return -(-a // b)
 
 
 def _geometry(x_shape, w_shape, stride, pad, group, ho, wo):
@@ -67,9 +57,9 @@ def conv_forward(runner, x, w, b, stride=1, pad=0, group=1, relu=False, layer='c
     geom = _geometry(x.shape, w.shape, stride, pad, group, ho, wo)
     y = runner.xp.empty((n, k, ho, wo), dtype=np.float32)
     if version == 1:
-        grid = (_cdiv(y.size, BLOCK), 1, 1)
+        grid = (cdiv(y.size, BLOCK), 1, 1)
     else:
-        grid = (_cdiv(n * ho * wo, TILE), _cdiv(k // group, TILE), group)
+        grid = (cdiv(n * ho * wo, TILE), cdiv(k // group, TILE), group)
     runner.kernel("conv.cu", f"conv_forward_v{version}")(
         grid, (BLOCK, 1, 1), (x, w, b, y) + geom + (np.int32(relu),))
     cache = dict(x=x, w=w, y=y if relu else None, geom=geom, version=version, layer=layer)
@@ -110,7 +100,7 @@ def conv_backward(runner, dy, cache, need_dx=True):
     dw = xp.empty_like(w)
     if version == 1:
         runner.kernel("conv.cu", "conv_backward_weights_v1")(
-            (_cdiv(dw.size, BLOCK), 1, 1), (BLOCK, 1, 1), (dy_eff, x, dw) + geom)
+            (cdiv(dw.size, BLOCK), 1, 1), (BLOCK, 1, 1), (dy_eff, x, dw) + geom)
     else:
         _backward_weights_v2(runner, dy_eff, x, dw, geom)
     return dx, dw, db
@@ -120,28 +110,19 @@ def _backward_data(runner, dy_eff, w, dx, geom, version):
     """dx (N, C, H, W) from the (ReLU-masked) dy by conv_backward_data_v<version>."""
     n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)
     if version == 1:
-        grid = (_cdiv(dx.size, BLOCK), 1, 1)
+        grid = (cdiv(dx.size, BLOCK), 1, 1)
     else:
-        grid = (_cdiv(n * h * wid, TILE), _cdiv(c // group, TILE), group)
+        grid = (cdiv(n * h * wid, TILE), cdiv(c // group, TILE), group)
     runner.kernel("conv.cu", f"conv_backward_data_v{version}")(
         grid, (BLOCK, 1, 1), (dy_eff, w, dx) + geom)
     return dx
 
 
 def _weight_grad_split(reduction, tiles, splits=None):
-    """Chunk length and chunk count for version 2's weight-gradient reduction.
-
-    reduction = N * Ho * Wo, tiles = output tiles per split. splits=None picks by the
-    rule above; an integer asks for (at most) that many chunks. Returns (chunk, count)
-    with chunk a multiple of 8 and count = ceil(reduction / chunk).
-    """
-    if splits is None:
-        splits = 1
-        if tiles < SPLIT_BELOW_BLOCKS:
-            splits = max(1, min(_cdiv(SPLIT_TARGET_BLOCKS, tiles),
-                                reduction // MIN_SPLIT_CHUNK))
-    chunk = _cdiv(_cdiv(reduction, splits), _R_STEP) * _R_STEP
-    return chunk, _cdiv(reduction, chunk)
+    """Chunk length and chunk count for version 2's weight-gradient reduction,
+    reduction = N * Ho * Wo over `tiles` output tiles (launch_utils.split_reduction with
+    chunks a multiple of version 2's reduction step)."""
+    return split_reduction(reduction, tiles, splits, _R_STEP)
 
 
 def _backward_weights_v2(runner, dy_eff, x, dw, geom, splits=None):
@@ -150,7 +131,7 @@ def _backward_weights_v2(runner, dy_eff, x, dw, geom, splits=None):
     conv_sum_partials) when there are few output tiles. splits: see _weight_grad_split."""
     n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)
     cols, rows = (c // group) * kh * kw, k // group
-    grid_xy = (_cdiv(cols, TILE), _cdiv(rows, TILE))
+    grid_xy = (cdiv(cols, TILE), cdiv(rows, TILE))
     chunk, count = _weight_grad_split(n * ho * wo, grid_xy[0] * grid_xy[1] * group, splits)
     target = dw if count == 1 else runner.xp.empty((count,) + dw.shape, dtype=np.float32)
     runner.kernel("conv.cu", "conv_backward_weights_v2")(
@@ -158,6 +139,6 @@ def _backward_weights_v2(runner, dy_eff, x, dw, geom, splits=None):
         (dy_eff, x, target) + geom + (np.int32(chunk),))
     if count > 1:
         runner.kernel("conv.cu", "conv_sum_partials")(
-            (_cdiv(dw.size, BLOCK), 1, 1), (BLOCK, 1, 1),
+            (cdiv(dw.size, BLOCK), 1, 1), (BLOCK, 1, 1),
             (target, dw, np.int32(dw.size), np.int32(count)))
     return dw

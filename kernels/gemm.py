@@ -17,7 +17,8 @@ All three products of a layer use one kernel, told the operands' layouts by two 
 """
 import numpy as np
 
-from kernels.launch_utils import check_array, check_upstream_grad, pick_version
+from kernels.launch_utils import (cdiv, check_array, check_upstream_grad, pick_version,
+                                  split_reduction)
 from nn.checks import fail
 from nn.inner_product import check_inner_product_shapes
 
@@ -27,34 +28,17 @@ DEFAULT_VERSION = 3
 # Tile shapes of gemm.cu, for the grids: (rows of C, columns of C, threads per block).
 _TILE = {1: 16, 2: 16, 3: 128}
 
-# Split-K (see gemm.cu): when a product has fewer than SPLIT_BELOW_BLOCKS output tiles the
-# GPU would sit partly idle, so the K range is cut into slices until there are about
-# SPLIT_TARGET_BLOCKS blocks, each slice at least MIN_SPLIT_CHUNK deep (shorter slices
-# would spend more time in the reduction than they save).
-SPLIT_BELOW_BLOCKS = 128
-SPLIT_TARGET_BLOCKS = 256
-MIN_SPLIT_CHUNK = 512
-_CHUNK_MULTIPLE = 16   # slices start on a multiple of every version's tile depth
+# Split-K (see gemm.cu) follows launch_utils.split_reduction; slices start on a multiple
+# of every version's tile depth.
+_CHUNK_MULTIPLE = 16
 
 _BIAS_NONE, _BIAS_PER_COLUMN = 0, 1
 
 
-def _cdiv(a, b):
-    return -(-a // b)
-
-
 def _split_k(k, blocks, split_k):
-    """Slice depth and slice count for K = k over `blocks` output tiles.
-
-    split_k=None picks by the rule above; an integer asks for (at most) that many slices.
-    Returns (k_chunk, slices) with k_chunk a multiple of 16 and slices = ceil(k / k_chunk).
-    """
-    if split_k is None:
-        split_k = 1
-        if blocks < SPLIT_BELOW_BLOCKS:
-            split_k = max(1, min(_cdiv(SPLIT_TARGET_BLOCKS, blocks), k // MIN_SPLIT_CHUNK))
-    chunk = _cdiv(_cdiv(k, split_k), _CHUNK_MULTIPLE) * _CHUNK_MULTIPLE
-    return chunk, _cdiv(k, chunk)
+    """Slice depth and slice count for K = k over `blocks` output tiles
+    (launch_utils.split_reduction with slices a multiple of 16)."""
+    return split_reduction(k, blocks, split_k, _CHUNK_MULTIPLE)
 
 
 def _gemm(runner, a, b, c, bias, m, n, k, trans_a, trans_b, bias_mode, relu, version,
@@ -66,7 +50,7 @@ def _gemm(runner, a, b, c, bias, m, n, k, trans_a, trans_b, bias_mode, relu, ver
     temporary (slices, m, n) buffer and gemm_splitk_reduce adds them up.
     """
     tile = _TILE[version]
-    grid_xy = (_cdiv(n, tile), _cdiv(m, tile))
+    grid_xy = (cdiv(n, tile), cdiv(m, tile))
     if split_k is None and version != 3:
         split_k = 1
     k_chunk, slices = _split_k(k, grid_xy[0] * grid_xy[1], split_k)
@@ -83,7 +67,7 @@ def _gemm(runner, a, b, c, bias, m, n, k, trans_a, trans_b, bias_mode, relu, ver
         (np.int32(k_chunk),))
     if slices > 1:
         runner.kernel("gemm.cu", "gemm_splitk_reduce")(
-            (_cdiv(m * n, 256), 1, 1), (256, 1, 1),
+            (cdiv(m * n, 256), 1, 1), (256, 1, 1),
             (target, c, bias, np.int32(m), np.int32(n), np.int32(slices),
              np.int32(bias_mode), np.int32(relu)))
     return c
@@ -141,7 +125,7 @@ def inner_product_backward(runner, dy, cache):
     relu = y is not None
     dy_eff = xp.empty_like(dy) if relu else dy
     runner.kernel("gemm.cu", "ip_bias_grad")(
-        (_cdiv(o, 32), 1, 1), (32, 8, 1),
+        (cdiv(o, 32), 1, 1), (32, 8, 1),
         (dy, y if relu else dy, dy_eff, db, np.int32(n), np.int32(o), np.int32(relu)))
     dx = xp.empty((n, d), dtype=np.float32)
     _gemm(runner, dy_eff, w, dx, dy_eff, n, d, o, False, False, _BIAS_NONE, False, version)

@@ -68,10 +68,40 @@ def pick_version(version, available, default, layer):
     return version
 
 
+def cdiv(a, b):
+    """Ceiling of a / b for positive integers."""
+    return -(-a // b)
+
+
 def grid_1d(n, block=BLOCK):
     """Number of blocks for a grid-stride loop over n items: enough for one item per
     thread, at least 1, at most MAX_BLOCKS."""
-    return int(max(1, min(-(-n // block), MAX_BLOCKS)))
+    return int(max(1, min(cdiv(n, block), MAX_BLOCKS)))
+
+
+# Splitting a long reduction (gemm's K, the conv weight gradient's N * Ho * Wo): when a
+# product has fewer than SPLIT_BELOW_BLOCKS output tiles the GPU would sit partly idle, so
+# the reduction is cut into chunks until there are about SPLIT_TARGET_BLOCKS blocks, each
+# chunk at least MIN_SPLIT_CHUNK long (shorter chunks would spend more time adding the
+# partial sums than they save).
+SPLIT_BELOW_BLOCKS = 128
+SPLIT_TARGET_BLOCKS = 256
+MIN_SPLIT_CHUNK = 512
+
+
+def split_reduction(length, tiles, splits, multiple):
+    """Chunk length and chunk count for a reduction of `length` over `tiles` output tiles.
+
+    splits=None picks by the rule above; an integer asks for (at most) that many chunks.
+    Returns (chunk, count) with chunk a multiple of `multiple` (the kernel's reduction
+    step) and count = ceil(length / chunk).
+    """
+    if splits is None:
+        splits = 1
+        if tiles < SPLIT_BELOW_BLOCKS:
+            splits = max(1, min(cdiv(SPLIT_TARGET_BLOCKS, tiles), length // MIN_SPLIT_CHUNK))
+    chunk = cdiv(cdiv(length, splits), multiple) * multiple
+    return chunk, cdiv(length, chunk)
 
 
 def address(a):

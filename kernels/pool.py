@@ -9,7 +9,7 @@ import numpy as np
 
 from nn.checks import fail
 from nn.pool import check_pool_params
-from kernels.launch_utils import (BLOCK, check_array, check_upstream_grad, grid_1d,
+from kernels.launch_utils import (BLOCK, cdiv, check_array, check_upstream_grad, grid_1d,
                                   pick_version)
 
 # The forward kernel versions kept (bench.py --versions times each); backward has one.
@@ -47,7 +47,7 @@ def max_pool_forward(runner, x, kernel, stride, pad=0, layer='pool', version=Non
     if version == 1:
         runner.kernel("pool.cu", "max_pool_forward_v1")(grid_1d(y.size), BLOCK, args)
     else:
-        grid = (-(-wo // TILE_W), -(-ho // TILE_H), max(1, min(n * c, MAX_GRID_Z)))
+        grid = (cdiv(wo, TILE_W), cdiv(ho, TILE_H), max(1, min(n * c, MAX_GRID_Z)))
         runner.kernel("pool.cu", "max_pool_forward_v2")(grid, (TILE_W, TILE_H), args,
                                                         shared_mem=shared)
     cache = {"argmax": argmax, "x_shape": (n, c, h, w), "kernel": kernel, "stride": stride,
