@@ -22,8 +22,8 @@
  * kernels write the final result directly.  Why: fc6's forward (256 x 4096 outputs) is
  * only 64 tiles of 128 x 128, fewer than the GPU has multiprocessors.
  *
- * Epilogue.  bias_mode 0: none; 1: C[m, n] += bias[n] (per column, the layer's forward);
- * 2: C[m, n] += bias[m] (per row).  relu != 0: C = max(C, 0) afterwards.  When no bias is
+ * Epilogue.  bias_mode 0: none; 1: C[m, n] += bias[n] (per column, the layer's forward).
+ * relu != 0: C = max(C, 0) afterwards.  When no bias is
  * used the launcher still passes a (dummy) array, which is never read.
  *
  * Versions (same arguments, different grids):
@@ -66,9 +66,8 @@ __device__ __forceinline__ float gemm_b_at(const float* B, int N, int K, int tra
 
 /* The epilogue applied to one finished output value. */
 __device__ __forceinline__ float gemm_epilogue(float v, const float* bias, int bias_mode,
-                                               int relu, int m, int n) {
+                                               int relu, int n) {
     if (bias_mode == 1) v += bias[n];
-    else if (bias_mode == 2) v += bias[m];
     if (relu && v < 0.0f) v = 0.0f;
     return v;
 }
@@ -97,7 +96,7 @@ extern "C" __global__ void gemm_v1(const float* A, const float* B, float* C,
     for (int k = k_begin; k < k_end; ++k)
         acc += gemm_a_at(A, M, K, trans_a, m, k) * gemm_b_at(B, N, K, trans_b, k, n);
     C[(size_t)blockIdx.z * M * N + (size_t)m * N + n] =
-        gemm_epilogue(acc, bias, bias_mode, relu, m, n);
+        gemm_epilogue(acc, bias, bias_mode, relu, n);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -136,7 +135,7 @@ extern "C" __global__ void gemm_v2(const float* A, const float* B, float* C,
     int m = m0 + ty, n = n0 + tx;
     if (m < M && n < N)
         C[(size_t)blockIdx.z * M * N + (size_t)m * N + n] =
-            gemm_epilogue(acc, bias, bias_mode, relu, m, n);
+            gemm_epilogue(acc, bias, bias_mode, relu, n);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -254,7 +253,7 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 2)
         for (int j = 0; j < 8; ++j) {
             int n = n0 + slab_sub(tx, j);
             if (n < N)
-                Cz[(size_t)m * N + n] = gemm_epilogue(acc[i][j], bias, bias_mode, relu, m, n);
+                Cz[(size_t)m * N + n] = gemm_epilogue(acc[i][j], bias, bias_mode, relu, n);
         }
     }
 }
@@ -274,7 +273,7 @@ extern "C" __global__ void gemm_splitk_reduce(const float* partial, float* C,
     if (idx >= total) return;
     float s = 0.0f;
     for (int z = 0; z < splits; ++z) s += partial[(size_t)z * total + idx];
-    C[idx] = gemm_epilogue(s, bias, bias_mode, relu, (int)(idx / N), (int)(idx % N));
+    C[idx] = gemm_epilogue(s, bias, bias_mode, relu, (int)(idx % N));
 }
 
 #define IPB_COLS 32   /* columns per block   */
