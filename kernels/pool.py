@@ -11,14 +11,15 @@ from nn.checks import fail
 from nn.pool import check_pool_params
 from kernels.launch_utils import (BLOCK, cdiv, check_array, check_upstream_grad, grid_1d,
                                   pick_version)
+from kernels.runner import MAX_GRID_DIMS, MAX_SHARED_BYTES
 
 # The forward kernel versions kept (bench.py --versions times each); backward has one.
 VERSIONS = (1, 2)
 
 # Output tile of max_pool_forward_v2; must match POOL_TILE_W / POOL_TILE_H in pool.cu.
 TILE_W, TILE_H = 32, 8
-MAX_GRID_Z = 65535          # CUDA's limit on gridDim.z; v2 loops over the remaining planes
-SHARED_LIMIT = 48 * 1024    # bytes of shared memory per block we allow ourselves
+MAX_GRID_Z = MAX_GRID_DIMS[2]     # CUDA's limit on gridDim.z; v2 loops over the other planes
+SHARED_LIMIT = MAX_SHARED_BYTES   # shared memory per block the runners allow
 
 
 def _v2_shared_bytes(kernel, stride):

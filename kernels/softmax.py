@@ -21,7 +21,7 @@ REDUCE_BLOCK = 256         # threads of the one-block reductions (a power of two
 V2_MIN_CLASSES = 64        # softmax v2 pays off only when a row is long enough
 
 
-def _scalar(runner, a):
+def _scalar(a):
     """A one-element device array as a Python float (copies it to the host)."""
     return float(a.get()[0] if hasattr(a, "get") else a[0])
 
@@ -65,7 +65,7 @@ def softmax_loss_forward(runner, scores, labels, layer='softmax_loss', version=N
     runner.kernel("softmax.cu", "softmax_loss_v1")(
         1, REDUCE_BLOCK, (p, labels, loss, np.int32(n), np.int32(c)),
         shared_mem=REDUCE_BLOCK * 4)
-    return _scalar(runner, loss), (p, labels)
+    return _scalar(loss), (p, labels)
 
 
 def softmax_loss_backward(runner, cache, loss_weight=1.0):
@@ -89,4 +89,4 @@ def accuracy(runner, scores, labels, layer='accuracy'):
     runner.kernel("softmax.cu", "accuracy_count_v1")(
         1, REDUCE_BLOCK, (scores, labels, count, np.int32(n), np.int32(c)),
         shared_mem=REDUCE_BLOCK * 4)
-    return _scalar(runner, count) / n
+    return _scalar(count) / n
