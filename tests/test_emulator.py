@@ -5,19 +5,17 @@ Every good kernel runs under the three thread orders of the emulator (and on the
 missing __syncthreads(), reading shared memory before writing it, a barrier not all threads
 reach, a failing device assert, a bad pointer; and that bad launches are refused.
 """
-import glob
-import os
 import textwrap
 import types
 
 import numpy as np
 import pytest
 
-from kernels.runner import (KERNELS_DIR, KernelCompileError, KernelLaunchError, EmuRunner,
-                            check_args, get_runner, parse_signatures, read_text,
-                            resolve_source)
+from kernels.runner import (KernelCompileError, KernelLaunchError, EmuRunner, check_args,
+                            get_runner, parse_signatures, read_text, resolve_source)
+from tests.kernel_testing import EMU_ORDERS_WITH_RANDOM, project_kernel_files, to_host
 
-ORDERS = ('forward', 'reverse', 'random')
+ORDERS = EMU_ORDERS_WITH_RANDOM
 
 GOOD_KERNELS = r'''
 // Toy kernels for tests/test_emulator.py.
@@ -213,10 +211,6 @@ def runner(request):
     return _runner(request.param)
 
 
-def to_numpy(a):
-    return a.get() if hasattr(a, 'get') else np.asarray(a)
-
-
 # ---------------------------------------------------------------------------------------
 # Good kernels give the right values under every order.
 
@@ -228,7 +222,7 @@ def test_vector_add(runner, sources):
     out = xp.full(n, np.nan, dtype=np.float32)
     runner.kernel(sources['good.cu'], 'vec_add')((n + 127) // 128, 128,
                                                  (xp.asarray(a), xp.asarray(b), out, np.int32(n)))
-    np.testing.assert_array_equal(to_numpy(out), a + b)
+    np.testing.assert_array_equal(to_host(out), a + b)
 
 
 def test_block_reduction(runner, sources):
@@ -240,7 +234,7 @@ def test_block_reduction(runner, sources):
     out = xp.zeros(blocks, dtype=np.float32)
     runner.kernel(sources['good.cu'], 'block_sum')(blocks, 128, (xp.asarray(x), out, np.int32(n)))
     expected = np.add.reduceat(x.astype(np.float64), np.arange(0, n, 128))
-    np.testing.assert_allclose(to_numpy(out), expected, rtol=1e-5)
+    np.testing.assert_allclose(to_host(out), expected, rtol=1e-5)
 
 
 def test_dynamic_shared_memory(runner, sources):
@@ -254,13 +248,13 @@ def test_dynamic_shared_memory(runner, sources):
     kernel(blocks, block, (xp.asarray(x), y, np.int32(n)), shared_mem=block * 4)
     padded = np.concatenate([x, np.full(blocks * block - n, -1.0, np.float32)])
     expected = padded.reshape(blocks, block)[:, ::-1].reshape(-1)[:n]
-    np.testing.assert_array_equal(to_numpy(y), expected)
+    np.testing.assert_array_equal(to_host(y), expected)
 
     xi = rng.integers(-1000, 1000, n).astype(np.int32)
     yi = xp.zeros(n, dtype=np.int32)
     kernel = runner.kernel(sources['good.cu'], 'square_ints')
     kernel(blocks, block, (xp.asarray(xi), yi, np.int32(n)), shared_mem=block * 4)
-    np.testing.assert_array_equal(to_numpy(yi), xi * xi)
+    np.testing.assert_array_equal(to_host(yi), xi * xi)
 
 
 @pytest.mark.parametrize('grid, block', [((3, 2, 2), (5, 3, 2)), ((7,), (3, 5)), (2, 9)])
@@ -277,7 +271,7 @@ def test_grid_and_block_indices(runner, sources, grid, block):
     expected = np.stack([bx, by, bz, tx, ty, tz,
                          np.full_like(bx, b[0] * 100 + b[1] * 10 + b[2]),
                          np.full_like(bx, g[0] * 100 + g[1] * 10 + g[2])], axis=-1)
-    np.testing.assert_array_equal(to_numpy(out), expected.reshape(-1))
+    np.testing.assert_array_equal(to_host(out), expected.reshape(-1))
 
 
 def test_atomics(runner, sources):
@@ -293,10 +287,10 @@ def test_atomics(runner, sources):
     runner.kernel(sources['good.cu'], 'atomics')(
         (n + 63) // 64, 64, (xp.asarray(labels), xp.asarray(v), hist, total, biggest, count,
                              np.int32(n)))
-    np.testing.assert_array_equal(to_numpy(hist), np.bincount(labels, minlength=5))
-    np.testing.assert_allclose(to_numpy(total)[0], v.astype(np.float64).sum(), rtol=1e-5)
-    assert to_numpy(biggest)[0] == (labels * 1000 + np.arange(n) % 1000).max()
-    assert to_numpy(count)[0] == n
+    np.testing.assert_array_equal(to_host(hist), np.bincount(labels, minlength=5))
+    np.testing.assert_allclose(to_host(total)[0], v.astype(np.float64).sum(), rtol=1e-5)
+    assert to_host(biggest)[0] == (labels * 1000 + np.arange(n) % 1000).max()
+    assert to_host(count)[0] == n
 
 
 # ---------------------------------------------------------------------------------------
@@ -596,11 +590,7 @@ def test_signature_parser_reads_macros_and_names():
     assert [p.code for p in sigs['odd']] == ['unsupported', 'unsupported']
 
 
-def _project_kernel_files():
-    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(KERNELS_DIR, '*.cu')))
-
-
-@pytest.mark.parametrize('name', _project_kernel_files())
+@pytest.mark.parametrize('name', project_kernel_files())
 def test_parser_agrees_with_compiler_on_project_kernels(name):
     """The GPU path reads signatures with parse_signatures; the emulator asks the compiler."""
     from kernels import emulator

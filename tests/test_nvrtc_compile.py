@@ -6,14 +6,11 @@ the options CuPy's RawModule uses: ours plus the `-ftz=true` CuPy adds, straight
 for the real architecture (as CuPy does), so ptxas' checks (shared memory per block,
 registers) run too, not only the front end.
 """
-import glob
-import os
-
 import pytest
 
-from kernels.runner import (KERNELS_DIR, NVRTC_OPTIONS, KernelCompileError, assemble_source,
-                            compile_error,
+from kernels.runner import (NVRTC_OPTIONS, KernelCompileError, assemble_source, compile_error,
                             find_kernels, load_nvrtc, read_text, resolve_source)
+from tests.kernel_testing import project_kernel_files
 
 ARCHS = ('sm_80', 'sm_90')
 CUPY_ADDS = ('-ftz=true',)  # cupy.cuda.compiler._compile_with_cache_cuda appends it
@@ -42,12 +39,8 @@ def nvrtc_compile(nvrtc, source, name, arch):
         nvrtc.destroyProgram(program)
 
 
-def _kernel_files():
-    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(KERNELS_DIR, '*.cu')))
-
-
 @pytest.mark.parametrize('arch', ARCHS)
-@pytest.mark.parametrize('name', _kernel_files())
+@pytest.mark.parametrize('name', project_kernel_files())
 def test_project_kernels_compile(nvrtc, name, arch):
     path, display = resolve_source(name)
     assert find_kernels(read_text(path)), f'{display} has no extern "C" __global__ kernel'

@@ -135,9 +135,7 @@ CAFFENET_POOL_SHAPES = [(96, 55, 55), (256, 27, 27), (256, 13, 13)]
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("version", [1, 2])
-def test_pool_gpu_caffenet_shapes(batch, version):
-    from kernels.runner import get_runner
-    gpu = get_runner("cuda")
+def test_pool_gpu_caffenet_shapes(cuda, batch, version):
     for shape in CAFFENET_POOL_SHAPES:
-        check_pool(gpu, (batch,) + shape, 3, 2, 0, version)
-        check_pool(gpu, (batch,) + shape, 3, 2, 0, version, ties=True)
+        check_pool(cuda, (batch,) + shape, 3, 2, 0, version)
+        check_pool(cuda, (batch,) + shape, 3, 2, 0, version, ties=True)
