@@ -217,13 +217,8 @@ extern "C" __global__ void conv_bias_grad(const float* dy, const float* y, float
         }
         s += v;
     }
-    part[tid] = s;
-    __syncthreads();
-    for (int half = CBG_THREADS / 2; half > 0; half /= 2) {
-        if (tid < half) part[tid] += part[tid + half];
-        __syncthreads();   /* outside the if: every thread reaches every barrier */
-    }
-    if (tid == 0) db[k] = part[0];
+    const float total = block_reduce(part, s, 0);   /* kernels/prelude.cuh */
+    if (tid == 0) db[k] = total;
 }
 
 /* out[i] = sum_{s < splits} partial[s * count + i], in order s = 0, 1, ...

@@ -42,6 +42,23 @@ __device__ __forceinline__ void unravel3(int i, int B, int C, int* a, int* b, in
     *a = i / (C * B);
 }
 
+// ---- Tree reduction over one block -----------------------------------------------------------
+// blockDim.x a power of two, buf holds blockDim.x floats (shared). take_max != 0: maximum, else
+// sum, always in the same order (deterministic). Every thread of the block must call it (it
+// contains barriers); every thread gets the result.
+__device__ float block_reduce(float* buf, float v, int take_max) {
+    const int t = threadIdx.x;
+    buf[t] = v;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (t < half) buf[t] = take_max ? fmaxf(buf[t], buf[t + half]) : buf[t] + buf[t + half];
+        __syncthreads();
+    }
+    const float r = buf[0];
+    __syncthreads();   // all threads read buf[0] before anyone reuses buf
+    return r;
+}
+
 // ---- The 8x8 register micro-kernel of the 128x128-tile products ----------------------------
 // gemm.cu's gemm_v3 and conv.cu's implicit GEMM (the v2 convolution kernels) both compute a
 // 128 x 128 tile of C with 16 x 16 threads, each thread holding 8 x 8 accumulators. The

@@ -24,26 +24,9 @@
  *   reduction gives count[0] (as a float; exact below 2^24 rows). The launcher divides by N.
  *
  * FLT_MIN comes from kernels/prelude.cuh (no <float.h> under NVRTC).
- * The one-block reductions need blockDim.x a power of two and blockDim.x floats of dynamic
- * shared memory (the launcher passes both).
+ * The one-block reductions (block_reduce, kernels/prelude.cuh) need blockDim.x a power of
+ * two and blockDim.x floats of dynamic shared memory (the launcher passes both).
  */
-
-/* Tree reduction over the block (blockDim.x a power of two, buf holds blockDim.x floats).
- * take_max != 0: maximum, else sum. Every thread of the block must call it (it contains
- * barriers); every thread gets the result. */
-__device__ float block_reduce(float* buf, float v, int take_max)
-{
-    const int t = threadIdx.x;
-    buf[t] = v;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (t < half) buf[t] = take_max ? fmaxf(buf[t], buf[t + half]) : buf[t] + buf[t + half];
-        __syncthreads();
-    }
-    const float r = buf[0];
-    __syncthreads();   // all threads read buf[0] before anyone reuses buf
-    return r;
-}
 
 extern "C" __global__ void softmax_v1(const float* __restrict__ x, float* __restrict__ p, int N,
                                       int C, int S)
