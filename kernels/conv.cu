@@ -111,16 +111,6 @@ __device__ __forceinline__ void conv_range_in_image(int t, int stride, int pad, 
     *hi = h < out_size ? h : out_size;
 }
 
-/* Output positions o whose window covers input position p (0 <= p + pad - o stride <
-   kernel), as [*lo, *hi). */
-__device__ __forceinline__ void conv_range_covering(int p, int stride, int pad, int kernel,
-                                                    int out_size, int* lo, int* hi) {
-    int a = p + pad - kernel + 1;      /* need o stride >= a */
-    *lo = a <= 0 ? 0 : (a + stride - 1) / stride;
-    int h = (p + pad) / stride + 1;    /* p + pad >= 0 always */
-    *hi = h < out_size ? h : out_size;
-}
-
 /* ---------------------------------------------------------------------------------- */
 /* v1: direct kernels                                                                  */
 /* ---------------------------------------------------------------------------------- */
@@ -155,8 +145,8 @@ extern "C" __global__ void conv_backward_data_v1(const float* dy, const float* w
     int c = (idx / ((size_t)g.H * g.W)) % g.C, n = idx / ((size_t)g.H * g.W * g.C);
     int grp = c / g.Cg, cl = c % g.Cg;
     int oh_lo, oh_hi, ow_lo, ow_hi;
-    conv_range_covering(ih, g.stride, g.pad, g.kh, g.Ho, &oh_lo, &oh_hi);
-    conv_range_covering(iw, g.stride, g.pad, g.kw, g.Wo, &ow_lo, &ow_hi);
+    windows_covering(ih, g.stride, g.pad, g.kh, g.Ho, &oh_lo, &oh_hi);
+    windows_covering(iw, g.stride, g.pad, g.kw, g.Wo, &ow_lo, &ow_hi);
     float acc = 0.0f;
     for (int k = grp * g.Kg; k < (grp + 1) * g.Kg; ++k)
         for (int oh = oh_lo; oh < oh_hi; ++oh)

@@ -128,10 +128,9 @@ extern "C" __global__ void max_pool_backward_v1(const float* __restrict__ dy,
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
         int p, h, w;
         unravel3(i, H, W, &p, &h, &w);
-        const int ph0 = (h + pad < kernel) ? 0 : (h + pad - kernel) / stride + 1;
-        const int ph1 = min((h + pad) / stride + 1, Ho);
-        const int pw0 = (w + pad < kernel) ? 0 : (w + pad - kernel) / stride + 1;
-        const int pw1 = min((w + pad) / stride + 1, Wo);
+        int ph0, ph1, pw0, pw1;   // the windows that contain (h, w): kernels/prelude.cuh
+        windows_covering(h, stride, pad, kernel, Ho, &ph0, &ph1);
+        windows_covering(w, stride, pad, kernel, Wo, &pw0, &pw1);
         const int self = h * W + w;
         const int* am = argmax + (long long)p * Ho * Wo;
         const float* g = dy + (long long)p * Ho * Wo;

@@ -42,6 +42,18 @@ __device__ __forceinline__ void unravel3(int i, int B, int C, int* a, int* b, in
     *a = i / (C * B);
 }
 
+// ---- Sliding windows ---------------------------------------------------------------------------
+// Output positions o whose window (starting at o * stride - pad, `kernel` long) covers input
+// position p, i.e. 0 <= p + pad - o * stride < kernel, as [*lo, *hi) clipped to [0, out_size).
+// The gathers of conv's and pooling's backward passes visit exactly these.
+__device__ __forceinline__ void windows_covering(int p, int stride, int pad, int kernel,
+                                                 int out_size, int* lo, int* hi) {
+    int a = p + pad - kernel + 1;      // need o * stride >= a
+    *lo = a <= 0 ? 0 : (a + stride - 1) / stride;
+    int h = (p + pad) / stride + 1;    // p + pad >= 0 always
+    *hi = h < out_size ? h : out_size;
+}
+
 // ---- Tree reduction over one block -----------------------------------------------------------
 // blockDim.x a power of two, buf holds blockDim.x floats (shared). take_max != 0: maximum, else
 // sum, always in the same order (deterministic). Every thread of the block must call it (it
