@@ -138,16 +138,19 @@ def generate_fold(items, fold, n_folds=NUM_FOLDS, seed=0):
     train keeps the order of `items`; test is sorted by name.
     """
     _check_fold(fold, n_folds)
-    test = stratified_folds(items, n_folds, seed)[fold - 1]
+    return _train_and_test(items, stratified_folds(items, n_folds, seed)[fold - 1])
+
+
+def _train_and_test(items, test):
+    """(the items not in `test`, in their order; test)."""
     held_out = {name for name, _ in test}
-    train = [item for item in items if item[0] not in held_out]
-    return train, test
+    return [item for item in items if item[0] not in held_out], test
 
 
 def write_splits(splits_dir, agree, items, n_folds=NUM_FOLDS, seed=0):
     """Write generated folds as splits_dir/<subset>/test<k>/{train,test}.txt, k = 1..n_folds."""
-    for fold in range(1, n_folds + 1):
-        train, test = generate_fold(items, fold, n_folds, seed)
+    for fold, fold_test in enumerate(stratified_folds(items, n_folds, seed), start=1):
+        train, test = _train_and_test(items, fold_test)
         train_path, test_path = split_files(splits_dir, agree, fold, n_folds)
         write_list(train_path, train)
         write_list(test_path, test)
