@@ -40,11 +40,16 @@
  *   R = N P is long (193600 for conv1 at batch 64) while its output is small, so the R
  *   range is cut into S chunks whose partial dw go to a (S, K, Cg KK) buffer, added in a
  *   fixed order by conv_sum_partials (deterministic, no atomics).
- *   Loading: a thread loads 4 elements of each slab per step: for A, one reduction index
- *   and 4 rows 32 apart; for B, one column (fixed for the whole loop) and 4 consecutive
- *   reduction indices.  The indices are split into (c, i, j)-style digits once and then
- *   counted, not divided, each step (see IgDigits).  With stride > 1 most of backward
- *   data's B operand is zero (between strides), so the launcher uses the v1 gather there.
+ *   Loading: per step a thread loads 4 elements of each slab.  Both operands are
+ *   separable, element = src[part(r) + part(col)] (see IgPart), so each thread computes
+ *   its columns' parts once, and per step one reduction index's part, counted forward
+ *   rather than divided (IgDigits); an element then costs a few adds and compares, in
+ *   32-bit offsets (the launcher keeps every tensor under 2^31 elements).  Instructions
+ *   in the main loop's body (512 of them FMAs; sm_90 SASS, counted statically, no GPU
+ *   timing yet) went from 835 to 673 (forward), from 896 to 690 (backward weights) and
+ *   from 1294 to 676 (backward data, whose old loop also held the stride > 1 code).
+ *   With stride > 1 most of backward data's B operand is zero (between strides) and not
+ *   separable, so the launcher uses the v1 gather there.
  *
  * Shared by both versions: conv_bias_grad, db[k] = sum over (n, oh, ow) of dy, one block
  * per filter with a shared-memory tree reduction; with a fused ReLU it also writes the
@@ -260,9 +265,8 @@ __device__ __forceinline__ void ig_dims(int mode, const ConvGeom& g, int* M, int
      forward          r = (c, i, j)     radix (kh, kw)    col = (n, oh, ow)  radix (Ho, Wo)
      backward data    r = (k, i, j)     radix (kh, kw)    col = (n, h, w)    radix (H, W)
      backward weights r = (n, oh, ow)   radix (Ho, Wo)    col = (c, i, j)    radix (kh, kw)
-   Splitting an index costs two integer divisions, so the loaders split once and then
-   count (ig_digits_next): a thread's column is fixed for the whole loop, and its 4
-   reduction indices in a slab are consecutive. */
+   Splitting an index costs two integer divisions, so the loaders split once, before the
+   reduction loop, and then count (ig_digits_advance). */
 struct IgDigits { int d0, d1, d2; };
 
 __device__ __forceinline__ IgDigits ig_digits(int v, int mid, int inner) {
@@ -274,9 +278,11 @@ __device__ __forceinline__ IgDigits ig_digits(int v, int mid, int inner) {
     return d;
 }
 
-__device__ __forceinline__ void ig_digits_next(IgDigits* d, int mid, int inner) {
-    if (++d->d2 == inner) {
-        d->d2 = 0;
+/* The digits of v + step from those of v (step > 0; a few loop turns when inner < step). */
+__device__ __forceinline__ void ig_digits_advance(IgDigits* d, int step, int mid, int inner) {
+    d->d2 += step;
+    while (d->d2 >= inner) {
+        d->d2 -= inner;
         if (++d->d1 == mid) { d->d1 = 0; ++d->d0; }
     }
 }
@@ -293,73 +299,178 @@ __device__ __forceinline__ void ig_col_radix(int mode, const ConvGeom& g, int* m
     else { *mid = g.kh; *inner = g.kw; }
 }
 
-/* B[r, col] of group grp from the digits of r and col (caller checks r < R, col < Ncol). */
-__device__ __forceinline__ float ig_b(int mode, const ConvGeom& g, const float* B, int grp,
-                                      IgDigits r, IgDigits col) {
-    if (mode == IG_FORWARD)          /* im2col(x)[(c, i, j), (n, oh, ow)] */
-        return conv_x_at(B, g, col.d0, grp * g.Cg + r.d0, col.d1, col.d2, r.d1, r.d2);
-    if (mode == IG_BACKWARD_DATA)    /* dy seen from pixel (n, h, w) through tap (k, i, j) */
-        return conv_dy_at(B, g, col.d0, grp * g.Kg + r.d0, col.d1, col.d2, r.d1, r.d2);
-    /* backward weights: im2col(x)^T[(n, oh, ow), (c, i, j)] */
-    return conv_x_at(B, g, r.d0, grp * g.Cg + col.d0, r.d1, r.d2, col.d1, col.d2);
-}
+/* The B operand is separable: with a part computed from r alone and a part from col alone,
+     B[r, col] = src[r.lin + col.lin]   if 0 <= r.y + col.y < ylim and 0 <= r.x + col.x < xlim,
+                 0                      otherwise (the padding),
+   where (y, x) is the pixel read, as a row and column of the image (forward, backward
+   weights: x, ylim = H, xlim = W) or of dy (backward data: ylim = Ho, xlim = Wo), and
+   lin its flat offset.  So a thread computes each column's part once, each step's r part
+   once, and an element costs two adds, two compares and a load.  Offsets are int: the
+   launcher checks that every tensor has fewer than 2^31 elements.
+     forward          r (c, i, j):     y = i,        x = j,        lin = c H W + i W + j
+                      col (n, oh, ow): y = oh s - pad, x = ow s - pad,
+                                       lin = (n C + grp Cg) H W + y W + x
+     backward data    r (k, i, j):     y = -i,       x = -j,       lin = k P - i Wo - j
+     (stride 1)       col (n, h, w):   y = h + pad,  x = w + pad,
+                                       lin = (n K + grp Kg) P + y Wo + x
+     backward weights r (n, oh, ow):   y = oh s,     x = ow s,     lin = n C H W + y W + x
+                      col (c, i, j):   y = i - pad,  x = j - pad,
+                                       lin = (grp Cg + c) H W + y W + x
+   Backward data at stride > 1 is not separable (dy exists only every s-th pixel); the
+   launcher sends it to v1, and the v2 kernel computes it element by element (ig_b_strided),
+   slow but correct. */
+struct IgPart { int lin, y, x; };
 
-/* A is separable: A[m, r] = A[ig_a_row(m) + ig_a_col(r)], so a thread splits its one
-   reduction index per slab once for its 4 rows.
-     forward          w[grp Kg + m, (c, i, j) = r]
-     backward data    w[grp Kg + k, m, q],  r = (k, q)
-     backward weights dy[n, grp Kg + m, p], r = (n, p) */
-__device__ __forceinline__ size_t ig_a_row(int mode, const ConvGeom& g, int grp, int m) {
-    if (mode == IG_FORWARD) return ((size_t)grp * g.Kg + m) * g.Cg * g.KK;
-    if (mode == IG_BACKWARD_DATA) return ((size_t)grp * g.Kg * g.Cg + m) * g.KK;
-    return ((size_t)grp * g.Kg + m) * g.P;
-}
+#define IG_OFF_IMAGE (-(1 << 30))   /* a column part's y for columns past Ncol: never inside */
 
-__device__ __forceinline__ size_t ig_a_col(int mode, const ConvGeom& g, int r) {
-    if (mode == IG_FORWARD) return r;
-    int span = mode == IG_BACKWARD_DATA ? g.KK : g.P;   /* the inner part q or p */
-    int outer = r / span;
-    size_t outer_stride = mode == IG_BACKWARD_DATA ? (size_t)g.Cg * g.KK : (size_t)g.K * g.P;
-    return outer * outer_stride + (r - outer * span);
-}
-
-/* This thread's 4 elements of the A slab (rows m0.., reduction r0..) into S[r][m].
-   Thread t takes reduction offset t % 8 and rows t / 8 + 32 e: the 8 threads sharing a
-   row read consecutive r (mostly consecutive addresses). */
-__device__ __forceinline__ void ig_fetch_a(int mode, const ConvGeom& g, const float* A,
-                                           int grp, int M, int r_end, int m0, int r0, int t,
-                                           float v[4]) {
-    int r = r0 + t % 8;
-    size_t col_off = r < r_end ? ig_a_col(mode, g, r) : 0;
-    for (int e = 0; e < 4; ++e) {
-        int m = m0 + t / 8 + 32 * e;
-        v[e] = (m < M && r < r_end) ? A[ig_a_row(mode, g, grp, m) + col_off] : 0.0f;
+__device__ __forceinline__ IgPart ig_col_part(int mode, const ConvGeom& g, int grp, int col,
+                                              int Ncol) {
+    int mid, inner;
+    ig_col_radix(mode, g, &mid, &inner);
+    IgPart p;
+    if (col >= Ncol) { p.lin = 0; p.y = IG_OFF_IMAGE; p.x = 0; return p; }
+    IgDigits d = ig_digits(col, mid, inner);
+    if (mode == IG_FORWARD) {
+        p.y = d.d1 * g.stride - g.pad;
+        p.x = d.d2 * g.stride - g.pad;
+        p.lin = (d.d0 * g.C + grp * g.Cg) * g.H * g.W + p.y * g.W + p.x;
+    } else if (mode == IG_BACKWARD_DATA) {
+        p.y = d.d1 + g.pad;
+        p.x = d.d2 + g.pad;
+        p.lin = (d.d0 * g.K + grp * g.Kg) * g.P + p.y * g.Wo + p.x;
+    } else {
+        p.y = d.d1 - g.pad;
+        p.x = d.d2 - g.pad;
+        p.lin = (grp * g.Cg + d.d0) * g.H * g.W + p.y * g.W + p.x;
     }
+    return p;
+}
+
+__device__ __forceinline__ IgPart ig_r_part(int mode, const ConvGeom& g, IgDigits d) {
+    IgPart p;
+    if (mode == IG_FORWARD) {
+        p.y = d.d1; p.x = d.d2;
+        p.lin = d.d0 * g.H * g.W + p.y * g.W + p.x;
+    } else if (mode == IG_BACKWARD_DATA) {
+        p.y = -d.d1; p.x = -d.d2;
+        p.lin = d.d0 * g.P + p.y * g.Wo + p.x;
+    } else {
+        p.y = d.d1 * g.stride; p.x = d.d2 * g.stride;
+        p.lin = d.d0 * g.C * g.H * g.W + p.y * g.W + p.x;
+    }
+    return p;
+}
+
+/* Backward data's B at stride > 1, from the digits of r = (k, i, j) and col = (n, h, w). */
+__device__ __forceinline__ float ig_b_strided(const ConvGeom& g, const float* dy, int grp,
+                                              IgDigits r, int col) {
+    IgDigits c = ig_digits(col, g.H, g.W);
+    return conv_dy_at(dy, g, c.d0, grp * g.Kg + r.d0, c.d1, c.d2, r.d1, r.d2);
+}
+
+/* A is separable too: A[m, r] = A[row(m) + column(r)], where r = (outer, inner) splits at
+   `span` and column(r) = outer * ostride + inner:
+     forward          w[grp Kg + m, r]            row (grp Kg + m) Cg KK   one span (R)
+     backward data    w[grp Kg + k, m, q]         row (grp Kg Cg + m) KK   r = (k, q), span KK,
+                                                                           ostride Cg KK
+     backward weights dy[n, grp Kg + m, p]        row (grp Kg + m) P       r = (n, p), span P,
+                                                                           ostride K P
+   ig_a_layout gives row(m) for the thread's first row and the step between rows m, m+1. */
+__device__ __forceinline__ void ig_a_layout(int mode, const ConvGeom& g, int grp, int m,
+                                            int* row, int* row_step, int* span,
+                                            int* ostride) {
+    if (mode == IG_FORWARD) {
+        *row_step = g.Cg * g.KK;
+        *row = (grp * g.Kg + m) * *row_step;
+        *span = 0x7fffffff; *ostride = 0;   /* r never wraps: column(r) = r */
+    } else if (mode == IG_BACKWARD_DATA) {
+        *row_step = g.KK;
+        *row = (grp * g.Kg * g.Cg + m) * g.KK;
+        *span = g.KK; *ostride = g.Cg * g.KK;
+    } else {
+        *row_step = g.P;
+        *row = (grp * g.Kg + m) * g.P;
+        *span = g.P; *ostride = g.K * g.P;
+    }
+}
+
+/* What a thread needs to load its share of every step's slabs (8 reduction indices
+   r0 .. r0 + 7), set up once by ig_loader_init and advanced by ig_fetch:
+     A (128 x 8): thread t loads reduction index r0 + t % 8 of the rows t / 8 + 32 e
+       (e < 4): the 8 threads of a row read consecutive addresses.
+     B (8 x 128): warp w = t / 32 loads row r0 + w, its lane l the columns l + 32 e: r is
+       the same across a warp (one r part per step, no divergence) and neighbouring lanes
+       read neighbouring pixels. */
+struct IgLoader {
+    int a_row, a_row_step, a_span, a_ostride;  /* A's layout, see ig_a_layout           */
+    int a_rows;                                /* how many of the 4 rows lie inside M   */
+    int a_r, a_outer, a_inner;                 /* reduction index, split at the span    */
+    IgPart cp[4];                              /* B: parts of the lane's 4 columns       */
+    int b_r, rmid, rinner;                     /* B: this warp's reduction index ...    */
+    IgDigits rd;                               /* ... and its digits                    */
+    int ylim, xlim;
+};
+
+__device__ __forceinline__ void ig_loader_init(IgLoader* L, int mode, const ConvGeom& g,
+                                               int grp, int M, int Ncol, int m0, int n0,
+                                               int r_begin) {
+    int t = threadIdx.x, lane = t % 32;
+    ig_a_layout(mode, g, grp, m0 + t / 8, &L->a_row, &L->a_row_step, &L->a_span,
+                &L->a_ostride);
+    int rows = (M - (m0 + t / 8) + 31) / 32;
+    L->a_rows = rows < 0 ? 0 : (rows > 4 ? 4 : rows);
+    L->a_r = r_begin + t % 8;
+    L->a_outer = L->a_r / L->a_span;
+    L->a_inner = L->a_r - L->a_outer * L->a_span;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) L->cp[e] = ig_col_part(mode, g, grp, n0 + lane + 32 * e, Ncol);
+    ig_r_radix(mode, g, &L->rmid, &L->rinner);
+    L->b_r = r_begin + t / 32;
+    L->rd = ig_digits(L->b_r, L->rmid, L->rinner);
+    L->ylim = mode == IG_BACKWARD_DATA ? g.Ho : g.H;
+    L->xlim = mode == IG_BACKWARD_DATA ? g.Wo : g.W;
+}
+
+/* This thread's 4 elements of the current step's A slab (va) and B slab (vb), zero past
+   r_end or outside the operands; then advance to the next step.  strided: backward data at
+   stride > 1 (ig_b_strided); a constant at every call, so the common path carries none of
+   its code. */
+__device__ __forceinline__ void ig_fetch(IgLoader* L, int mode, int strided,
+                                         const ConvGeom& g,
+                                         const float* A, const float* B, int grp, int Ncol,
+                                         int n0, int r_end, float va[4], float vb[4]) {
+    int a_col = L->a_outer * L->a_ostride + L->a_inner, a_ok = L->a_r < r_end;
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+        va[e] = (a_ok && e < L->a_rows) ? A[L->a_row + e * 32 * L->a_row_step + a_col] : 0.0f;
+    L->a_r += IG_BK;
+    L->a_inner += IG_BK;
+    while (L->a_inner >= L->a_span) { L->a_inner -= L->a_span; ++L->a_outer; }
+
+    IgPart rp = ig_r_part(mode, g, L->rd);
+    int b_ok = L->b_r < r_end, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        if (strided) {
+            int col = n0 + lane + 32 * e;
+            vb[e] = (b_ok && col < Ncol) ? ig_b_strided(g, B, grp, L->rd, col) : 0.0f;
+        } else {
+            int y = rp.y + L->cp[e].y, x = rp.x + L->cp[e].x;
+            vb[e] = (b_ok && (unsigned)y < (unsigned)L->ylim && (unsigned)x < (unsigned)L->xlim)
+                    ? B[rp.lin + L->cp[e].lin] : 0.0f;
+        }
+    }
+    L->b_r += IG_BK;
+    ig_digits_advance(&L->rd, IG_BK, L->rmid, L->rinner);
 }
 
 __device__ __forceinline__ void ig_stash_a(float* S, int t, const float v[4]) {
     for (int e = 0; e < 4; ++e) S[(t % 8) * IG_LD + t / 8 + 32 * e] = v[e];
 }
 
-/* This thread's 4 elements of the B slab into S[r][col]: column t % 128 (neighbouring
-   threads, neighbouring pixels), whose digits `cd` the caller split once, and the 4
-   consecutive reduction indices r0 + (t / 128) * 4 + e. */
-__device__ __forceinline__ void ig_fetch_b(int mode, const ConvGeom& g, const float* B,
-                                           int grp, int col_ok, IgDigits cd, int r_end,
-                                           int r0, int t, float v[4]) {
-    int r = r0 + (t / 128) * 4, mid, inner;
-    ig_r_radix(mode, g, &mid, &inner);
-    IgDigits rd = ig_digits(r, mid, inner);
-    for (int e = 0; e < 4; ++e) {
-        v[e] = (col_ok && r + e < r_end) ? ig_b(mode, g, B, grp, rd, cd) : 0.0f;
-        ig_digits_next(&rd, mid, inner);
-    }
-}
-
 __device__ __forceinline__ void ig_stash_b(float* S, int t, const float v[4]) {
-    for (int e = 0; e < 4; ++e) S[((t / 128) * 4 + e) * IG_LD + t % 128] = v[e];
+    for (int e = 0; e < 4; ++e) S[(t / 32) * IG_LD + t % 32 + 32 * e] = v[e];
 }
-
 
 /* Writes one finished element out[m, col] of group grp (split slice z for backward
    weights) to its place in the output tensor. */
@@ -379,11 +490,13 @@ __device__ __forceinline__ void ig_store(int mode, const ConvGeom& g, float* out
     }
 }
 
+
 /* One 128 x 128 output tile of pass `mode`, see the header.  r_chunk: reduction length
    per split (a multiple of 8; >= R when there is one split).  As and Bs are the
    kernel's shared slabs, 2 buffers of IG_SLAB floats each (declared in the kernels:
    the emulator cannot place static shared arrays inside an inline function). */
-__device__ __forceinline__ void ig_tile(int mode, const ConvGeom& g, const float* A,
+__device__ __forceinline__ void ig_tile(int mode, int strided, const ConvGeom& g,
+                                        const float* A,
                                         const float* B, float* out, const float* bias,
                                         int relu, int r_chunk, float* As, float* Bs) {
     int t = threadIdx.x, tx = t % 16, ty = t / 16;
@@ -402,26 +515,20 @@ __device__ __forceinline__ void ig_tile(int mode, const ConvGeom& g, const float
        (e.g. backward data with Cg = 48 channels: 4 of 16 thread rows have work). */
     int live = (m0 + ty * 4 < M) && (n0 + tx * 4 < Ncol);
 
-    /* The B column this thread loads never changes: split it into digits once. */
-    int col = n0 + t % 128, col_ok = col < Ncol, cmid, cinner;
-    ig_col_radix(mode, g, &cmid, &cinner);
-    IgDigits cd = ig_digits(col, cmid, cinner);
+    IgLoader L;
+    ig_loader_init(&L, mode, g, grp, M, Ncol, m0, n0, r_begin);
 
     /* Double buffering exactly as in gemm_v3: fetch the next slab into registers while
        multiplying the current one; one barrier per step. */
     float va[4], vb[4];
-    ig_fetch_a(mode, g, A, grp, M, r_end, m0, r_begin, t, va);
-    ig_fetch_b(mode, g, B, grp, col_ok, cd, r_end, r_begin, t, vb);
+    ig_fetch(&L, mode, strided, g, A, B, grp, Ncol, n0, r_end, va, vb);
     ig_stash_a(As, t, va);
     ig_stash_b(Bs, t, vb);
     __syncthreads();
     int buf = 0;
     for (int r0 = r_begin; r0 < r_end; r0 += IG_BK) {
         int has_next = r0 + IG_BK < r_end;
-        if (has_next) {
-            ig_fetch_a(mode, g, A, grp, M, r_end, m0, r0 + IG_BK, t, va);
-            ig_fetch_b(mode, g, B, grp, col_ok, cd, r_end, r0 + IG_BK, t, vb);
-        }
+        if (has_next) ig_fetch(&L, mode, strided, g, A, B, grp, Ncol, n0, r_end, va, vb);
         if (live)
             slab_multiply_8x8<IG_BK, IG_LD>(As + buf * IG_SLAB, Bs + buf * IG_SLAB, ty, tx, acc);
         if (has_next) {
@@ -452,7 +559,7 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
                     CONV_GEOM_PARAMS, int relu) {
     ConvGeom g = conv_geom(CONV_GEOM_ARGS);
     IG_SHARED_SLABS;
-    ig_tile(IG_FORWARD, g, w, x, y, b, relu, g.Cg * g.KK, As, Bs);
+    ig_tile(IG_FORWARD, 0, g, w, x, y, b, relu, g.Cg * g.KK, As, Bs);
 }
 
 /* dx from dy (already ReLU-masked).  grid (ceil(N H W / 128), ceil(Cg / 128), G),
@@ -461,7 +568,10 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     conv_backward_data_v2(const float* dy, const float* w, float* dx, CONV_GEOM_PARAMS) {
     ConvGeom g = conv_geom(CONV_GEOM_ARGS);
     IG_SHARED_SLABS;
-    ig_tile(IG_BACKWARD_DATA, g, w, dy, dx, dy, 0, g.Kg * g.KK, As, Bs);
+    if (g.stride > 1)   /* two copies of the tile code, each with its own loader */
+        ig_tile(IG_BACKWARD_DATA, 1, g, w, dy, dx, dy, 0, g.Kg * g.KK, As, Bs);
+    else
+        ig_tile(IG_BACKWARD_DATA, 0, g, w, dy, dx, dy, 0, g.Kg * g.KK, As, Bs);
 }
 
 /* Partial dw (S, K, Cg, kh, kw) over reduction chunks of r_chunk (a multiple of 8) of
@@ -472,5 +582,5 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
                              CONV_GEOM_PARAMS, int r_chunk) {
     ConvGeom g = conv_geom(CONV_GEOM_ARGS);
     IG_SHARED_SLABS;
-    ig_tile(IG_BACKWARD_WEIGHTS, g, dy, x, dw_partial, dy, 0, r_chunk, As, Bs);
+    ig_tile(IG_BACKWARD_WEIGHTS, 0, g, dy, x, dw_partial, dy, 0, r_chunk, As, Bs);
 }

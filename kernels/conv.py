@@ -16,6 +16,7 @@ import numpy as np
 
 from kernels.launch_utils import (cdiv, check_array, check_upstream_grad, pick_version,
                                   split_reduction)
+from nn.checks import fail
 from nn.conv import check_conv_params
 
 VERSIONS = (1, 2)
@@ -54,6 +55,8 @@ def conv_forward(runner, x, w, b, stride=1, pad=0, group=1, relu=False, layer='c
     version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer)
     stride, pad, group, ho, wo = _check_conv_args(runner, x, w, b, stride, pad, group, layer)
     n, k = x.shape[0], w.shape[0]
+    if version == 2:
+        _check_int32_offsets(layer, x=x.size, w=w.size, y=n * k * ho * wo)
     geom = _geometry(x.shape, w.shape, stride, pad, group, ho, wo)
     y = runner.xp.empty((n, k, ho, wo), dtype=np.float32)
     if version == 1:
@@ -64,6 +67,16 @@ def conv_forward(runner, x, w, b, stride=1, pad=0, group=1, relu=False, layer='c
         grid, (BLOCK, 1, 1), (x, w, b, y) + geom + (np.int32(relu),))
     cache = dict(x=x, w=w, y=y if relu else None, geom=geom, version=version, layer=layer)
     return y, cache
+
+
+def _check_int32_offsets(layer, **sizes):
+    """Version 2 addresses its tensors with 32-bit offsets: refuse any of 2^31 elements or
+    more (CaffeNet's largest, conv1's output at batch 256, has 74 million). sizes: name ->
+    element count."""
+    for name, size in sizes.items():
+        if size >= 2 ** 31:
+            fail(layer, f"version 2 needs {name} under 2^31 elements, got {size}; use a "
+                        f"smaller batch or version=1")
 
 
 def conv_backward(runner, dy, cache, need_dx=True):

@@ -115,6 +115,15 @@ def test_weight_grad_split_rule():
     assert chunk % 8 == 0 and (count - 1) * chunk < 126 <= count * chunk
 
 
+def test_version_2_refuses_tensors_past_int32_offsets():
+    """Version 2 computes offsets in 32 bits; a tensor of 2^31 elements is refused by
+    name (checked on the sizes: such arrays do not fit in a test)."""
+    conv._check_int32_offsets("conv1", x=2 ** 31 - 1, w=10, y=5)
+    with pytest.raises(ValueError, match=r"conv1: version 2 needs y under 2\^31 elements, "
+                                         r"got 2147483648"):
+        conv._check_int32_offsets("conv1", x=3, w=10, y=2 ** 31)
+
+
 def test_conv_default_version_is_2(emu):
     x, w, b = make_problem((1, 2, 5, 5), 3, 3, 3, 1, seed=7)
     _, cache = conv.conv_forward(emu, x, w, b)
