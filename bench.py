@@ -1129,35 +1129,59 @@ def run(args):
         vendors.append(_torch_vendor(torch, device.name))
     ops = subject_ops(device)
 
-    kernels = []
-    for batch in batches if run_kernels else []:
-        for case in select(build_cases(layers, batch, sgd=batch == batches[0]), kernel_only):
-            vendor = next((v for v in vendors if v.runner(case, None)), None)
-            versions = None
-            if args.versions:
-                try:
-                    versions = kernel_versions(device, case, by_name.get(case.layer))
-                except ImportError as exc:
-                    notes.append(f'{case.name}: no versions to compare: {exc}')
-                if versions == [] and device.runner is not None:
-                    notes.append(f'{case.name}: its launcher takes no version=')
-            kernels.append(bench_case(case, by_name.get(case.layer), ops, lib, timer, vendor,
-                                      args, batch, peaks, versions))
-            if gpu:
-                device.xp.get_default_memory_pool().free_all_blocks()
+    kernels, network = [], []
 
-    network = []
+    def report(partial):
+        """The whole report so far; partial=True while cases are still to come."""
+        return _report(args, device, torch, gpu, timer, batches, peaks, kernels, network,
+                       notes, partial)
+
+    todo = [(batch, case) for batch in (batches if run_kernels else [])
+            for case in select(build_cases(layers, batch, sgd=batch == batches[0]),
+                               kernel_only)]
+    for done, (batch, case) in enumerate(todo, 1):
+        vendor = next((v for v in vendors if v.runner(case, None)), None)
+        versions = None
+        if args.versions:
+            try:
+                versions = kernel_versions(device, case, by_name.get(case.layer))
+            except ImportError as exc:
+                notes.append(f'{case.name}: no versions to compare: {exc}')
+            if versions == [] and device.runner is not None:
+                notes.append(f'{case.name}: its launcher takes no version=')
+        kernels.append(bench_case(case, by_name.get(case.layer), ops, lib, timer, vendor,
+                                  args, batch, peaks, versions))
+        if gpu:
+            device.xp.get_default_memory_pool().free_all_blocks()
+        _progress(f'{done}/{len(todo)} {case.name} (batch {batch})', kernels[-1])
+        if args.json:   # a run cut off by a time limit still leaves what it measured
+            write_json(args.json, report(partial=True))
+
     if want_net:
         from nn.device import Device
         sub = Device(device.name, device.xp, ops, device.runner)
-        network = bench_network(device, sub, timer, torch, args, max(batches))
+        network.extend(bench_network(device, sub, timer, torch, args, max(batches)))
 
     wrong = [r['name'] for r in kernels + network
              if r['status'] != 'ok' or r.get('vendor', {}).get('status', 'ok') != 'ok']
     if wrong:
         notes.append('not timed (WRONG or ERROR): ' + ', '.join(wrong))
+    return report(partial=False)
+
+
+def _progress(what, row):
+    """One line on stderr per finished case, so a long run shows where it is."""
+    time = f", {row['time_s'] * 1e3:.3f} ms" if 'time_s' in row else ''
+    print(f"bench.py: {what}: {row['status']}{time}", file=sys.stderr, flush=True)
+
+
+def _report(args, device, torch, gpu, timer, batches, peaks, kernels, network, notes,
+            partial):
+    """bench.py's JSON report (see --json); partial: True in the copies written while the
+    run goes on."""
     return {
         'tool': 'bench.py',
+        'partial': partial,
         'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         'command': 'python bench.py ' + ' '.join(sys.argv[1:] if args.argv is None else args.argv),
         'machine': machine_info(device, torch),

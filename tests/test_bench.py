@@ -68,6 +68,27 @@ def test_cpu_layer_json(tmp_path):
         assert 0 < r['roofline_fraction']
 
 
+def test_json_is_rewritten_after_every_case(tmp_path, monkeypatch, capsys):
+    """A run cut off by a time limit (the GPU check's) must leave what it measured: the
+    JSON is written, marked partial, after each case, and a progress line goes to stderr."""
+    snapshots = []
+    real = bench.write_json
+
+    def spy(path, report):
+        snapshots.append((report['partial'], [r['name'] for r in report['kernels']]))
+        real(path, report)
+    monkeypatch.setattr(bench, 'write_json', spy)
+    rc, report = _run(tmp_path, '--batch', '2', '--only', 'relu5,pool5')
+    assert rc == 0 and report['partial'] is False
+    names = [r['name'] for r in report['kernels']]
+    assert len(names) == 4
+    assert snapshots[:-1] == [(True, names[:i]) for i in range(1, 5)]
+    assert snapshots[-1] == (False, names)
+    err = capsys.readouterr().err
+    assert f'bench.py: 1/4 {names[0]} (batch 2): ok, ' in err
+    assert f'bench.py: 4/4 {names[3]} (batch 2): ok, ' in err
+
+
 def test_wrong_layer_is_reported_not_timed(tmp_path, monkeypatch, capsys):
     # Off by a little in the last element only (the last image): the check rows must
     # include the end of the batch, not just its start.
