@@ -34,8 +34,13 @@
  *                      A = dy,  B = im2col(x)^T,  out = dw
  *   Tiling is that of gemm_v3 (gemm.cu): 256 threads compute a 128 x 128 tile of out,
  *   8 x 8 per thread in registers; the R loop steps by 8 with double-buffered shared
- *   slabs As[r][m], Bs[r][col] (the micro-kernel slab_multiply_8x8 is in prelude.cuh,
- *   shared with gemm_v3).  Grid (ceil(Ncol / 128), ceil(M / 128), G * S): z is
+ *   slabs As[r][m], Bs[r][col] (the micro-kernel slab_multiply is in prelude.cuh, shared
+ *   with gemm_v3).  Each pass also has a narrow kernel (_m64) whose tiles have 64 rows,
+ *   4 x 8 per thread: CaffeNet's M = 48 (conv2's dx) would leave 80 of a 128-row tile's
+ *   rows idle, and M = 192 (conv4, conv5) a quarter of its rows; the launcher picks the
+ *   height (kernels/conv.py tile_rows).  With 128-row tiles alone, 24% of the tile work
+ *   of a CaffeNet training step is padding; choosing per pass leaves 9%.
+ *   Grid (ceil(Ncol / 128), ceil(M / BM), G * S), BM = 128 or 64: z is
  *   (split s, group g) = (z / G, z % G).  Only backward weights uses S > 1 splits: its
  *   R = N P is long (193600 for conv1 at batch 64) while its output is small, so the R
  *   range is cut into S chunks whose partial dw go to a (S, K, Cg KK) buffer, added in a
@@ -231,18 +236,19 @@ extern "C" __global__ void conv_sum_partials(const float* partial, float* out, i
 /* v2: implicit GEMM                                                                   */
 /* ---------------------------------------------------------------------------------- */
 
-#define IG_BM 128          /* tile rows (M)                              */
+/* A tile has BM = 128 rows (M), or 64 ("narrow": the *_m64 kernels, for M such as 48 or
+   192 that would leave much of a 128-row tile idle), and 128 columns (Ncol). */
 #define IG_BN 128          /* tile columns (Ncol)                        */
 #define IG_BK 8            /* reduction depth per step                   */
 #define IG_THREADS 256
-#define IG_LD (IG_BM + 4)  /* padded shared row: conflict-free stores, rows stay
-                              16-byte aligned for the float4 reads        */
-#define IG_SLAB (IG_BK * IG_LD)   /* floats in one shared slab                   */
+#define IG_LD_A(BM) ((BM) + 4)   /* padded shared rows: conflict-free stores, rows */
+#define IG_LD_B (IG_BN + 4)      /* stay 16-byte aligned for the float4 reads      */
 
-/* The double-buffered shared slabs of one v2 block (2 x 2 x 8 x 132 floats = 16.5 KiB). */
-#define IG_SHARED_SLABS                                   \
-    __shared__ __align__(16) float As[2 * IG_SLAB];       \
-    __shared__ __align__(16) float Bs[2 * IG_SLAB]
+/* The double-buffered shared slabs of one v2 block (2 x 8 x (BM + 4) and 2 x 8 x 132
+   floats: 16.5 KiB for BM = 128). */
+#define IG_SHARED_SLABS(BM)                                            \
+    __shared__ __align__(16) float As[2 * IG_BK * IG_LD_A(BM)];        \
+    __shared__ __align__(16) float Bs[2 * IG_BK * IG_LD_B]
 
 #define IG_FORWARD 0
 #define IG_BACKWARD_DATA 1
@@ -396,14 +402,14 @@ __device__ __forceinline__ void ig_a_layout(int mode, const ConvGeom& g, int grp
 
 /* What a thread needs to load its share of every step's slabs (8 reduction indices
    r0 .. r0 + 7), set up once by ig_loader_init and advanced by ig_fetch:
-     A (128 x 8): thread t loads reduction index r0 + t % 8 of the rows t / 8 + 32 e
-       (e < 4): the 8 threads of a row read consecutive addresses.
+     A (BM x 8): thread t loads reduction index r0 + t % 8 of the rows t / 8 + 32 e
+       (e < BM / 32): the 8 threads of a row read consecutive addresses.
      B (8 x 128): warp w = t / 32 loads row r0 + w, its lane l the columns l + 32 e: r is
        the same across a warp (one r part per step, no divergence) and neighbouring lanes
        read neighbouring pixels. */
 struct IgLoader {
     int a_row, a_row_step, a_span, a_ostride;  /* A's layout, see ig_a_layout           */
-    int a_rows;                                /* how many of the 4 rows lie inside M   */
+    int a_rows;                                /* how many of its rows lie inside M     */
     int a_r, a_outer, a_inner;                 /* reduction index, split at the span    */
     IgPart cp[4];                              /* B: parts of the lane's 4 columns       */
     int b_r, rmid, rinner;                     /* B: this warp's reduction index ...    */
@@ -411,6 +417,7 @@ struct IgLoader {
     int ylim, xlim;
 };
 
+template <int BM>
 __device__ __forceinline__ void ig_loader_init(IgLoader* L, int mode, const ConvGeom& g,
                                                int grp, int M, int Ncol, int m0, int n0,
                                                int r_begin) {
@@ -418,7 +425,7 @@ __device__ __forceinline__ void ig_loader_init(IgLoader* L, int mode, const Conv
     ig_a_layout(mode, g, grp, m0 + t / 8, &L->a_row, &L->a_row_step, &L->a_span,
                 &L->a_ostride);
     int rows = (M - (m0 + t / 8) + 31) / 32;
-    L->a_rows = rows < 0 ? 0 : (rows > 4 ? 4 : rows);
+    L->a_rows = rows < 0 ? 0 : (rows > BM / 32 ? BM / 32 : rows);
     L->a_r = r_begin + t % 8;
     L->a_outer = L->a_r / L->a_span;
     L->a_inner = L->a_r - L->a_outer * L->a_span;
@@ -435,13 +442,14 @@ __device__ __forceinline__ void ig_loader_init(IgLoader* L, int mode, const Conv
    r_end or outside the operands; then advance to the next step.  strided: backward data at
    stride > 1 (ig_b_strided); a constant at every call, so the common path carries none of
    its code. */
+template <int BM>
 __device__ __forceinline__ void ig_fetch(IgLoader* L, int mode, int strided,
                                          const ConvGeom& g,
                                          const float* A, const float* B, int grp, int Ncol,
-                                         int n0, int r_end, float va[4], float vb[4]) {
+                                         int n0, int r_end, float va[BM / 32], float vb[4]) {
     int a_col = L->a_outer * L->a_ostride + L->a_inner, a_ok = L->a_r < r_end;
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
+    for (int e = 0; e < BM / 32; ++e)
         va[e] = (a_ok && e < L->a_rows) ? A[L->a_row + e * 32 * L->a_row_step + a_col] : 0.0f;
     L->a_r += IG_BK;
     L->a_inner += IG_BK;
@@ -464,12 +472,13 @@ __device__ __forceinline__ void ig_fetch(IgLoader* L, int mode, int strided,
     ig_digits_advance(&L->rd, IG_BK, L->rmid, L->rinner);
 }
 
-__device__ __forceinline__ void ig_stash_a(float* S, int t, const float v[4]) {
-    for (int e = 0; e < 4; ++e) S[(t % 8) * IG_LD + t / 8 + 32 * e] = v[e];
+template <int BM>
+__device__ __forceinline__ void ig_stash_a(float* S, int t, const float v[BM / 32]) {
+    for (int e = 0; e < BM / 32; ++e) S[(t % 8) * IG_LD_A(BM) + t / 8 + 32 * e] = v[e];
 }
 
 __device__ __forceinline__ void ig_stash_b(float* S, int t, const float v[4]) {
-    for (int e = 0; e < 4; ++e) S[(t / 32) * IG_LD + t % 32 + 32 * e] = v[e];
+    for (int e = 0; e < 4; ++e) S[(t / 32) * IG_LD_B + t % 32 + 32 * e] = v[e];
 }
 
 /* Writes one finished element out[m, col] of group grp (split slice z for backward
@@ -491,10 +500,11 @@ __device__ __forceinline__ void ig_store(int mode, const ConvGeom& g, float* out
 }
 
 
-/* One 128 x 128 output tile of pass `mode`, see the header.  r_chunk: reduction length
+/* One BM x 128 output tile of pass `mode`, see the header.  r_chunk: reduction length
    per split (a multiple of 8; >= R when there is one split).  As and Bs are the
-   kernel's shared slabs, 2 buffers of IG_SLAB floats each (declared in the kernels:
-   the emulator cannot place static shared arrays inside an inline function). */
+   kernel's shared slabs, 2 buffers each (IG_SHARED_SLABS, declared in the kernels: the
+   emulator cannot place static shared arrays inside an inline function). */
+template <int BM>
 __device__ __forceinline__ void ig_tile(int mode, int strided, const ConvGeom& g,
                                         const float* A,
                                         const float* B, float* out, const float* bias,
@@ -503,12 +513,12 @@ __device__ __forceinline__ void ig_tile(int mode, int strided, const ConvGeom& g
     int grp = blockIdx.z % g.G, z = blockIdx.z / g.G;
     int M, Ncol, R;
     ig_dims(mode, g, &M, &Ncol, &R);
-    int m0 = blockIdx.y * IG_BM, n0 = blockIdx.x * IG_BN;
+    int m0 = blockIdx.y * BM, n0 = blockIdx.x * IG_BN;
     int r_begin = z * r_chunk;
     int r_end = r_begin + r_chunk < R ? r_begin + r_chunk : R;
 
-    float acc[8][8];
-    for (int i = 0; i < 8; ++i)
+    float acc[BM / 16][8];   /* 8 x 8 sub-tile (BM = 128) or 4 x 8 (64) */
+    for (int i = 0; i < BM / 16; ++i)
         for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
 
     /* As in gemm_v3, threads whose sub-tile lies wholly outside out skip the arithmetic
@@ -516,30 +526,31 @@ __device__ __forceinline__ void ig_tile(int mode, int strided, const ConvGeom& g
     int live = (m0 + ty * 4 < M) && (n0 + tx * 4 < Ncol);
 
     IgLoader L;
-    ig_loader_init(&L, mode, g, grp, M, Ncol, m0, n0, r_begin);
+    ig_loader_init<BM>(&L, mode, g, grp, M, Ncol, m0, n0, r_begin);
 
     /* Double buffering exactly as in gemm_v3: fetch the next slab into registers while
        multiplying the current one; one barrier per step. */
-    float va[4], vb[4];
-    ig_fetch(&L, mode, strided, g, A, B, grp, Ncol, n0, r_end, va, vb);
-    ig_stash_a(As, t, va);
+    float va[BM / 32], vb[4];
+    ig_fetch<BM>(&L, mode, strided, g, A, B, grp, Ncol, n0, r_end, va, vb);
+    ig_stash_a<BM>(As, t, va);
     ig_stash_b(Bs, t, vb);
     __syncthreads();
     int buf = 0;
     for (int r0 = r_begin; r0 < r_end; r0 += IG_BK) {
         int has_next = r0 + IG_BK < r_end;
-        if (has_next) ig_fetch(&L, mode, strided, g, A, B, grp, Ncol, n0, r_end, va, vb);
+        if (has_next) ig_fetch<BM>(&L, mode, strided, g, A, B, grp, Ncol, n0, r_end, va, vb);
         if (live)
-            slab_multiply_8x8<IG_BK, IG_LD>(As + buf * IG_SLAB, Bs + buf * IG_SLAB, ty, tx, acc);
+            slab_multiply<IG_BK, IG_LD_B, BM / 64, IG_LD_A(BM)>(
+                As + buf * IG_BK * IG_LD_A(BM), Bs + buf * IG_BK * IG_LD_B, ty, tx, acc);
         if (has_next) {
-            ig_stash_a(As + (buf ^ 1) * IG_SLAB, t, va);
-            ig_stash_b(Bs + (buf ^ 1) * IG_SLAB, t, vb);
+            ig_stash_a<BM>(As + (buf ^ 1) * IG_BK * IG_LD_A(BM), t, va);
+            ig_stash_b(Bs + (buf ^ 1) * IG_BK * IG_LD_B, t, vb);
         }
         __syncthreads();
         buf ^= 1;
     }
 
-    for (int i = 0; i < 8; ++i) {
+    for (int i = 0; i < BM / 16; ++i) {
         int m = m0 + slab_sub(ty, i);
         if (m >= M) continue;
         for (int j = 0; j < 8; ++j) {
@@ -549,38 +560,67 @@ __device__ __forceinline__ void ig_tile(int mode, int strided, const ConvGeom& g
     }
 }
 
-/* The three v2 kernels are capped at 128 registers (__launch_bounds__) so that two
-   blocks fit on a multiprocessor; ptxas then spills a few loop-invariant values. */
-
-/* y = conv(x, w) + b (ReLU if relu).  grid (ceil(N P / 128), ceil(Kg / 128), G),
+/* The 128-row kernels are capped at 128 registers (__launch_bounds__) so that two blocks
+   fit on a multiprocessor; ptxas then spills a few loop-invariant values.  Each pass has
+   a 128-row and a 64-row (_m64) kernel with the same arguments; the launcher picks the
+   one that leaves fewer tile rows idle.  Grid (ceil(Ncol / 128), ceil(M / BM), G [* S]),
    block 256. */
+
+/* y = conv(x, w) + b (ReLU if relu): M = Kg, Ncol = N P. */
 extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     conv_forward_v2(const float* x, const float* w, const float* b, float* y,
                     CONV_GEOM_PARAMS, int relu) {
-    ConvGeom g = conv_geom(CONV_GEOM_ARGS);
-    IG_SHARED_SLABS;
-    ig_tile(IG_FORWARD, 0, g, w, x, y, b, relu, g.Cg * g.KK, As, Bs);
+    IG_SHARED_SLABS(128);
+    ig_tile<128>(IG_FORWARD, 0, conv_geom(CONV_GEOM_ARGS), w, x, y, b, relu, C / G * kh * kw,
+                 As, Bs);
 }
 
-/* dx from dy (already ReLU-masked).  grid (ceil(N H W / 128), ceil(Cg / 128), G),
-   block 256. */
+extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
+    conv_forward_v2_m64(const float* x, const float* w, const float* b, float* y,
+                        CONV_GEOM_PARAMS, int relu) {
+    IG_SHARED_SLABS(64);
+    ig_tile<64>(IG_FORWARD, 0, conv_geom(CONV_GEOM_ARGS), w, x, y, b, relu, C / G * kh * kw,
+                As, Bs);
+}
+
+/* dx from dy (already ReLU-masked): M = Cg, Ncol = N H W.  Two copies of the tile code,
+   each with its own loader: stride 1 (separable) and stride > 1. */
+template <int BM>
+__device__ __forceinline__ void ig_backward_data(const ConvGeom& g, const float* dy,
+                                                 const float* w, float* dx, float* As,
+                                                 float* Bs) {
+    if (g.stride > 1)
+        ig_tile<BM>(IG_BACKWARD_DATA, 1, g, w, dy, dx, dy, 0, g.Kg * g.KK, As, Bs);
+    else
+        ig_tile<BM>(IG_BACKWARD_DATA, 0, g, w, dy, dx, dy, 0, g.Kg * g.KK, As, Bs);
+}
+
 extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     conv_backward_data_v2(const float* dy, const float* w, float* dx, CONV_GEOM_PARAMS) {
-    ConvGeom g = conv_geom(CONV_GEOM_ARGS);
-    IG_SHARED_SLABS;
-    if (g.stride > 1)   /* two copies of the tile code, each with its own loader */
-        ig_tile(IG_BACKWARD_DATA, 1, g, w, dy, dx, dy, 0, g.Kg * g.KK, As, Bs);
-    else
-        ig_tile(IG_BACKWARD_DATA, 0, g, w, dy, dx, dy, 0, g.Kg * g.KK, As, Bs);
+    IG_SHARED_SLABS(128);
+    ig_backward_data<128>(conv_geom(CONV_GEOM_ARGS), dy, w, dx, As, Bs);
+}
+
+extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
+    conv_backward_data_v2_m64(const float* dy, const float* w, float* dx, CONV_GEOM_PARAMS) {
+    IG_SHARED_SLABS(64);
+    ig_backward_data<64>(conv_geom(CONV_GEOM_ARGS), dy, w, dx, As, Bs);
 }
 
 /* Partial dw (S, K, Cg, kh, kw) over reduction chunks of r_chunk (a multiple of 8) of
-   the N P outputs; S = 1 writes dw itself.  grid (ceil(Cg KK / 128), ceil(Kg / 128),
-   G S), block 256. */
+   the N P outputs; S = 1 writes dw itself: M = Kg, Ncol = Cg KK, grid z = G S. */
 extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     conv_backward_weights_v2(const float* dy, const float* x, float* dw_partial,
                              CONV_GEOM_PARAMS, int r_chunk) {
-    ConvGeom g = conv_geom(CONV_GEOM_ARGS);
-    IG_SHARED_SLABS;
-    ig_tile(IG_BACKWARD_WEIGHTS, 0, g, dy, x, dw_partial, dy, 0, r_chunk, As, Bs);
+    IG_SHARED_SLABS(128);
+    ig_tile<128>(IG_BACKWARD_WEIGHTS, 0, conv_geom(CONV_GEOM_ARGS), dy, x, dw_partial, dy, 0,
+                 r_chunk, As, Bs);
+}
+
+extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
+    conv_backward_weights_v2_m64(const float* dy, const float* x, float* dw_partial,
+                                 CONV_GEOM_PARAMS, int r_chunk) {
+    IG_SHARED_SLABS(64);
+    ig_tile<64>(IG_BACKWARD_WEIGHTS, 0, conv_geom(CONV_GEOM_ARGS), dy, x, dw_partial, dy, 0,
+                r_chunk, As, Bs);
 }

@@ -149,7 +149,7 @@ extern "C" __global__ void gemm_v2(const float* A, const float* B, float* C,
 #define G3_PAD 4           /* shared row padding: kills bank conflicts on the
                               transposing stores, keeps rows 16-byte aligned */
 #define G3_LD (G3_BM + G3_PAD)
-/* The per-thread 8 x 8 multiply of a slab (slab_multiply_8x8, slab_sub) is in prelude.cuh:
+/* The per-thread 8 x 8 multiply of a slab (slab_multiply, slab_sub) is in prelude.cuh:
    conv.cu's implicit GEMM uses the same one. */
 
 /* Reads 4 consecutive elements src[r * ld + c .. c + 3] of a (rows, cols) row-major
@@ -235,7 +235,7 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 2)
             g3_fetch(A, a_kc, M, K, m0, k0 + G3_BK, k_end, a_vec, t, va);
             g3_fetch(B, b_kc, N, K, n0, k0 + G3_BK, k_end, b_vec, t, vb);
         }
-        if (live) slab_multiply_8x8<G3_BK, G3_LD>(As[buf], Bs[buf], ty, tx, acc);
+        if (live) slab_multiply<G3_BK, G3_LD>(As[buf], Bs[buf], ty, tx, acc);
         if (has_next) {
             /* The other buffer was last read in the previous step, which every thread
                finished before the barrier that ended it. */

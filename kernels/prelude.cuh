@@ -71,11 +71,12 @@ __device__ float block_reduce(float* buf, float v, int take_max) {
     return r;
 }
 
-// ---- The 8x8 register micro-kernel of the 128x128-tile products ----------------------------
-// gemm.cu's gemm_v3 and conv.cu's implicit GEMM (the v2 convolution kernels) both compute a
-// 128 x 128 tile of C with 16 x 16 threads, each thread holding 8 x 8 accumulators. The
-// reduction runs over shared slabs As[k][row] and Bs[k][col] (BK rows of LD floats, LD >= 128;
-// the callers pad it to 132 against bank conflicts), declared in the kernel and passed in.
+// ---- The register micro-kernel of the 128-column-tile products ----------------------------
+// gemm.cu's gemm_v3 and conv.cu's implicit GEMM (the v2 convolution kernels) compute a
+// 128 x 128 tile of C with 16 x 16 threads, each thread holding 8 x 8 accumulators (conv.cu
+// also a 64 x 128 tile, 4 x 8 per thread). The reduction runs over shared slabs As[k][row] and
+// Bs[k][col] (BK rows of LD floats, LD >= the tile's size; the callers pad it by 4 against
+// bank conflicts), declared in the kernel and passed in.
 //
 // Thread (ty, tx) owns the tile rows slab_sub(ty, 0..7) = ty*4 + {0..3} and 64 + ty*4 + {0..3}
 // (likewise the columns with tx). Reading 4 consecutive floats per strip makes the loads
@@ -89,22 +90,27 @@ __device__ __forceinline__ int slab_sub(int tc, int i) {
     return (i < 4 ? 0 : 64) + tc * 4 + (i & 3);
 }
 
-// acc[i][j] += As[k][slab_sub(ty, i)] * Bs[k][slab_sub(tx, j)] for k = 0 .. BK-1.
-template <int BK, int LD>
-__device__ __forceinline__ void slab_multiply_8x8(const float* As, const float* Bs, int ty,
-                                                  int tx, float acc[8][8]) {
+// acc[i][j] += As[k][slab_sub(ty, i)] * Bs[k][slab_sub(tx, j)] for k = 0 .. BK-1, j < 8 and
+// i < 4 * ROW_STRIPS. ROW_STRIPS = 2: the 8 x 8 sub-tile of a 128-row tile; 1: the 4 x 8
+// sub-tile (rows ty*4 .. ty*4 + 3) of a 64-row tile (conv.cu's narrow tiles). LD and LDA:
+// the row lengths of Bs and As.
+template <int BK, int LD, int ROW_STRIPS = 2, int LDA = LD>
+__device__ __forceinline__ void slab_multiply(const float* As, const float* Bs, int ty, int tx,
+                                              float acc[][8]) {
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
-        float a[8], b[8];
-        const float* ar = As + kk * LD;
+        float a[4 * ROW_STRIPS], b[8];
+        const float* ar = As + kk * LDA;
         const float* br = Bs + kk * LD;
-        float4 a0 = *(const float4*)(ar + ty * 4), a1 = *(const float4*)(ar + 64 + ty * 4);
+#pragma unroll
+        for (int s = 0; s < ROW_STRIPS; ++s) {
+            float4 av = *(const float4*)(ar + 64 * s + ty * 4);
+            a[4 * s] = av.x; a[4 * s + 1] = av.y; a[4 * s + 2] = av.z; a[4 * s + 3] = av.w;
+        }
         float4 b0 = *(const float4*)(br + tx * 4), b1 = *(const float4*)(br + 64 + tx * 4);
-        a[0] = a0.x; a[1] = a0.y; a[2] = a0.z; a[3] = a0.w;
-        a[4] = a1.x; a[5] = a1.y; a[6] = a1.z; a[7] = a1.w;
         b[0] = b0.x; b[1] = b0.y; b[2] = b0.z; b[3] = b0.w;
         b[4] = b1.x; b[5] = b1.y; b[6] = b1.z; b[7] = b1.w;
-        for (int i = 0; i < 8; ++i)
+        for (int i = 0; i < 4 * ROW_STRIPS; ++i)
             for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
     }
 }

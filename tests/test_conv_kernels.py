@@ -20,6 +20,21 @@ EMU_ORDERS = EMU_ORDERS_WITH_RANDOM
 
 VERSIONS = conv.VERSIONS
 
+# Every kernel: version 1, and version 2 in both tile heights (its launcher picks one by
+# the product's row count, conv.tile_rows; the tests force each on every case).
+KERNELS = [(1, None), (2, conv.TILE), (2, conv.NARROW)]
+KERNEL_IDS = ["v1", "v2-128rows", "v2-64rows"]
+
+
+@pytest.fixture
+def force_tile(monkeypatch):
+    """force_tile(rows) makes version 2 use tiles of `rows` rows (None: the launcher's
+    choice)."""
+    def force(rows):
+        if rows is not None:
+            monkeypatch.setattr(conv, "tile_rows", lambda m: rows)
+    return force
+
 
 def make_problem(x_shape, k, kh, kw, group, seed):
     rng = np.random.default_rng(seed)
@@ -72,17 +87,21 @@ IDS = ["plain", "stride2-group2", "stride3-pad2-group3", "conv1-like", "col-tile
        "131-filters", "129-channels"]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_conv_matches_reference(emu, case, relu, version):
+def test_conv_matches_reference(emu, force_tile, case, relu, kernel):
+    version, rows = kernel
+    force_tile(rows)
     check_conv(emu, *case, relu=relu, version=version)
 
 
+@pytest.mark.parametrize("rows", [conv.TILE, conv.NARROW])
 @pytest.mark.parametrize("splits", [1, 3, 7])
-def test_conv_weight_grad_split_reduction(emu, splits):
+def test_conv_weight_grad_split_reduction(emu, force_tile, splits, rows):
     """Version 2's weight gradient with its reduction over N*Ho*Wo = 3*7*6 = 126 cut into
     chunks (multiples of 8, the last one short) summed by conv_sum_partials."""
+    force_tile(rows)
     x_shape, k, kh, kw, stride, pad, group = (3, 4, 9, 8), 6, 3, 3, 1, 0, 2
     x, w, b = make_problem(x_shape, k, kh, kw, group, seed=5)
     _, dy, _, dw_ref, _ = reference(x, w, b, 6, stride, pad, group, relu=False)
@@ -92,17 +111,26 @@ def test_conv_weight_grad_split_reduction(emu, splits):
     assert_close(dw, dw_ref, f"splits={splits}")
 
 
+@pytest.mark.parametrize("rows", [conv.TILE, conv.NARROW])
 @pytest.mark.parametrize("case", [c for c in CASES if c[4] > 1],
                          ids=[i for c, i in zip(CASES, IDS) if c[4] > 1])
-def test_conv_backward_data_v2_strided(emu, case):
+def test_conv_backward_data_v2_strided(emu, force_tile, case, rows):
     """conv_backward dispatches stride > 1 to the v1 gather; the v2 kernel must still be
     right there (its B operand is zero between strides)."""
+    force_tile(rows)
     x_shape, k, kh, kw, stride, pad, group = case
     x, w, b = make_problem(x_shape, k, kh, kw, group, seed=9)
     _, dy, dx_ref, _, _ = reference(x, w, b, 10, stride, pad, group, relu=False)
     _, cache = conv.conv_forward(emu, x, w, b, stride=stride, pad=pad, group=group)
     dx = conv._backward_data(emu, dy, w, np.empty_like(x), cache["geom"], version=2)
     assert_close(dx, dx_ref, f"{case}")
+
+
+def test_tile_rows_leaves_fewest_rows_idle():
+    """64-row tiles where they compute fewer padding rows, 128 otherwise and on ties:
+    CaffeNet's M = 48 (conv2's dx) and 192 (conv4, conv5's dx) get 64, 96 (conv1) 128."""
+    assert [conv.tile_rows(m) for m in (5, 48, 64, 65, 96, 128, 131, 192, 256, 384)] == \
+        [64, 64, 64, 128, 128, 128, 64, 64, 128, 128]
 
 
 def test_weight_grad_split_rule():
