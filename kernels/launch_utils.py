@@ -79,6 +79,12 @@ def grid_1d(n, block=BLOCK):
     return int(max(1, min(cdiv(n, block), MAX_BLOCKS)))
 
 
+def vector_grid(n, version):
+    """grid_1d for an elementwise kernel over n floats: v2 steps through float4s, so its
+    grid covers n // 4 items (the first threads also take the n % 4 tail)."""
+    return grid_1d(n // 4 if version == 2 else n)
+
+
 # Splitting a long reduction (gemm's K, the conv weight gradient's N * Ho * Wo): when a
 # product has fewer than SPLIT_BELOW_BLOCKS output tiles the GPU would sit partly idle, so
 # the reduction is cut into chunks until there are about SPLIT_TARGET_BLOCKS blocks, each

@@ -67,7 +67,7 @@ extern "C" __global__ void lrn_forward_v2(const float* __restrict__ x, float* __
 {
     const int columns = N * S;
     for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < columns; t += blockDim.x * gridDim.x) {
-        const long long base = (long long)(t / S) * C * S + t % S;
+        const long long base = column_offset(t, C, S);
         const float* xc = x + base;
         float* yc = y + base;
         float* sc = scale + base;
@@ -100,7 +100,7 @@ extern "C" __global__ void lrn_backward_v2(const float* __restrict__ dy,
 {
     const int columns = N * S;
     for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < columns; t += blockDim.x * gridDim.x) {
-        const long long base = (long long)(t / S) * C * S + t % S;
+        const long long base = column_offset(t, C, S);
         const float* dyc = dy + base;
         const float* xc = x + base;
         const float* yc = y + base;

@@ -16,12 +16,13 @@
  *   v1: one thread per output element, grid-stride loop over planes * Ho * Wo; neighbouring
  *       threads compute neighbouring outputs of a row (coalesced writes; the reads of
  *       overlapping windows are shared through the cache).
- *   v2: one block per (plane, tile of POOL_TILE_H x POOL_TILE_W outputs), blockDim =
- *       (POOL_TILE_W, POOL_TILE_H). The block first copies the input patch its windows
+ *   v2: one block per (plane, tile of blockDim.y x blockDim.x outputs): one thread per
+ *       output of the tile, whose size the launcher alone sets (kernels/pool.py TILE_W,
+ *       TILE_H). The block first copies the input patch its windows
  *       cover into shared memory (each input read once from global memory instead of up to
  *       (kernel/stride)^2 times), synchronises, then each thread scans its window in shared
- *       memory. The patch is (POOL_TILE_H-1)*stride + kernel rows by
- *       (POOL_TILE_W-1)*stride + kernel columns (dynamic shared memory, launcher sizes it).
+ *       memory. The patch is (blockDim.y-1)*stride + kernel rows by
+ *       (blockDim.x-1)*stride + kernel columns (dynamic shared memory, launcher sizes it).
  *       gridDim = (tiles across, tiles down, min(planes, 65535)); blocks loop over planes
  *       in steps of gridDim.z.
  *
@@ -32,9 +33,6 @@
  *           min((h + pad) / stride + 1, Ho) )
  * and adds dy where argmax equals its own index (the same range Caffe's GPU code uses).
  */
-
-#define POOL_TILE_W 32
-#define POOL_TILE_H 8
 
 /* Scan one clipped window of a plane stored with row pitch `pitch`; (h0, w0) is the
  * window's clipped start and (h1, w1) its clipped end (exclusive), all in the coordinates
@@ -81,10 +79,11 @@ extern "C" __global__ void max_pool_forward_v2(const float* __restrict__ x, floa
                                                int pad)
 {
     EXTERN_SHARED(float, patch);
-    const int ho0 = blockIdx.y * POOL_TILE_H;       // first output row/col of this tile
-    const int wo0 = blockIdx.x * POOL_TILE_W;
-    const int ph = (POOL_TILE_H - 1) * stride + kernel;   // patch size
-    const int pw = (POOL_TILE_W - 1) * stride + kernel;
+    const int tile_h = blockDim.y, tile_w = blockDim.x;   // one thread per output of the tile
+    const int ho0 = blockIdx.y * tile_h;            // first output row/col of this tile
+    const int wo0 = blockIdx.x * tile_w;
+    const int ph = (tile_h - 1) * stride + kernel;  // patch size
+    const int pw = (tile_w - 1) * stride + kernel;
     const int h_org = ho0 * stride - pad;           // image row of patch row 0 (may be < 0)
     const int w_org = wo0 * stride - pad;
     const int tid = threadIdx.y * blockDim.x + threadIdx.x;

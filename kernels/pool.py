@@ -1,8 +1,8 @@
 """Launchers for kernels/pool.cu: MAX pooling forward/backward, exactly Caffe's rules.
 
 Same signatures as nn/pool.py with a leading `runner` and an optional `version` for the
-forward (1: one thread per output, 2: shared-memory patch per block of 8x32 outputs,
-the default). The parameters and the output size are checked and computed by
+forward (1: one thread per output, 2: shared-memory patch per block of TILE_H x TILE_W
+outputs, the default). The parameters and the output size are checked and computed by
 nn.pool.check_pool_params, shared with the reference.
 """
 import numpy as np
@@ -16,7 +16,8 @@ from kernels.runner import MAX_GRID_DIMS, MAX_SHARED_BYTES
 # The forward kernel versions kept (bench.py --versions times each); backward has one.
 VERSIONS = (1, 2)
 
-# Output tile of max_pool_forward_v2; must match POOL_TILE_W / POOL_TILE_H in pool.cu.
+# Output tile of max_pool_forward_v2 (rows TILE_H, columns TILE_W): the block shape, from
+# which the kernel takes the tile, so this is its only statement.
 TILE_W, TILE_H = 32, 8
 MAX_GRID_Z = MAX_GRID_DIMS[2]     # CUDA's limit on gridDim.z; v2 loops over the other planes
 SHARED_LIMIT = MAX_SHARED_BYTES   # shared memory per block the runners allow

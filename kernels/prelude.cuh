@@ -42,6 +42,13 @@ __device__ __forceinline__ void unravel3(int i, int B, int C, int* a, int* b, in
     *a = i / (C * B);
 }
 
+// Offset of element (n, 0, s) of a C-contiguous (N, C, S) array, where col = n * S + s
+// numbers the (n, s) "columns" (C values S floats apart), for the kernels that give one
+// thread or block a column (softmax.cu, lrn.cu). long long: N * C * S may pass 2^31 - 1.
+__device__ __forceinline__ long long column_offset(int col, int C, int S) {
+    return (long long)(col / S) * C * S + col % S;
+}
+
 // ---- Sliding windows ---------------------------------------------------------------------------
 // Output positions o whose window (starting at o * stride - pad, `kernel` long) covers input
 // position p, i.e. 0 <= p + pad - o * stride < kernel, as [*lo, *hi) clipped to [0, out_size).

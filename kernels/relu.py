@@ -6,7 +6,7 @@ Same signatures as nn/relu.py with a leading `runner` (kernels/runner.py) and an
 import numpy as np
 
 from kernels.launch_utils import (BLOCK, VECTOR_VERSIONS, check_array, check_upstream_grad,
-                                  grid_1d, vector_version)
+                                  vector_grid, vector_version)
 
 VERSIONS = VECTOR_VERSIONS  # the kernel versions kept (bench.py --versions times each)
 
@@ -18,7 +18,7 @@ def relu_forward(runner, x, layer='relu', version=None):
     y = runner.xp.empty_like(x)
     v = vector_version(version, (x, y), layer)
     runner.kernel("relu.cu", f"relu_forward_v{v}")(
-        grid_1d(x.size // 4 if v == 2 else x.size), BLOCK, (x, y, np.int32(x.size)))
+        vector_grid(x.size, v), BLOCK, (x, y, np.int32(x.size)))
     return y, y
 
 
@@ -30,5 +30,5 @@ def relu_backward(runner, dy, cache, version=None):
     dx = runner.xp.empty_like(dy)
     v = vector_version(version, (dy, y, dx), layer)
     runner.kernel("relu.cu", f"relu_backward_v{v}")(
-        grid_1d(dy.size // 4 if v == 2 else dy.size), BLOCK, (dy, y, dx, np.int32(dy.size)))
+        vector_grid(dy.size, v), BLOCK, (dy, y, dx, np.int32(dy.size)))
     return dx

@@ -7,7 +7,7 @@ are checked by nn.sgd.check_sgd_args, shared with the reference.
 import numpy as np
 
 from nn.sgd import check_sgd_args
-from kernels.launch_utils import (BLOCK, VECTOR_VERSIONS, check_array, grid_1d,
+from kernels.launch_utils import (BLOCK, VECTOR_VERSIONS, check_array, vector_grid,
                                   vector_version)
 
 VERSIONS = VECTOR_VERSIONS  # the kernel versions kept (bench.py --versions times each)
@@ -32,4 +32,4 @@ def sgd_update(runner, param, grad, history, lr, momentum, weight_decay, grad_sc
     v = vector_version(version, (param, grad, history), layer)
     n = param.size
     runner.kernel("sgd.cu", f"sgd_update_v{v}")(
-        grid_1d(n // 4 if v == 2 else n), BLOCK, (param, grad, history, np.int32(n)) + scalars)
+        vector_grid(n, v), BLOCK, (param, grad, history, np.int32(n)) + scalars)

@@ -33,7 +33,7 @@ extern "C" __global__ void softmax_v1(const float* __restrict__ x, float* __rest
 {
     const int columns = N * S;
     for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < columns; t += blockDim.x * gridDim.x) {
-        const long long base = (long long)(t / S) * C * S + t % S;
+        const long long base = column_offset(t, C, S);
         const float* xc = x + base;
         float* pc = p + base;
         float m = xc[0];
@@ -55,7 +55,7 @@ extern "C" __global__ void softmax_v2(const float* __restrict__ x, float* __rest
     const int columns = N * S;
     // col depends only on the block, so all threads of a block agree on the loop count.
     for (int col = blockIdx.x; col < columns; col += gridDim.x) {
-        const long long base = (long long)(col / S) * C * S + col % S;
+        const long long base = column_offset(col, C, S);
         const float* xc = x + base;
         float* pc = p + base;
         float m = xc[0];

@@ -47,8 +47,8 @@ def softmax(runner, scores, layer='softmax', version=None):
 
 def _check_scores_labels(runner, scores, labels, layer):
     """scores (N, C) float32, labels (N,) int32 in [0, C): the device arrays here, then the
-    reference's nn.softmax.check_labels (whose range check copies the labels' min and max
-    to the host)."""
+    reference's nn.softmax.check_labels (whose range check synchronises once, copying one
+    bool to the host)."""
     check_array(runner, scores, "scores", layer, "(N, C)", ndim=2)
     check_array(runner, labels, "labels", layer, f"({scores.shape[0]},) (one label per row "
                 "of scores)", dtype=np.int32)

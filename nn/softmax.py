@@ -15,14 +15,15 @@ def check_softmax_shape(shape, layer):
 def check_labels(scores_shape, labels, layer):
     """labels (N,) with values in [0, C) for scores (N, C), and N >= 1 (the loss and the
     accuracy are means over rows). Shared with kernels/softmax.py: the caller has checked
-    the arrays' types; this uses only labels.shape and labels.min()/max(), which a CuPy
-    array answers too (copying two numbers to the host)."""
+    the arrays' types; this uses only labels.shape, comparisons and reductions, which a CuPy
+    array answers too. Valid labels cost one copy to the host (one synchronisation, the
+    `any`); only bad ones pay for the min and max that the message reports."""
     n, c = scores_shape
     expect_shape(labels.shape, "labels", layer, (n,), "(one label per row of scores)")
     if n == 0:
         fail(layer, "scores must have at least one row (the loss is a mean over rows)")
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= c:
+    if bool(((labels < 0) | (labels >= c)).any()):
+        lo, hi = int(labels.min()), int(labels.max())
         fail(layer, f"labels must lie in [0, {c}) (C = scores.shape[1]), got values in "
                     f"[{lo}, {hi}]")
 

@@ -541,6 +541,31 @@ def test_static_plus_dynamic_shared_memory_limit(sources):
         kernel(1, 32, (y,), shared_mem=32 * 1024 + 4)
 
 
+def test_cache_hit_loads_without_objdump(sources, tmp_path, monkeypatch):
+    """A library found in the cache (a new process: nothing loaded yet) takes its static
+    shared sizes from the <hash>.json beside it instead of running objdump again."""
+    from kernels import emulator
+    path, display = resolve_source(sources['buggy.cu'])
+    cache = str(tmp_path)
+    first = emulator.load_module(path, display, cache_dir=cache)
+    assert first.static_shared('big_static') == 4096 * 4
+    (lib,), (meta,) = tmp_path.glob('*.so'), tmp_path.glob('*.json')
+    assert meta.stem == lib.stem
+    meta.write_text('{')       # unreadable: recomputed and rewritten
+    monkeypatch.setattr(emulator, '_modules', {})
+    assert emulator.load_module(path, display, cache_dir=cache).static_shared(
+        'big_static') == 4096 * 4
+
+    def no_objdump(*args):
+        raise AssertionError('objdump ran on a cache hit')
+    monkeypatch.setattr(emulator, '_modules', {})
+    monkeypatch.setattr(emulator, '_static_shared_by_kernel', no_objdump)
+    again = emulator.load_module(path, display, cache_dir=cache)
+    assert again is not first
+    assert {k: again.static_shared(k) for k in again.kernels} == \
+        {k: first.static_shared(k) for k in first.kernels}
+
+
 def test_unknown_kernel_and_unsupported_parameter(sources):
     r = EmuRunner()
     with pytest.raises(KernelLaunchError, match=r"'vec_sub' not found in .*good.cu.*vec_add"):

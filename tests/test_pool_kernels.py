@@ -77,6 +77,14 @@ def test_pool_grid_loops(emu, version, monkeypatch):
     check_pool(emu, (3, 3, 11, 12), 3, 2, 1, version, ties=True, seed=6)
 
 
+def test_pool_v2_tile_comes_from_the_launcher(emu, monkeypatch):
+    """pool.py's TILE_W / TILE_H are the only statement of v2's tile (the kernel reads it
+    from blockDim): another tile must give the same results."""
+    monkeypatch.setattr(pool, "TILE_W", 8)
+    monkeypatch.setattr(pool, "TILE_H", 4)
+    check_pool(emu, (2, 3, 19, 21), 3, 2, 1, 2, ties=True, seed=8)
+
+
 def test_pool_hand_worked(emu):
     """H = W = 4, kernel 3, stride 2, no pad: Ho = ceil(1/2) + 1 = 2; the second window in
     each direction is clipped to 2 rows/columns. Ties (the 5s) go to the first in

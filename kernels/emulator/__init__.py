@@ -12,7 +12,9 @@ kernel's own C++ type; that is what the arguments are checked against.
 
 The built library is cached by a hash of the source, prelude, shim, runtime and flags in
 $CAFFENET_EMU_CACHE (default ~/.cache/caffenet-emu), written to a temporary name and then
-renamed, so parallel test processes never see half-written files.
+renamed, so parallel test processes never see half-written files. Beside <hash>.so,
+<hash>.json keeps each kernel's static shared memory (read from the symbol table with
+objdump once), so a cache hit loads without running objdump again.
 
 It is stricter than a GPU: shared memory (static and dynamic) is filled with 0xFF bytes at
 every block start (NaN as float, -1 as int), and the dynamic part ends at a guard page (an
@@ -40,6 +42,7 @@ Rules for kernel authors (also in RULES.md)
 """
 import ctypes
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -140,10 +143,36 @@ def _static_shared_by_kernel(lib, names):
     return {k: v + common for k, v in own.items()}
 
 
+def _cached_static_shared(lib, names):
+    """_static_shared_by_kernel(lib, names), kept in <hash>.json beside the library.
+
+    The library's name is a hash of everything that built it, so the sizes stored for it
+    stay right; a missing or unreadable file (a library cached before this file existed,
+    say) is recomputed and rewritten. Nothing is stored when objdump is missing.
+    """
+    meta = os.path.splitext(lib)[0] + '.json'
+    try:
+        with open(meta, encoding='utf-8') as f:
+            shared = json.load(f)['static_shared']
+        if (isinstance(shared, dict) and sorted(shared) == sorted(names)
+                and all(type(v) is int for v in shared.values())):
+            return shared
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    shared = _static_shared_by_kernel(lib, names)
+    if shared is not None:
+        # Temporary name, then rename: parallel processes see the whole file or none.
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(lib), prefix='meta-', suffix='.tmp')
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            json.dump({'static_shared': shared}, f)
+        os.replace(tmp, meta)
+    return shared
+
+
 class EmuModule:
     """A built kernel file: `kernels` (names), `params(name)`, `static_shared(name)`, `launch`."""
 
-    def __init__(self, lib_path, display, names, param_names):
+    def __init__(self, lib_path, display, names, param_names, static_shared):
         self.file = display
         self.kernels = names
         self._lib = ctypes.CDLL(lib_path)
@@ -164,9 +193,9 @@ class EmuModule:
                                   for i, c in enumerate(codes)]
             self._entries[name] = ctypes.cast(getattr(self._lib, f'emu_entry_{name}'),
                                               ctypes.c_void_p)
-        shared = _static_shared_by_kernel(lib_path, names)
+        # Without per-kernel sizes (no objdump), every kernel counts the whole section.
         total = int(self._lib.emu_static_shared_bytes())
-        self._static_shared = shared or dict.fromkeys(names, total)
+        self._static_shared = static_shared or dict.fromkeys(names, total)
 
     def params(self, name):
         """[Param, ...] of kernel `name`, from its C++ signature."""
@@ -214,6 +243,7 @@ def load_module(path, display, context='asm', cache_dir=None):
         source, names = translation_unit(path, display)
         flags = CXXFLAGS + (('-DEMU_USE_UCONTEXT',) if context == 'ucontext' else ())
         lib = _build(source, flags, get_cache_dir(cache_dir), display)
-        module = EmuModule(lib, display, names, parse_param_names(read_text(path)))
+        module = EmuModule(lib, display, names, parse_param_names(read_text(path)),
+                           _cached_static_shared(lib, names))
         _modules[key] = module
     return module
