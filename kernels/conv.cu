@@ -44,7 +44,7 @@
  *   (split s, group g) = (z / G, z % G).  Only backward weights uses S > 1 splits: its
  *   R = N P is long (193600 for conv1 at batch 64) while its output is small, so the R
  *   range is cut into S chunks whose partial dw go to a (S, K, Cg KK) buffer, added in a
- *   fixed order by conv_sum_partials (deterministic, no atomics).
+ *   fixed order by gemm.cu's gemm_splitk_reduce (deterministic, no atomics).
  *   Loading: per step a thread loads 4 elements of each slab.  Both operands are
  *   separable, element = src[part(r) + part(col)] (see IgPart), so each thread computes
  *   its columns' parts once, and per step one reduction index's part, counted forward
@@ -193,7 +193,7 @@ extern "C" __global__ void conv_backward_weights_v1(const float* dy, const float
 }
 
 /* ---------------------------------------------------------------------------------- */
-/* Bias gradient (both versions) and split-sum                                         */
+/* Bias gradient (both versions)                                                       */
 /* ---------------------------------------------------------------------------------- */
 
 #define CBG_THREADS 256
@@ -221,16 +221,6 @@ extern "C" __global__ void conv_bias_grad(const float* dy, const float* y, float
     if (tid == 0) db[k] = total;
 }
 
-/* out[i] = sum_{s < splits} partial[s * count + i], in order s = 0, 1, ...
-   grid ceil(count / 256), block 256. */
-extern "C" __global__ void conv_sum_partials(const float* partial, float* out, int count,
-                                             int splits) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= count) return;
-    float s = 0.0f;
-    for (int z = 0; z < splits; ++z) s += partial[(size_t)z * count + i];
-    out[i] = s;
-}
 
 /* ---------------------------------------------------------------------------------- */
 /* v2: implicit GEMM                                                                   */

@@ -11,7 +11,8 @@ conv_backward).
 
 Backward: conv_bias_grad gives db (and, with a fused ReLU, the masked dy the other two
 passes use); then dx and dw. Version 2's weight gradient reduces over N * Ho * Wo, which
-it splits over blocks into partial sums added by conv_sum_partials (deterministic).
+it splits over blocks into partial sums added by gemm.cu's gemm_splitk_reduce
+(deterministic): it is a split-K matrix product.
 """
 import numpy as np
 
@@ -160,7 +161,8 @@ def _weight_grad_split(reduction, tiles, splits=None):
 def _backward_weights_v2(runner, dy_eff, x, dw, geom, splits=None):
     """dw (K, Cg, kh, kw) by conv_backward_weights_v2, with the reduction over N * Ho * Wo
     split into chunks (partial sums in a (chunks, K, Cg*kh*kw) buffer, then
-    conv_sum_partials) when there are few output tiles. splits: see _weight_grad_split."""
+    gemm_splitk_reduce, the fully connected layers' split-K sum) when there are few
+    output tiles. splits: see _weight_grad_split."""
     n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)
     cols, rows = (c // group) * kh * kw, k // group
     height = tile_rows(rows)
@@ -171,7 +173,10 @@ def _backward_weights_v2(runner, dy_eff, x, dw, geom, splits=None):
         grid_xy + (group * count,), (BLOCK, 1, 1),
         (dy_eff, x, target) + geom + (np.int32(chunk),))
     if count > 1:
-        runner.kernel("conv.cu", "conv_sum_partials")(
+        # dw as gemm's C (K rows, Cg*kh*kw columns), no bias (dw stands in for the unread
+        # bias array) and no ReLU.
+        runner.kernel("gemm.cu", "gemm_splitk_reduce")(
             (cdiv(dw.size, BLOCK), 1, 1), (BLOCK, 1, 1),
-            (target, dw, np.int32(dw.size), np.int32(count)))
+            (target, dw, dw, np.int32(k), np.int32(dw.size // k), np.int32(count),
+             np.int32(0), np.int32(0)))
     return dw

@@ -100,7 +100,7 @@ def test_conv_matches_reference(emu, force_tile, case, relu, kernel):
 @pytest.mark.parametrize("splits", [1, 3, 7])
 def test_conv_weight_grad_split_reduction(emu, force_tile, splits, rows):
     """Version 2's weight gradient with its reduction over N*Ho*Wo = 3*7*6 = 126 cut into
-    chunks (multiples of 8, the last one short) summed by conv_sum_partials."""
+    chunks (multiples of 8, the last one short) summed by gemm_splitk_reduce."""
     force_tile(rows)
     x_shape, k, kh, kw, stride, pad, group = (3, 4, 9, 8), 6, 3, 3, 1, 0, 2
     x, w, b = make_problem(x_shape, k, kh, kw, group, seed=5)
