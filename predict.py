@@ -99,9 +99,11 @@ def check_args(parser, args):
     """Argument combinations argparse cannot check itself (parser.error exits with 2)."""
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
-    if args.map_size < 227:
-        parser.error(f'--map-size must be at least 227 (the classifier\'s window), '
-                     f'got {args.map_size}')
+    from nn.sentiment_map import map_grid_size
+    try:
+        map_grid_size(args.map_size)    # the one place that knows which sizes give a map
+    except ValueError as exc:
+        parser.error(f'--map-size: {exc}')
     if args.save_npy and not args.map:
         parser.error('--save-npy needs --map')
     if args.out is not None and not args.map:
