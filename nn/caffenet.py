@@ -31,9 +31,8 @@ import zlib
 
 import numpy as np
 
-from nn.conv import conv_output_size
 from nn.device import get_device
-from nn.pool import pool_output_size
+from nn.flops import layers_from_spec, weight_shape
 from nn.weights import INPUT_SIZE, MEAN_BGR, WeightsError, load_weights, save_weights
 
 log = logging.getLogger(__name__)
@@ -192,33 +191,20 @@ class CaffeNet:
 
     # ----------------------------------------------------------------- shapes and params
     def _plan_shapes(self):
-        """Walk the spec at input_size: each param layer's blob shape (Caffe's, stored in
-        files) and memory shape (4-D for fc layers when fully convolutional)."""
-        c, h, w = self.in_channels, self.input_size, self.input_size
+        """Each param layer's blob shape (Caffe's, stored in files) and memory shape (4-D
+        for fc layers when fully convolutional), from nn/flops.py's walk of the spec at
+        input_size (the walk the benchmark counts with; it raises for an empty map)."""
         self.blob_shapes, self.memory_shapes = {}, {}
-        for layer in self.spec:
-            kind, name = layer["type"], layer["name"]
-            if h < 1 or w < 1:
-                raise ValueError(f"layer {name!r}: input of {self.input_size}x"
-                                 f"{self.input_size} is too small, the map is empty here")
-            if kind == "conv":
-                k, s, p, g = (layer["kernel"], layer.get("stride", 1), layer.get("pad", 0),
-                              layer.get("group", 1))
-                n = layer["num_output"]
-                if c % g or n % g:
-                    raise ValueError(f"layer {name!r}: group {g} must divide its {c} input "
-                                     f"channels and {n} outputs")
-                shape = (n, c // g, k, k)
-                self.blob_shapes[name] = self.memory_shapes[name] = shape
-                c, h, w = n, conv_output_size(h, k, s, p), conv_output_size(w, k, s, p)
-            elif kind == "fc":
-                n = layer["num_output"]
-                self.blob_shapes[name] = (n, c * h * w)
-                self.memory_shapes[name] = (n, c, h, w) if self.fully_conv else (n, c * h * w)
-                c, h, w = n, 1, 1
-            elif kind == "pool":
-                k, s, p = layer["kernel"], layer["stride"], layer.get("pad", 0)
-                h, w = pool_output_size(h, k, s, p), pool_output_size(w, k, s, p)
+        spatial = (self.in_channels, self.input_size, self.input_size)  # (C, H, W) so far
+        for layer in layers_from_spec(self.spec, self.input_size, self.in_channels):
+            if layer.kind in PARAM_TYPES:
+                blob = weight_shape(layer)
+                self.blob_shapes[layer.name] = blob
+                # Fully convolutional, an fc layer is a convolution covering its whole input.
+                self.memory_shapes[layer.name] = (blob[:1] + spatial if layer.kind == "fc"
+                                                  and self.fully_conv else blob)
+            out = layer.out_shape
+            spatial = out if len(out) == 3 else out + (1, 1)
         self.param_layers = list(self.blob_shapes)
         self._param_spec = {layer["name"]: layer for layer in self.spec
                             if layer["type"] in PARAM_TYPES}
