@@ -291,16 +291,14 @@ def run_batch(model, items):
     Sets item.probs (C,) as the mean over the item's crops and item.prob_map (C, h, w).
     """
     import numpy as np
+    from nn.preprocess import average_over_crops
     ready = [item for item in items if item.error is None]
     if not ready:
         return
-    crops = np.concatenate([item.crops for item in ready])
-    probs = model.probabilities(crops)[:, :, 0, 0]                  # (sum k, C)
-    start = 0
-    for item in ready:
-        k = len(item.crops)
-        item.probs = probs[start:start + k].mean(axis=0)
-        start += k
+    # Every item has as many crops (1, or 10 with --oversample): one (B, k, ...) stack.
+    probs = average_over_crops(model.probabilities, np.stack([item.crops for item in ready]))
+    for item, item_probs in zip(ready, probs):
+        item.probs = item_probs
     if ready[0].map_input is not None:
         maps = model.probabilities(np.stack([item.map_input for item in ready]))
         for item, prob_map in zip(ready, maps):
