@@ -29,7 +29,7 @@ import nn  # first, before NumPy: see nn/__init__.py (OpenBLAS threads)
 import numpy as np
 
 from nn.atomic import atomic_write
-from nn.twitter import AGREES, CLASS_NAMES, NUM_FOLDS
+from nn.twitter import AGREES, CLASS_NAMES, DEFAULT_DATA_DIR, NUM_FOLDS
 
 IMAGENET_WEIGHTS = os.path.join("weights", "caffenet_imagenet.h5")
 LAST_LAYER = "fc8_twitter"
@@ -76,7 +76,7 @@ def parse_args(argv=None):
                     "(Campos et al. 2017). Defaults are the paper's recipe.",
         formatter_class=_HelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=os.path.join("data", "twitter"),
+    g.add_argument("--data", default=DEFAULT_DATA_DIR,
                    help="dataset folder (see nn/twitter.py for its layout), or 'synthetic' "
                         f"to generate a small offline dataset in {SYNTHETIC_DIR}")
     g.add_argument("--agree", default="five", choices=AGREES + ("all",),
