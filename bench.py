@@ -553,44 +553,20 @@ def _missing(why):
 
 
 def open_device(name):
-    """(Device, timer, array Library) for 'cpu' or 'cuda'; BenchError when impossible."""
+    """(Device, timer, array Library) for 'cpu', 'emu', 'cuda' or 'auto' (nn/device.py's
+    choice); BenchError when impossible. On emu/cuda a missing kernel launcher fails only
+    the cases that call it: the kernels that exist are still timed."""
     from nn.device import DeviceError, get_device
-    if name == 'auto':
-        from nn.device import cuda_available
-        name = 'cuda' if cuda_available() else 'cpu'
-    if name == 'cuda':
-        try:
-            device = get_device('cuda')
-        except DeviceError as exc:
-            raise BenchError(f'--device cuda needs an NVIDIA GPU: {exc}. GPU figures need '
-                             'a GPU; `python bench.py --device cpu` times the CPU path.') from exc
-        except ImportError:
-            # Some launcher is missing: time the kernels that exist, report the others.
-            device = _partial_kernel_device()
-        cp = device.xp
-        timer = GpuTimer('cupy', cp)
-    else:  # cpu, or emu: the CUDA kernels on the CPU emulator (checks the kernel path)
-        device = get_device(name)
-        timer = CpuTimer()
+    try:
+        device = get_device(name, partial=True)
+    except DeviceError as exc:
+        raise BenchError(f'--device cuda needs an NVIDIA GPU: {exc}. GPU figures need '
+                         'a GPU; `python bench.py --device cpu` times the CPU path.') from exc
+    # cpu, or emu (the CUDA kernels on the CPU emulator: checks the kernel path) time on
+    # the CPU clock.
+    timer = GpuTimer('cupy', device.xp) if device.name == 'cuda' else CpuTimer()
     lib = Library(device.name, lambda a: device.asarray(a, a.dtype), device.to_numpy)
     return device, timer, lib
-
-
-def _partial_kernel_device():
-    """A cuda Device whose missing kernel ops raise their ImportError when called."""
-    from kernels.ops import OP_FAMILIES
-    from kernels.runner import get_runner
-    from nn.device import Device
-    runner = get_runner('cuda')
-    ops = types.SimpleNamespace()
-    for op, family in OP_FAMILIES.items():
-        try:
-            fn = functools.partial(getattr(importlib.import_module(f'kernels.{family}'), op),
-                                   runner)
-        except (ImportError, AttributeError) as exc:
-            fn = _missing(f'kernels/{family}.py: {type(exc).__name__}: {exc}')
-        setattr(ops, op, fn)
-    return Device('cuda', runner.xp, ops, runner)
 
 
 # Sizes of the peak measurements: (copy floats, square matmul side, runs). The CPU copy is
@@ -1158,9 +1134,8 @@ def run(args):
             write_json(args.json, report(partial=True))
 
     if want_net:
-        from nn.device import Device
-        sub = Device(device.name, device.xp, ops, device.runner)
-        network.extend(bench_network(device, sub, timer, torch, args, max(batches)))
+        network.extend(bench_network(device, device.with_ops(ops), timer, torch, args,
+                                     max(batches)))
 
     wrong = [r['name'] for r in kernels + network
              if r['status'] != 'ok' or r.get('vendor', {}).get('status', 'ok') != 'ok']

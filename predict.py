@@ -29,9 +29,6 @@ MAP_SUFFIX = '_map'
 # when its originals reach this, so a folder of huge photos cannot exhaust the memory.
 MAP_PIXEL_BUDGET = 64_000_000
 
-# Layers every CaffeNet weight file must have, before its last (classifier) layer.
-TRUNK_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7')
-
 
 class SetupError(Exception):
     """A problem that stops the whole run (weights, device, arguments): exit status 2."""
@@ -99,9 +96,11 @@ def check_args(parser, args):
     """Argument combinations argparse cannot check itself (parser.error exits with 2)."""
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
-    if args.map_size < 227:
-        parser.error(f'--map-size must be at least 227 (the classifier\'s window), '
-                     f'got {args.map_size}')
+    from nn.sentiment_map import map_grid_size
+    try:
+        map_grid_size(args.map_size)    # the one place that knows which sizes give a map
+    except ValueError as exc:
+        parser.error(f'--map-size: {exc}')
     if args.save_npy and not args.map:
         parser.error('--save-npy needs --map')
     if args.out is not None and not args.map:
@@ -202,7 +201,7 @@ def load_model(path, device):
     One network serves both jobs: at 227x227 the fully convolutional net gives exactly the
     classifier's output (a 1x1 map), and at 451x451 the 8x8 sentiment map. The last layer
     is the last entry of the file's layer_order; num_classes and class_names come from the
-    root attributes. Raises SetupError naming the file and what is wrong (missing, not
+    root attributes (nn/caffenet.py's CaffeNet.from_file). Raises SetupError naming the file and what is wrong (missing, not
     HDF5, not CaffeNet, a layer missing or of the wrong shape). The result is cached for
     the same unchanged file and device.
     """
@@ -223,51 +222,17 @@ def _read_model(path, device):
     """load_model without the cache."""
     import numpy as np
     from nn.caffenet import CaffeNet
-    from nn.weights import INPUT_SIZE, MEAN_BGR, WeightsError, load_weights
+    from nn.weights import MEAN_BGR, WeightsError
 
     try:
-        params, attrs = load_weights(path)
+        # any_mean: a file trained with another mean is usable, shifted below.
+        net, attrs = CaffeNet.from_file(path, device, fully_conv=True, any_mean=True)
     except WeightsError as exc:
         raise SetupError(str(exc)) from None
-    architecture = attrs.get('architecture', 'CaffeNet')
-    if architecture != 'CaffeNet':
-        raise SetupError(f'{path}: architecture is {architecture!r}, expected CaffeNet')
-    order = list(attrs.get('layer_order') or params)
-    if not order:
-        raise SetupError(f'{path}: holds no layers (expected CaffeNet weights: '
-                         f'{", ".join(TRUNK_LAYERS)}, then a classifier such as fc8_twitter)')
-    last = order[-1]
-    missing = [name for name in TRUNK_LAYERS if name not in params]
-    if missing or last in TRUNK_LAYERS:
-        raise SetupError(f'{path}: not CaffeNet classifier weights: layers {missing or [last]} '
-                         f'{"are missing" if missing else "cannot be the last layer"} '
-                         f'(expected {", ".join(TRUNK_LAYERS)}, then a classifier such as '
-                         f'fc8_twitter)')
-    bias = np.shape(params[last]['bias'])
-    num_classes = int(attrs.get('num_classes', bias[0] if len(bias) == 1 else 0))
-    if bias != (num_classes,) or num_classes < 2:
-        raise SetupError(f'{path}: last layer {last!r} has bias shape {bias} but the file '
-                         f'says num_classes={num_classes} (need >= 2 classes)')
-    class_names = [str(c) for c in attrs.get('class_names', [])] or \
-        [str(i) for i in range(num_classes)]
-    if len(class_names) != num_classes:
-        raise SetupError(f'{path}: {len(class_names)} class_names {class_names} for '
-                         f'{num_classes} classes')
-    if int(attrs.get('input_size', INPUT_SIZE)) != INPUT_SIZE:
-        raise SetupError(f'{path}: input_size is {attrs["input_size"]}, CaffeNet needs '
-                         f'{INPUT_SIZE}')
     # load_weights has checked that a mean_bgr attribute holds 3 numbers.
     mean = np.asarray(attrs.get('mean_bgr', MEAN_BGR), dtype=np.float64)
     mean_shift = (np.asarray(MEAN_BGR) - mean).astype(np.float32).reshape(3, 1, 1)
-
-    net = CaffeNet(num_classes=num_classes, last_layer=last, class_names=class_names,
-                   device=device, fully_conv=True, init='zeros')
-    try:
-        net.load_params({name: params[name] for name in net.param_layers if name in params},
-                        strict=True, source=path)
-    except WeightsError as exc:
-        raise SetupError(str(exc)) from None
-    return Model(net, class_names, mean_shift)
+    return Model(net, net.class_names, mean_shift)
 
 
 # ------------------------------------------------------------------------------ images
@@ -326,16 +291,14 @@ def run_batch(model, items):
     Sets item.probs (C,) as the mean over the item's crops and item.prob_map (C, h, w).
     """
     import numpy as np
+    from nn.preprocess import average_over_crops
     ready = [item for item in items if item.error is None]
     if not ready:
         return
-    crops = np.concatenate([item.crops for item in ready])
-    probs = model.probabilities(crops)[:, :, 0, 0]                  # (sum k, C)
-    start = 0
-    for item in ready:
-        k = len(item.crops)
-        item.probs = probs[start:start + k].mean(axis=0)
-        start += k
+    # Every item has as many crops (1, or 10 with --oversample): one (B, k, ...) stack.
+    probs = average_over_crops(model.probabilities, np.stack([item.crops for item in ready]))
+    for item, item_probs in zip(ready, probs):
+        item.probs = item_probs
     if ready[0].map_input is not None:
         maps = model.probabilities(np.stack([item.map_input for item in ready]))
         for item, prob_map in zip(ready, maps):

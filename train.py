@@ -29,7 +29,7 @@ import nn  # first, before NumPy: see nn/__init__.py (OpenBLAS threads)
 import numpy as np
 
 from nn.atomic import atomic_write
-from nn.twitter import AGREES, CLASS_NAMES, NUM_FOLDS
+from nn.twitter import AGREES, CLASS_NAMES, DEFAULT_DATA_DIR, NUM_FOLDS
 
 IMAGENET_WEIGHTS = os.path.join("weights", "caffenet_imagenet.h5")
 LAST_LAYER = "fc8_twitter"
@@ -76,7 +76,7 @@ def parse_args(argv=None):
                     "(Campos et al. 2017). Defaults are the paper's recipe.",
         formatter_class=_HelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=os.path.join("data", "twitter"),
+    g.add_argument("--data", default=DEFAULT_DATA_DIR,
                    help="dataset folder (see nn/twitter.py for its layout), or 'synthetic' "
                         f"to generate a small offline dataset in {SYNTHETIC_DIR}")
     g.add_argument("--agree", default="five", choices=AGREES + ("all",),
@@ -247,27 +247,29 @@ def build_net(args, device, say):
 
 
 # -------------------------------------------------------------------------- evaluation
-def evaluate(net, items, batch_size, crops):
-    """Accuracy, per-image probabilities (N, 2) and the paths of images that could not be
-    loaded (left out of the accuracy), on `items`; crops 'center' or 'ten' (Caffe's
-    oversampling: probabilities averaged over the ten crops). TrainError if none loads."""
+def evaluate(net, items, batch_size, oversample):
+    """Accuracy on `items` of the centre crop and, with oversample, of Caffe's ten-crop
+    oversampling (probabilities averaged over the ten crops; None without), and the paths
+    of images that could not be loaded (left out of both). Each image is decoded once: the
+    centre crop is one of the ten. TrainError if none loads."""
     from nn.batches import EvalLoader
-    probs, labels = [], []
-    with EvalLoader(items, batch_size, crops=crops) as loader:
-        for images, batch_labels in loader:
-            if crops == "ten":
-                b = images.shape[0]
-                p = net.predict(images.reshape((b * 10,) + images.shape[2:]))
-                p = p.reshape(b, 10, -1).mean(axis=1)
-            else:
-                p = net.predict(images)
-            probs.append(p)
+    from nn.preprocess import CENTER_OF_TEN, average_over_crops
+    center, ten, labels = [], [], []
+    with EvalLoader(items, batch_size, crops="ten" if oversample else "center") as loader:
+        for images, batch_labels in loader:         # (B, 10, 3, S, S) or (B, 3, S, S)
+            if oversample:
+                ten.append(average_over_crops(net.predict, images))
+                images = images[:, CENTER_OF_TEN]
+            center.append(net.predict(images))
             labels.append(batch_labels)
-    if not probs:
+    if not labels:
         raise TrainError(f"none of the {len(items)} test images could be loaded "
                          f"(e.g. {loader.skipped[0]})")
-    probs, labels = np.concatenate(probs), np.concatenate(labels)
-    return float(np.mean(probs.argmax(axis=1) == labels)), probs, loader.skipped
+    labels = np.concatenate(labels)
+
+    def accuracy(probs):
+        return float(np.mean(np.concatenate(probs).argmax(axis=1) == labels))
+    return accuracy(center), accuracy(ten) if oversample else None, loader.skipped
 
 
 # ---------------------------------------------------------------------------- training
@@ -404,11 +406,11 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
     weights_path = os.path.join(args.out_dir, name + ".h5")
     net.save(weights_path)
     say(f"[{name}] evaluating {len(test)} test images")
-    acc_center, _, skipped = evaluate(net, test, args.test_batch_size, "center")
-    acc_ten = None
-    if not args.no_oversample:
-        acc_ten, _, skipped = evaluate(net, test, max(1, args.test_batch_size // 10) if
-                                       device.name == "cpu" else args.test_batch_size, "ten")
+    oversample = not args.no_oversample
+    # On the NumPy path a ten-crop batch holds about test_batch_size crops, not 10x that.
+    batch_size = (max(1, args.test_batch_size // 10) if oversample and device.name == "cpu"
+                  else args.test_batch_size)
+    acc_center, acc_ten, skipped = evaluate(net, test, batch_size, oversample)
     metrics = dict(run=name, accuracy_center=acc_center, accuracy_oversampled=acc_ten,
                    n_test_evaluated=len(test) - len(skipped), test_images_skipped=skipped,
                    final_loss=losses[-1] if losses else None, losses=losses,

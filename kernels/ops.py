@@ -52,13 +52,29 @@ def _launcher(op, family):
     return getattr(module, op)
 
 
-def make_ops(runner):
+def _deferred(exc):
+    """An op standing for a launcher that cannot be imported: calling it raises `exc`'s
+    ImportError, with the same message."""
+    def op(*args, **kwargs):
+        raise ImportError(str(exc)) from exc
+    return op
+
+
+def make_ops(runner, partial=False):
     """Bind every op of the op set to `runner` (an EmuRunner or CupyRunner).
 
     Returns a types.SimpleNamespace with one attribute per name in OP_NAMES, each
     `functools.partial(launcher, runner)`. Raises ImportError naming the op and the
-    launcher file when a launcher is missing.
+    launcher file when a launcher is missing; with partial=True that op instead raises
+    the ImportError when called, so the others stay usable (bench.py times the kernels
+    that exist).
     """
-    bound = {op: functools.partial(_launcher(op, family), runner)
-             for op, family in OP_FAMILIES.items()}
+    bound = {}
+    for op, family in OP_FAMILIES.items():
+        try:
+            bound[op] = functools.partial(_launcher(op, family), runner)
+        except ImportError as exc:
+            if not partial:
+                raise
+            bound[op] = _deferred(exc)
     return types.SimpleNamespace(**bound)

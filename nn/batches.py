@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from nn.checks import check_int
 from nn.preprocess import CROP, RESIZE, ImageError, center_crop, load_resized, random_crop, \
     ten_crops
 
@@ -87,12 +88,6 @@ def _check_items(items, name):
     return [(os.fspath(p), int(l)) for p, l in items]
 
 
-def _check_positive(value, what, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: {what} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 class _BackgroundLoader:
     """Runs `self._jobs()` through a thread pool and assembles batches in a thread.
 
@@ -102,9 +97,9 @@ class _BackgroundLoader:
     """
 
     def __init__(self, batch_size, workers, prefetch, name):
-        self.batch_size = _check_positive(batch_size, "batch_size", name)
-        workers = _check_positive(workers or min(4, os.cpu_count() or 1), "workers", name)
-        self._prefetch = _check_positive(prefetch, "prefetch", name)
+        self.batch_size = check_int(batch_size, "batch_size", name, 1)
+        workers = check_int(workers or min(4, os.cpu_count() or 1), "workers", name, 1)
+        self._prefetch = check_int(prefetch, "prefetch", name, 1)
         self._window = max(2 * workers, 4)     # images being decoded at once
         self.skipped = []                      # paths that failed to load, in stream order
         self.batch_paths = []                  # paths of the batch just returned

@@ -31,9 +31,8 @@ import zlib
 
 import numpy as np
 
-from nn.conv import conv_output_size
 from nn.device import get_device
-from nn.pool import pool_output_size
+from nn.flops import layers_from_spec, weight_shape
 from nn.weights import INPUT_SIZE, MEAN_BGR, WeightsError, load_weights, save_weights
 
 log = logging.getLogger(__name__)
@@ -79,6 +78,11 @@ def caffenet_spec(num_classes=1000, last_layer="fc8"):
     ]
 
 
+# The layers with parameters every CaffeNet weight file has before its classifier.
+TRUNK_LAYERS = tuple(layer["name"] for layer in caffenet_spec()
+                     if layer["type"] in PARAM_TYPES)[:-1]
+
+
 def _mix32(*words):
     """A 32-bit hash of some integers (FNV-1a over words, then murmur3's finaliser)."""
     h = 0x811C9DC5
@@ -110,6 +114,25 @@ def _check_spec(spec):
             raise ValueError(f"spec layer {name!r} ({kind}) lacks {missing}")
     if not any(layer["type"] in PARAM_TYPES for layer in spec):
         raise ValueError("spec has no conv or fc layer")
+
+
+def _check_file_attrs(path, attrs, input_size, any_mean=False):
+    """WeightsError when a weight file's root attributes say it is not for a CaffeNet of
+    this input_size: another architecture, input size, or (unless any_mean) a mean other
+    than the MEAN_BGR that the preprocessing subtracts. Absent attributes (hand-written
+    files) pass."""
+    architecture = attrs.get("architecture", "CaffeNet")
+    if architecture != "CaffeNet":
+        raise WeightsError(f"{path}: root attribute architecture is {architecture!r}, "
+                           f"expected 'CaffeNet'")
+    size = attrs.get("input_size", input_size)
+    if size != input_size:
+        raise WeightsError(f"{path}: root attribute input_size is {size}, this network's "
+                           f"input is {input_size}")
+    mean = attrs.get("mean_bgr", MEAN_BGR)
+    if not any_mean and not np.allclose(mean, MEAN_BGR, rtol=0, atol=1e-3):
+        raise WeightsError(f"{path}: root attribute mean_bgr is {list(mean)}, but the "
+                           f"preprocessing subtracts {list(MEAN_BGR)}")
 
 
 class CaffeNet:
@@ -168,33 +191,20 @@ class CaffeNet:
 
     # ----------------------------------------------------------------- shapes and params
     def _plan_shapes(self):
-        """Walk the spec at input_size: each param layer's blob shape (Caffe's, stored in
-        files) and memory shape (4-D for fc layers when fully convolutional)."""
-        c, h, w = self.in_channels, self.input_size, self.input_size
+        """Each param layer's blob shape (Caffe's, stored in files) and memory shape (4-D
+        for fc layers when fully convolutional), from nn/flops.py's walk of the spec at
+        input_size (the walk the benchmark counts with; it raises for an empty map)."""
         self.blob_shapes, self.memory_shapes = {}, {}
-        for layer in self.spec:
-            kind, name = layer["type"], layer["name"]
-            if h < 1 or w < 1:
-                raise ValueError(f"layer {name!r}: input of {self.input_size}x"
-                                 f"{self.input_size} is too small, the map is empty here")
-            if kind == "conv":
-                k, s, p, g = (layer["kernel"], layer.get("stride", 1), layer.get("pad", 0),
-                              layer.get("group", 1))
-                n = layer["num_output"]
-                if c % g or n % g:
-                    raise ValueError(f"layer {name!r}: group {g} must divide its {c} input "
-                                     f"channels and {n} outputs")
-                shape = (n, c // g, k, k)
-                self.blob_shapes[name] = self.memory_shapes[name] = shape
-                c, h, w = n, conv_output_size(h, k, s, p), conv_output_size(w, k, s, p)
-            elif kind == "fc":
-                n = layer["num_output"]
-                self.blob_shapes[name] = (n, c * h * w)
-                self.memory_shapes[name] = (n, c, h, w) if self.fully_conv else (n, c * h * w)
-                c, h, w = n, 1, 1
-            elif kind == "pool":
-                k, s, p = layer["kernel"], layer["stride"], layer.get("pad", 0)
-                h, w = pool_output_size(h, k, s, p), pool_output_size(w, k, s, p)
+        spatial = (self.in_channels, self.input_size, self.input_size)  # (C, H, W) so far
+        for layer in layers_from_spec(self.spec, self.input_size, self.in_channels):
+            if layer.kind in PARAM_TYPES:
+                blob = weight_shape(layer)
+                self.blob_shapes[layer.name] = blob
+                # Fully convolutional, an fc layer is a convolution covering its whole input.
+                self.memory_shapes[layer.name] = (blob[:1] + spatial if layer.kind == "fc"
+                                                  and self.fully_conv else blob)
+            out = layer.out_shape
+            spatial = out if len(out) == 3 else out + (1, 1)
         self.param_layers = list(self.blob_shapes)
         self._param_spec = {layer["name"]: layer for layer in self.spec
                             if layer["type"] in PARAM_TYPES}
@@ -419,32 +429,60 @@ class CaffeNet:
     def load(self, path, strict=False):
         """Copy matching layers from an HDF5 weight file (see load_params for the rules).
 
-        The file's root attributes must fit this net (`_check_file_attrs`). Adopts the file's class_names when the last layer is copied and the net has none.
+        The file's root attributes must fit this net (`_check_file_attrs`). Adopts the
+        file's class_names when the last layer is copied and the net has none.
         Returns {'copied': [...], 'fresh': [...], 'ignored': [...]}."""
         params, attrs = load_weights(path)
-        self._check_file_attrs(path, attrs)
+        _check_file_attrs(path, attrs, self.input_size)
         report = self.load_params(params, strict=strict, source=str(path))
         if (self.class_names is None and self.last_layer in report["copied"]
                 and len(attrs.get("class_names", [])) == self.num_classes):
             self.class_names = list(attrs["class_names"])
         return report
 
-    def _check_file_attrs(self, path, attrs):
-        """WeightsError when a weight file's root attributes say it is not for this net:
-        another architecture, input size, or a mean other than the MEAN_BGR that the
-        preprocessing subtracts. Absent attributes (hand-written files) pass."""
-        architecture = attrs.get("architecture", "CaffeNet")
-        if architecture != "CaffeNet":
-            raise WeightsError(f"{path}: root attribute architecture is {architecture!r}, "
-                               f"expected 'CaffeNet'")
-        size = attrs.get("input_size", self.input_size)
-        if size != self.input_size:
-            raise WeightsError(f"{path}: root attribute input_size is {size}, this network's "
-                               f"input is {self.input_size}")
-        mean = attrs.get("mean_bgr", MEAN_BGR)
-        if not np.allclose(mean, MEAN_BGR, rtol=0, atol=1e-3):
-            raise WeightsError(f"{path}: root attribute mean_bgr is {list(mean)}, but the "
-                               f"preprocessing subtracts {list(MEAN_BGR)}")
+    @classmethod
+    def from_file(cls, path, device=None, fully_conv=False, any_mean=False):
+        """The CaffeNet classifier a weight file holds, every layer loaded (strictly).
+
+        The last layer is the last of the file's layer_order (e.g. fc8_twitter);
+        num_classes and class_names are the root attributes, else the length of that
+        layer's bias and '0', '1', ... The root attributes must fit CaffeNet
+        (`_check_file_attrs`); any_mean=True accepts a mean_bgr other than MEAN_BGR, for a
+        caller that adds MEAN_BGR - mean_bgr to its inputs (predict.py).
+        Returns (net, attrs). Raises WeightsError naming the file and what is wrong (not
+        HDF5, not CaffeNet, a layer missing or of the wrong shape, < 2 classes).
+        """
+        params, attrs = load_weights(path)
+        _check_file_attrs(path, attrs, INPUT_SIZE, any_mean)
+        expected = (f"expected {', '.join(TRUNK_LAYERS)}, then a classifier such as "
+                    f"fc8_twitter")
+        order = list(attrs.get("layer_order") or params)
+        if not order:
+            raise WeightsError(f"{path}: holds no layers ({expected})")
+        last = order[-1]
+        missing = [name for name in TRUNK_LAYERS if name not in params]
+        if missing or last in TRUNK_LAYERS:
+            raise WeightsError(f"{path}: not CaffeNet classifier weights: layers "
+                               f"{missing or [last]} "
+                               f"{'are missing' if missing else 'cannot be the last layer'} "
+                               f"({expected})")
+        # A num_classes attribute that contradicts this bias is load_weights' error (or,
+        # without layer_order, load_params'); here only the count itself is checked.
+        bias = np.shape(params[last]["bias"])
+        num_classes = int(attrs.get("num_classes", bias[0] if len(bias) == 1 else 0))
+        if num_classes < 2:
+            raise WeightsError(f"{path}: last layer {last!r} has bias shape {bias} and "
+                               f"num_classes={num_classes} (need >= 2 classes)")
+        class_names = attrs.get("class_names") or [str(i) for i in range(num_classes)]
+        try:
+            net = cls(num_classes=num_classes, last_layer=last, class_names=class_names,
+                      device=device, fully_conv=fully_conv, init="zeros")
+        except ValueError as exc:  # class_names of the wrong length, a clashing layer name
+            raise WeightsError(f"{path}: {exc}") from None
+        # Other layers of the file (an ImageNet fc8 beside fc8_twitter) are not this net's.
+        net.load_params({name: params[name] for name in net.param_layers if name in params},
+                        strict=True, source=str(path))
+        return net, attrs
 
     def save(self, path):
         """Write the weights (Caffe blob shapes) and the root attributes to HDF5, atomically."""

@@ -2,7 +2,8 @@
 
 One HDF5 file, written atomically (a crash mid-write leaves the previous checkpoint):
 
-    weights/<layer>/{weight,bias}   the network's parameters (Caffe blob shapes)
+    weights/<layer>/{weight,bias}   the network's parameters (Caffe blob shapes, the
+                                    network's dtype; nn/weights.py's write_params)
     solver/...                      SGDSolver.save_to_h5: iteration, momentum history,
                                     dropout counter
     attrs: loader_epoch, loader_position   where the shuffled data stream continues
@@ -16,9 +17,8 @@ the random state. No pickle.
 import json
 import os
 
-import numpy as np
-
 from nn.atomic import atomic_write
+from nn.weights import read_params, write_params
 
 
 class CheckpointError(ValueError):
@@ -34,10 +34,7 @@ def save_checkpoint(path, net, solver, loader_state, settings, extra=None):
 
     def write(tmp):
         with h5py.File(tmp, "w") as f:
-            weights = f.create_group("weights")
-            for layer, blobs in params.items():
-                for blob, array in blobs.items():
-                    weights.create_dataset(f"{layer}/{blob}", data=array)
+            write_params(f.create_group("weights"), params, dtype=net.dtype)
             solver.save_to_h5(f.create_group("solver"))
             f.attrs["loader_epoch"] = int(loader_state["epoch"])
             f.attrs["loader_position"] = int(loader_state["position"])
@@ -67,9 +64,7 @@ def load_checkpoint(path, net, solver, settings=None, must_match=()):
                 if differ:
                     raise CheckpointError(f"checkpoint {path} was written by a run with other "
                                           f"settings ({'; '.join(differ)})")
-            params = {layer: {blob: np.array(f["weights"][layer][blob])
-                              for blob in ("weight", "bias")}
-                      for layer in f["weights"]}
+            params = read_params(path, f["weights"])
             net.load_params(params, strict=True, source=path)
             solver.load_from_h5(f["solver"])
             loader_state = {"epoch": int(f.attrs["loader_epoch"]),

@@ -46,6 +46,10 @@ class Device:
         if self.name == "cuda":
             self.xp.cuda.get_current_stream().synchronize()
 
+    def with_ops(self, ops):
+        """This device (same name, arrays and runner) running another op namespace."""
+        return Device(self.name, self.xp, ops, self.runner)
+
     def __repr__(self):
         return f"Device({self.name!r})"
 
@@ -87,18 +91,21 @@ def cuda_available():
         return False
 
 
-def _kernel_device(name, xp):
-    """emu or cuda: the kernel op namespace on that backend's runner."""
+def _kernel_device(name, xp, partial=False):
+    """emu or cuda: the kernel op namespace on that backend's runner (kernels/ops.py's
+    make_ops, `partial` as there)."""
     from kernels.ops import make_ops
     from kernels.runner import get_runner
     runner = get_runner(name)
-    return Device(name, xp, make_ops(runner), runner)
+    return Device(name, xp, make_ops(runner, partial), runner)
 
 
-def get_device(name=None):
+def get_device(name=None, partial=False):
     """The Device called `name` ('cpu', 'emu', 'cuda'; None or 'auto' picks one).
 
     A Device passed in is returned unchanged, so functions can take either.
+    partial=True: on emu/cuda an op whose launcher is missing raises ImportError only when
+    called, instead of get_device raising it (kernels/ops.py's make_ops).
     Raises DeviceError for 'cuda' without CuPy or a GPU, ValueError for unknown names.
     """
     if isinstance(name, Device):
@@ -111,9 +118,9 @@ def get_device(name=None):
         keep_freed_memory()   # the NumPy layers reuse large buffers without page faults
         return Device("cpu", np, reference)
     if name == "emu":
-        return _kernel_device("emu", np)
+        return _kernel_device("emu", np, partial)
     if name == "cuda":
-        return _kernel_device("cuda", _import_cupy_with_gpu())
+        return _kernel_device("cuda", _import_cupy_with_gpu(), partial)
     raise ValueError(f"unknown device {name!r}: expected one of {', '.join(DEVICE_NAMES)} "
                      "or None/'auto'")
 

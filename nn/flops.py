@@ -56,14 +56,6 @@ class Counts:
                       self.bytes + other.bytes)
 
 
-def conv_out_size(size, kernel, stride, pad):
-    """Output side of a convolution (Caffe's floor rule); ValueError when nothing fits."""
-    out = conv_output_size(size, kernel, stride, pad)
-    if out < 1:
-        raise ValueError(f"conv: kernel {kernel} does not fit input side {size} with pad {pad}")
-    return out
-
-
 # Pooling's output side, Caffe's ceil rule: the reference's own function, so the counts
 # can never disagree with the shapes the network produces.
 pool_out_size = pool_output_size
@@ -85,12 +77,19 @@ def layers_from_spec(spec, input_size=INPUT_SIZE, in_channels=3):
     Shapes are propagated from a (in_channels, input_size, input_size) image. A ReLU fused
     into a conv or fc layer is listed as its own layer ('conv1' -> 'relu1'), since the
     benchmark times the ReLU kernels too; a softmax 'loss' layer ends the list.
+    This is also the walk CaffeNet takes its parameter shapes from (nn/caffenet.py), so
+    the counts describe the network that runs. ValueError naming the layer when a conv's
+    group does not divide its input channels and outputs, or when the input is too small
+    and a layer's output map is empty.
     """
     layers = []
     shape = (in_channels, input_size, input_size)
 
     def add(name, kind, out_shape, **params):
         nonlocal shape
+        if min(out_shape) < 1:
+            raise ValueError(f"layer {name!r}: input of {input_size}x{input_size} is too "
+                             f"small, its output map is empty")
         layers.append(Layer(name, kind, shape, tuple(out_shape), params))
         shape = tuple(out_shape)
 
@@ -99,10 +98,17 @@ def layers_from_spec(spec, input_size=INPUT_SIZE, in_channels=3):
         if kind == 'conv':
             c, h, w = shape
             k, stride, pad = item['kernel'], item.get('stride', 1), item.get('pad', 0)
-            add(name, 'conv', (item['num_output'], conv_out_size(h, k, stride, pad),
-                               conv_out_size(w, k, stride, pad)),
-                num_output=item['num_output'], kernel=k, stride=stride, pad=pad,
-                group=item.get('group', 1))
+            n, g = item['num_output'], item.get('group', 1)
+            if c % g or n % g:
+                raise ValueError(f"layer {name!r}: group {g} must divide its {c} input "
+                                 f"channels and {n} outputs")
+            ho, wo = conv_output_size(h, k, stride, pad), conv_output_size(w, k, stride, pad)
+            if min(ho, wo) < 1:
+                raise ValueError(f"layer {name!r}: kernel {k} does not fit its input side "
+                                 f"{min(h, w)} with pad {pad} (an input of {input_size}x"
+                                 f"{input_size} is too small)")
+            add(name, 'conv', (n, ho, wo), num_output=n, kernel=k, stride=stride, pad=pad,
+                group=g)
         elif kind == 'fc':
             if len(shape) > 1:
                 shape = (_numel(shape),)  # an fc layer sees its input flattened

@@ -204,11 +204,15 @@ def center_crop(img, crop=CROP):
     return crop_image(img, (img.shape[1] - crop) // 2, (img.shape[2] - crop) // 2, crop)
 
 
+# Index of the centre crop among ten_crops' ten: the same window as center_crop.
+CENTER_OF_TEN = 4
+
+
 def ten_crops(img, crop=CROP):
     """Oversampling: (3, H, W) -> (10, 3, crop, crop), in the order of Caffe's oversample.
 
-    0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right, 4 centre, then 5..9 the same
-    five windows mirrored left-right.
+    0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right, 4 centre (CENTER_OF_TEN), then
+    5..9 the same five windows mirrored left-right.
     """
     _check_image(img, crop, "ten_crops")
     h, w = img.shape[1], img.shape[2]
@@ -217,3 +221,16 @@ def ten_crops(img, crop=CROP):
     crops = [crop_image(img, t, l, crop) for t, l in tops_lefts]
     crops += [c[:, :, ::-1] for c in crops]
     return np.ascontiguousarray(np.stack(crops))
+
+
+def average_over_crops(predict, crops):
+    """Class probabilities averaged over each image's crops (Caffe's oversample), with one
+    forward pass over all the crops of a batch.
+
+    crops: (B, k, 3, S, S) float32, k crops per image (1: the centre crop; 10: ten_crops).
+    predict: (B * k, 3, S, S) -> (B * k, C) probabilities, or (B * k, C, 1, 1) as a fully
+    convolutional net gives at S = 227. Returns (B, C).
+    """
+    b, k = crops.shape[:2]
+    probs = predict(crops.reshape((b * k,) + crops.shape[2:]))
+    return probs.reshape(b, k, -1).mean(axis=1)

@@ -53,6 +53,11 @@ def label_file(data_dir, agree):
     return os.path.join(data_dir, f"twitter_{subset_name(agree)}.txt")
 
 
+def default_splits_dir(data_dir):
+    """Where `load_fold` looks for the published folds: data_dir/splits."""
+    return os.path.join(data_dir, "splits")
+
+
 def split_files(splits_dir, agree, fold, n_folds=NUM_FOLDS):
     """(train.txt, test.txt) paths of one fold (1-based): splits_dir/<subset>/test<fold>/."""
     _check_fold(fold, n_folds)
@@ -180,7 +185,7 @@ def load_fold(data_dir=DEFAULT_DATA_DIR, agree="five", fold=2, splits_dir=None,
     """
     _check_fold(fold)
     data_dir = os.fspath(data_dir)
-    splits_dir = os.path.join(data_dir, "splits") if splits_dir is None else splits_dir
+    splits_dir = default_splits_dir(data_dir) if splits_dir is None else splits_dir
     train_path, test_path = split_files(splits_dir, agree, fold)
     if os.path.isfile(train_path) and os.path.isfile(test_path):
         train, test = read_list(train_path), read_list(test_path)
@@ -285,6 +290,6 @@ def make_synthetic_dataset(out_dir, n_images=60, seed=0, size=(64, 48), n_folds=
     for level, agree in zip((5, 4, 3), AGREES):
         subset = [(name, label) for name, label, a in items if a >= level]
         write_list(label_file(out_dir, agree), subset)
-        write_splits(os.path.join(out_dir, "splits"), agree, subset, n_folds, seed)
+        write_splits(default_splits_dir(out_dir), agree, subset, n_folds, seed)
         counts[subset_name(agree)] = len(subset)
     return counts

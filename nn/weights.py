@@ -71,10 +71,7 @@ def save_weights(path, params, **attrs):
 
     def write(tmp):
         with h5py.File(tmp, "w") as f:
-            for layer, blobs in params.items():
-                group = f.create_group(layer)
-                for blob in ("weight", "bias"):
-                    group.create_dataset(blob, data=np.asarray(blobs[blob], dtype=np.float32))
+            write_params(f, params)
             string = h5py.string_dtype("utf-8")
             for key, value in attrs.items():
                 if value is None:
@@ -85,6 +82,32 @@ def save_weights(path, params, **attrs):
                     f.attrs[key] = value
 
     atomic_write(path, write)
+
+
+def write_params(group, params, dtype=np.float32):
+    """Write params {layer: {'weight': ndarray, 'bias': ndarray}} into an open h5py File or
+    Group as datasets <layer>/weight and <layer>/bias, in `dtype` (float32, Caffe's blob
+    type, for weight files; a checkpoint keeps its network's dtype). Shapes as given."""
+    for layer, blobs in params.items():
+        layer_group = group.create_group(layer)
+        for blob in ("weight", "bias"):
+            layer_group.create_dataset(blob, data=np.asarray(blobs[blob], dtype=dtype))
+
+
+def read_params(path, group, names=None):
+    """The layers `names` (default: all, in the group's order) of an open h5py File or
+    Group written by `write_params`, as {layer: {'weight': ndarray, 'bias': ndarray}}.
+    Raises WeightsError naming `path` and the layer for a missing or non-float dataset."""
+    h5py = _h5py()
+    params = {}
+    for layer in (list(group.keys()) if names is None else names):
+        layer_group = group[layer]
+        if not isinstance(layer_group, h5py.Group):
+            raise WeightsError(f"{path}: {layer!r} is not a layer group "
+                               "(expected /<layer>/weight and /<layer>/bias)")
+        params[layer] = {blob: _read_blob(path, layer, layer_group, blob)
+                         for blob in ("weight", "bias")}
+    return params
 
 
 def _plain(key, value):
@@ -177,13 +200,6 @@ def load_weights(path):
                 raise WeightsError(f"{path}: layer {missing[0]!r} is listed in layer_order "
                                    "but has no group in the file")
             names = list(order) + [n for n in names if n not in order]
-        params = {}
-        for layer in names:
-            group = f[layer]
-            if not isinstance(group, h5py.Group):
-                raise WeightsError(f"{path}: {layer!r} is not a layer group "
-                                   "(expected /<layer>/weight and /<layer>/bias)")
-            params[layer] = {blob: _read_blob(path, layer, group, blob)
-                             for blob in ("weight", "bias")}
+        params = read_params(path, f, names)
     _check_attrs(path, params, attrs)
     return params, attrs

@@ -180,7 +180,7 @@ def test_close_stops_the_background_thread(items):
 
 
 def test_bad_arguments_are_named(items):
-    with pytest.raises(ValueError, match="TrainLoader: batch_size must be a positive"):
+    with pytest.raises(ValueError, match="TrainLoader: batch_size must be an integer >= 1, got 0"):
         batches.TrainLoader(items, 0)
     with pytest.raises(ValueError, match="TrainLoader: start epoch must be >= 0 and position"):
         batches.TrainLoader(items, 2, position=len(items))

@@ -101,6 +101,17 @@ def test_make_ops_names_a_missing_launcher(monkeypatch):
         make_ops(object())
 
 
+def test_make_ops_partial_defers_a_missing_launcher(monkeypatch):
+    _fake_launchers(monkeypatch)
+    monkeypatch.setitem(sys.modules, "kernels.sgd", None)  # import fails
+    runner = object()
+    ops = make_ops(runner, partial=True)
+    assert sorted(vars(ops)) == sorted(OP_NAMES)
+    assert ops.relu_forward("x")[:3] == (runner, "relu_forward", ("x",))
+    with pytest.raises(ImportError, match="'sgd_update' needs .*kernels/sgd.py"):
+        ops.sgd_update("p", "g")
+
+
 # ------------------------------------------------------- the network on the kernels
 def _kernel_device(name):
     try:

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import predict
-from nn.caffenet import CaffeNet, caffenet_spec
+from nn.caffenet import TRUNK_LAYERS, CaffeNet, caffenet_spec
 from nn.resize import resize_linear
 from nn.weights import MEAN_BGR, save_weights
 
@@ -391,13 +391,13 @@ def _tiny_params(layers, shape=(2, 3)):
     ('missing_layers', "layers ['conv3', 'conv4', 'conv5', 'fc6', 'fc7'] are missing"),
     ('wrong_shape', "layer 'conv1' weight has shape (2, 3), but the network expects "
                     "(96, 3, 11, 11)"),
-    ('architecture', "architecture is 'VGG16', expected CaffeNet"),
+    ('architecture', "architecture is 'VGG16', expected 'CaffeNet'"),
     ('num_classes', "says num_classes=3"),
     ('empty', 'holds no layers'),
 ])
 def test_wrong_weights_named(tmp_path, case, expected):
     bad = str(tmp_path / f'{case}.h5')
-    trunk = list(predict.TRUNK_LAYERS) + ['fc8_twitter']
+    trunk = list(TRUNK_LAYERS) + ['fc8_twitter']
     attrs = dict(architecture='CaffeNet', num_classes=2, class_names=CLASSES)
     if case == 'not_hdf5':
         open(bad, 'wb').write(b'\x00' * 100)

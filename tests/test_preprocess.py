@@ -288,3 +288,21 @@ def test_crops_reject_small_or_malformed_images():
         pp.ten_crops(np.zeros((256, 256, 3), np.float32))
     with pytest.raises(ValueError, match="does not fit"):
         pp.crop_image(_coded(9, 9), 5, 0, 5)
+
+
+def test_average_over_crops_is_one_forward_then_the_mean_per_image():
+    rng = np.random.default_rng(3)
+    crops = rng.standard_normal((2, 10, 3, 4, 4)).astype(np.float32)
+    calls = []
+
+    def predict(x):                       # (N, 3, 4, 4) -> (N, 2, 1, 1), like a fully conv net
+        calls.append(x.shape)
+        return np.stack([x.mean(axis=(1, 2, 3)), x.max(axis=(1, 2, 3))], 1)[:, :, None, None]
+
+    out = pp.average_over_crops(predict, crops)
+    assert calls == [(20, 3, 4, 4)] and out.shape == (2, 2)
+    for i in range(2):
+        np.testing.assert_array_equal(out[i], predict(crops[i])[:, :, 0, 0].mean(axis=0))
+    # The centre crop is the ten crops' CENTER_OF_TEN.
+    img = _coded(7, 9)
+    np.testing.assert_array_equal(pp.ten_crops(img, 4)[pp.CENTER_OF_TEN], pp.center_crop(img, 4))

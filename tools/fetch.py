@@ -35,6 +35,9 @@ import urllib.error
 import urllib.request
 import zipfile
 
+from nn.twitter import AGREES, DEFAULT_DATA_DIR, NUM_FOLDS, DatasetError, default_splits_dir, \
+    label_file, read_list, split_files
+
 BASE_URL_ENV = "SENTIMENT_FETCH_BASE_URL"
 
 Source = collections.namedtuple(
@@ -51,6 +54,25 @@ _SPLITS_REPO = ("https://raw.githubusercontent.com/imatge-upc/sentiment-2017-ima
                 "master/ground_truth")
 _UPC = "https://imatge.upc.edu/web/sites/default/files/projects/affective/public_html/2017-imavis"
 
+# --data-dir holds the dataset folder that nn/twitter.py reads by default (data/twitter).
+DATA_DIR, DATASET_FOLDER = os.path.split(DEFAULT_DATA_DIR)
+
+
+def _split_sources():
+    """The published folds, one Source per file: ground_truth/<subset>/test<k>/<part>.txt
+    in the authors' repository, stored where nn/twitter.py's load_fold reads them."""
+    sources = []
+    for agree in AGREES:
+        for fold in range(1, NUM_FOLDS + 1):
+            for relative in split_files("", agree, fold):   # <subset>/test<k>/<part>.txt
+                name = relative.replace(os.sep, "/")
+                sources.append(Source(f"{_SPLITS_REPO}/{name}", f"ground_truth/{name}",
+                                      os.path.join(default_splits_dir(DATASET_FOLDER),
+                                                   relative),
+                                      None, None, None, None, None))
+    return sources
+
+
 # --------------------------------------------------------------------------------------
 # The addresses (all public). Checksums are those published with the files; None = none
 # published. The Twitter dataset is distributed from its project page
@@ -63,13 +85,7 @@ SOURCES = {
         Source(None, "twitter_dataset.zip", "downloads/twitter_dataset.zip",
                None, None, None, None, None),
     ],
-    "splits": [
-        Source(f"{_SPLITS_REPO}/{subset}/test{k}/{part}.txt",
-               f"ground_truth/{subset}/test{k}/{part}.txt",
-               f"twitter/splits/{subset}/test{k}/{part}.txt", None, None, None, None, None)
-        for subset in ("five_agrees", "four_agrees", "three_agrees")
-        for k in range(1, 6) for part in ("train", "test")
-    ],
+    "splits": _split_sources(),
     "weights": [   # BVLC reference CaffeNet (ImageNet); SHA-1 from Caffe's model zoo readme
         Source("http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel",
                "bvlc_reference_caffenet.caffemodel", "bvlc_reference_caffenet.caffemodel",
@@ -332,7 +348,8 @@ def _url(source, base_url):
 
 
 def fetch_dataset(data_dir, base_url=None, dataset_url=None, archive=None, **kw):
-    """Download (or take `archive`) and unpack the Twitter dataset into data_dir/twitter."""
+    """Download (or take `archive`) and unpack the Twitter dataset into data_dir/twitter
+    (DATASET_FOLDER)."""
     source = SOURCES["dataset"][0]
     if archive is None:
         url = dataset_url or _url(source, base_url)
@@ -346,16 +363,16 @@ def fetch_dataset(data_dir, base_url=None, dataset_url=None, archive=None, **kw)
                            source.sha256, source.size, **kw)
     elif not os.path.isfile(archive):
         raise DownloadError(f"--dataset-archive {archive}: no such file")
-    target = unpack(archive, os.path.join(data_dir, "twitter"))
-    if not os.path.exists(os.path.join(target, "twitter_five_agrees.txt")):
-        print(f"warning: {target} has no twitter_five_agrees.txt; check the archive layout "
-              "(see nn/twitter.py)", file=sys.stderr)
+    target = unpack(archive, os.path.join(data_dir, DATASET_FOLDER))
+    labels = label_file(target, "five")
+    if not os.path.exists(labels):
+        print(f"warning: {target} has no {os.path.basename(labels)}; check the archive "
+              "layout (see nn/twitter.py)", file=sys.stderr)
     return target
 
 
 def fetch_splits(data_dir, base_url=None, **kw):
     """Download the 30 published split files into data_dir/twitter/splits and check them."""
-    from nn.twitter import DatasetError, read_list
     for source in SOURCES["splits"]:
         path = download(_url(source, base_url), os.path.join(data_dir, source.dest),
                         source.sha1, source.sha256, source.size, **kw)
@@ -387,7 +404,7 @@ def main(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("targets", nargs="*", default=["all"], choices=TARGETS,
                         help="what to fetch (default: all = dataset splits weights)")
-    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--data-dir", default=DATA_DIR)
     parser.add_argument("--weights-dir", default="weights")
     parser.add_argument("--base-url", default=os.environ.get(BASE_URL_ENV),
                         help=f"mirror replacing every address (env {BASE_URL_ENV})")
