@@ -201,9 +201,9 @@ def load_model(path, device):
     One network serves both jobs: at 227x227 the fully convolutional net gives exactly the
     classifier's output (a 1x1 map), and at 451x451 the 8x8 sentiment map. The last layer
     is the last entry of the file's layer_order; num_classes and class_names come from the
-    root attributes (nn/caffenet.py's CaffeNet.from_file). Raises SetupError naming the file and what is wrong (missing, not
-    HDF5, not CaffeNet, a layer missing or of the wrong shape). The result is cached for
-    the same unchanged file and device.
+    root attributes (nn/caffenet.py's CaffeNet.from_file). Raises SetupError naming the
+    file and what is wrong (missing, not HDF5, not CaffeNet, a layer missing or of the
+    wrong shape). The result is cached for the same unchanged file and device.
     """
     try:
         st = os.stat(path)
