@@ -513,6 +513,8 @@ def import_torch(disabled, device_kind):
         import torch
     except ImportError:
         return None, 'PyTorch is not installed (pip install torch; never a project requirement)'
+    except Exception as exc:  # e.g. clashing CUDA libraries: our own figures still count
+        return None, f'PyTorch failed to import ({type(exc).__name__}: {exc})'
     if device_kind == 'cuda':
         if not torch.cuda.is_available():
             return None, f'PyTorch {torch.__version__} has no CUDA here'
@@ -598,16 +600,24 @@ def measure_peaks(device, timer, torch=None):
     if torch is not None and not gpu:
         ta, tc = torch.from_numpy(a_host), torch.empty(n_mm, n_mm)
         products['torch.matmul'] = lambda: torch.matmul(ta, ta, out=tc)
-    best = {name: min(timer.measure(fn, 1, runs, flush=False)) for name, fn in products.items()}
+    best, failed = {}, []
+    for name, fn in products.items():
+        try:   # our kernels need no cuBLAS: a broken one must not cost the whole run
+            best[name] = min(timer.measure(fn, 1, runs, flush=False))
+        except Exception as exc:
+            failed.append(f'{name} failed ({type(exc).__name__}: {exc})')
+    peaks = {'bandwidth_GBps': 2 * n_copy * 4 / t_copy / 1e9,
+             'bandwidth_how': f'{xp.__name__}.copyto of {n_copy * 4 >> 20} MiB, read + '
+                              f'write, best of {runs}'}
+    tried = ', '.join([f'{n} {2 * n_mm ** 3 / t / 1e9:.1f} GFLOP/s' for n, t in best.items()]
+                      + failed)
+    if not best:
+        return dict(peaks, fp32_GFLOPs=None, fp32_how=f'not measured: {tried}')
     fastest = min(best, key=best.get)
     what = ' (cuBLAS, CUPY_TF32=' + os.environ.get('CUPY_TF32', '') + ')' if gpu else ''
-    return {'bandwidth_GBps': 2 * n_copy * 4 / t_copy / 1e9,
-            'fp32_GFLOPs': 2 * n_mm ** 3 / best[fastest] / 1e9,
-            'bandwidth_how': f'{xp.__name__}.copyto of {n_copy * 4 >> 20} MiB, read + write, '
-                             f'best of {runs}',
-            'fp32_how': f'{fastest} {n_mm}x{n_mm} float32{what}, best of {runs}; tried '
-                        + ', '.join(f'{n} {2 * n_mm ** 3 / t / 1e9:.1f} GFLOP/s'
-                                    for n, t in best.items())}
+    return dict(peaks, fp32_GFLOPs=2 * n_mm ** 3 / best[fastest] / 1e9,
+                fp32_how=f'{fastest} {n_mm}x{n_mm} float32{what}, best of {runs}; tried '
+                         f'{tried}')
 
 
 # ------------------------------------------------------------------------------ one case
@@ -615,6 +625,8 @@ def _rates(counts, seconds, peaks):
     """GFLOP/s, GB/s, the bound (roofline term that dominates) and % of that roofline."""
     gflops = counts.flops / seconds / 1e9
     gbps = counts.bytes / seconds / 1e9
+    if peaks['fp32_GFLOPs'] is None:   # no matrix product could be timed (measure_peaks)
+        return {'gflops': gflops, 'gbps': gbps, 'bound': None, 'roofline_fraction': None}
     t_compute = counts.flops / (peaks['fp32_GFLOPs'] * 1e9)
     t_memory = counts.bytes / (peaks['bandwidth_GBps'] * 1e9)
     bound = 'compute' if t_compute >= t_memory else 'memory'
@@ -863,8 +875,13 @@ def bench_network(device, sub_device, timer, torch, args, batch):
     if batch != 1:
         plan.append(('latency', 1, lambda: net.predict(x[:1])))
     layers = flops.caffenet_layers(args.classes)
-    theirs = _torch_network(torch, device, net, params, x_host, labels_host, want) \
-        if torch is not None else None
+    theirs = None
+    if torch is not None:
+        try:   # a PyTorch failure (cuDNN, memory) must not cost our own figures
+            theirs = _torch_network(torch, device, net, params, x_host, labels_host, want)
+        except Exception as exc:
+            theirs = ({'name': f'PyTorch {torch.__version__}', 'status': 'ERROR',
+                       'error': f'{type(exc).__name__}: {exc}'}, None, None)
     report = []
     for what, n, fn in plan:
         row = {'name': f'net.{what}', 'batch': n, 'status': status, 'max_rel_error': err,
@@ -964,9 +981,10 @@ def print_table(report, out=None):
     """The human-readable table: one line per case, then the network (to out or stdout)."""
     out = out or sys.stdout
     peaks = report['peaks']
+    fp32 = peaks['fp32_GFLOPs']
     print(f"device: {report['machine']['device_name']}   measured peaks: "
-          f"{peaks['bandwidth_GBps']:.1f} GB/s copy, {peaks['fp32_GFLOPs']:.1f} GFLOP/s FP32",
-          file=out)
+          f"{peaks['bandwidth_GBps']:.1f} GB/s copy, "
+          + ('FP32 not measured' if fp32 is None else f'{fp32:.1f} GFLOP/s FP32'), file=out)
     head = (f"{'case':27} {'batch':>5} {'status':>6} {'ms':>9} {'GFLOP/s':>9} {'GB/s':>8} "
             f"{'bound':>7} {'%roof':>6} | {'vendor ms':>9} {'vendor/ours':>11}")
     print(head, file=out)
@@ -976,8 +994,10 @@ def print_table(report, out=None):
         for label, x in rows:
             line = f"{label:27} {r['batch']:5d} {x['status']:>6} "
             if 'time_s' in x:
+                roof = x['roofline_fraction']
                 line += (f"{_fmt_time(x['time_s']):>9} {x['gflops']:9.1f} {x['gbps']:8.1f} "
-                         f"{x['bound']:>7} {100 * x['roofline_fraction']:5.1f}%")
+                         f"{x['bound'] or '-':>7} "
+                         + ('     -' if roof is None else f"{100 * roof:5.1f}%"))
             else:
                 line += f"{'':9} {'':9} {'':8} {'':7} {'':6}"
             v = r.get('vendor') if x is r else None
@@ -1003,6 +1023,8 @@ def print_table(report, out=None):
             if 'vendor_time_over_ours' in t:
                 line += f", torch/ours {t['vendor_time_over_ours']:.2f}"
         print(line, file=out)
+        if 'error' in r:
+            print(f"    {r['error']}", file=out)
     for note in report['notes']:
         print(f'note: {note}', file=out)
 
@@ -1107,10 +1129,12 @@ def run(args):
 
     kernels, network = [], []
 
+    machine = machine_info(device, torch)   # once: it may run nvidia-smi
+
     def report(partial):
         """The whole report so far; partial=True while cases are still to come."""
-        return _report(args, device, torch, gpu, timer, batches, peaks, kernels, network,
-                       notes, partial)
+        return _report(args, device, machine, torch, gpu, timer, batches, peaks, kernels,
+                       network, notes, partial)
 
     todo = [(batch, case) for batch in (batches if run_kernels else [])
             for case in select(build_cases(layers, batch, sgd=batch == batches[0]),
@@ -1134,8 +1158,12 @@ def run(args):
             write_json(args.json, report(partial=True))
 
     if want_net:
-        network.extend(bench_network(device, device.with_ops(ops), timer, torch, args,
-                                     max(batches)))
+        try:
+            network.extend(bench_network(device, device.with_ops(ops), timer, torch, args,
+                                         max(batches)))
+        except Exception as exc:  # keep the kernel figures; say what broke
+            network.append({'name': 'net', 'batch': max(batches), 'status': 'ERROR',
+                            'error': f'{type(exc).__name__}: {exc}'})
 
     wrong = [r['name'] for r in kernels + network
              if r['status'] != 'ok' or r.get('vendor', {}).get('status', 'ok') != 'ok']
@@ -1150,8 +1178,8 @@ def _progress(what, row):
     print(f"bench.py: {what}: {row['status']}{time}", file=sys.stderr, flush=True)
 
 
-def _report(args, device, torch, gpu, timer, batches, peaks, kernels, network, notes,
-            partial):
+def _report(args, device, machine, torch, gpu, timer, batches, peaks, kernels, network,
+            notes, partial):
     """bench.py's JSON report (see --json); partial: True in the copies written while the
     run goes on."""
     return {
@@ -1159,7 +1187,7 @@ def _report(args, device, torch, gpu, timer, batches, peaks, kernels, network, n
         'partial': partial,
         'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         'command': 'python bench.py ' + ' '.join(sys.argv[1:] if args.argv is None else args.argv),
-        'machine': machine_info(device, torch),
+        'machine': machine,
         'settings': {'device': device.name, 'batches': batches, 'repeats': args.repeats,
                      'warmup': args.warmup, 'only': args.only, 'versions': args.versions,
                      'classes': args.classes, 'seed': args.seed, 'timer': timer.name,

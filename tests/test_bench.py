@@ -5,6 +5,7 @@ that is off in one element of the last image, a network whose LRN is wrong) and 
 that the report says WRONG and times nothing.
 """
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -264,3 +265,50 @@ def test_whole_network_with_torch(tmp_path):
         assert t['status'] == 'ok' and t['max_rel_error'] <= bench.TOLERANCE
         assert len(t['times_s']) == len(r['times_s']) == 2  # timed run for run, alternately
         assert t['vendor_time_over_ours'] == pytest.approx(t['time_s'] / r['time_s'])
+
+
+# ---- failures that must not cost a scarce GPU run its other figures ----------------------
+
+def test_network_crash_keeps_the_kernel_figures(tmp_path, monkeypatch, capsys):
+    def crash(*args, **kwargs):
+        raise RuntimeError('boom')
+    monkeypatch.setattr(bench, 'bench_network', crash)
+    calls = []
+    real_machine_info = bench.machine_info
+    monkeypatch.setattr(bench, 'machine_info', lambda *a: calls.append(1) or real_machine_info(*a))
+    rc, report = _run(tmp_path, '--batch', '2', '--only', 'relu5,net')
+    assert rc == 1
+    assert [r['status'] for r in report['kernels']] == ['ok', 'ok']
+    assert report['network'] == [{'name': 'net', 'batch': 2, 'status': 'ERROR',
+                                  'error': 'RuntimeError: boom'}]
+    assert 'RuntimeError: boom' in capsys.readouterr().out
+    assert len(calls) == 1   # machine_info once per run, not once per JSON write
+
+
+def test_peaks_without_a_matrix_product():
+    """A failing matmul (a broken cuBLAS) leaves the FP32 peak unmeasured, not the run."""
+    def matmul(*args, **kwargs):
+        raise RuntimeError('no cuBLAS')
+    xp = SimpleNamespace(__name__='nomatmul', float32=np.float32, ones=np.ones,
+                         empty_like=np.empty_like, copyto=np.copyto, asarray=np.asarray,
+                         matmul=matmul)
+    peaks = bench.measure_peaks(SimpleNamespace(name='cpu', xp=xp), bench.CpuTimer())
+    assert peaks['bandwidth_GBps'] > 0 and peaks['fp32_GFLOPs'] is None
+    assert 'nomatmul.matmul failed (RuntimeError: no cuBLAS)' in peaks['fp32_how']
+    rates = bench._rates(flops.Counts(10, 20, 40), 1e-3, peaks)
+    assert rates['bound'] is None and rates['roofline_fraction'] is None
+    assert rates['gflops'] == pytest.approx(20 / 1e-3 / 1e9)
+
+
+def test_torch_that_fails_to_import_is_skipped_with_the_reason(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == 'torch':
+            raise OSError('libcudnn.so.9: cannot open shared object file')
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, '__import__', fake_import)
+    torch, why = bench.import_torch(False, 'cuda')
+    assert torch is None
+    assert why == 'PyTorch failed to import (OSError: libcudnn.so.9: cannot open shared object file)'
