@@ -379,9 +379,7 @@ def load_nvrtc():
     except Exception as first:  # noqa: BLE001
         error = first
     import ctypes
-    for base in sys.path:
-        for lib in sorted(glob.glob(os.path.join(base, 'nvidia', 'cuda_nvrtc', 'lib',
-                                                 'libnvrtc.so*'))):
+    for lib in _nvrtc_wheel_libraries():
             try:
                 ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
                 nvrtc.getVersion()
@@ -389,6 +387,24 @@ def load_nvrtc():
             except Exception as e:  # noqa: BLE001
                 error = e
     raise ImportError(f'NVRTC could not be loaded: {error}')
+
+
+def _nvrtc_wheel_libraries():
+    """libnvrtc.so* from NVIDIA's pip wheels on sys.path: nvidia/cuda_nvrtc/lib (CUDA 12's
+    nvidia-cuda-nvrtc-cu12) and nvidia/cu13/lib (CUDA 13's), those of CuPy's own CUDA major
+    version first (another version's library cannot satisfy CuPy)."""
+    found = []
+    for base in sys.path:
+        for folder in ('cuda_nvrtc', 'cu[0-9]*'):
+            found += sorted(glob.glob(os.path.join(base, 'nvidia', folder, 'lib',
+                                                   'libnvrtc.so*')))
+    found = list(dict.fromkeys(found))   # sys.path may name a folder twice
+    try:
+        from cupy.cuda import runtime
+        major = runtime.runtimeGetVersion() // 1000
+    except Exception:  # noqa: BLE001 - without it, keep the order found
+        return found
+    return sorted(found, key=lambda lib: f'.so.{major}' not in os.path.basename(lib))
 
 
 class CupyRunner(KernelRunner):

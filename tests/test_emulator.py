@@ -502,6 +502,25 @@ def test_cupy_runner_without_gpu_is_a_clear_error():
         get_runner('cuda')
 
 
+def test_nvrtc_fallback_prefers_cupys_cuda_version(tmp_path, monkeypatch):
+    """Without a CUDA toolkit, load_nvrtc tries NVIDIA's pip wheels: CUDA 12's folder
+    (nvidia/cuda_nvrtc/lib) and CUDA 13's (nvidia/cu13/lib), CuPy's own major version
+    first, each file once."""
+    cupy = pytest.importorskip('cupy')
+    from kernels import runner
+    libs = {}
+    for folder, so in (('cuda_nvrtc', 'libnvrtc.so.12'), ('cu13', 'libnvrtc.so.13')):
+        path = tmp_path / 'nvidia' / folder / 'lib' / so
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b'')
+        libs[so] = str(path)
+    monkeypatch.setattr('sys.path', [str(tmp_path), str(tmp_path)])
+    for version, first in ((12090, 'libnvrtc.so.12'), (13000, 'libnvrtc.so.13')):
+        monkeypatch.setattr(cupy.cuda.runtime, 'runtimeGetVersion', lambda v=version: v)
+        found = runner._nvrtc_wheel_libraries()
+        assert sorted(found) == sorted(libs.values()) and found[0] == libs[first]
+
+
 def test_read_only_output_is_refused(sources):
     a, b, out, n = _vec_args()
     out.flags.writeable = False

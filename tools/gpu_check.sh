@@ -4,25 +4,27 @@
 #     OUT=/path/to/results bash tools/gpu_check.sh      # from anywhere; OUT must be writable
 #
 # Written for a machine with an NVIDIA GPU and CuPy, NumPy, h5py, Pillow, pytest (PyTorch
-# optional, for bench.py's comparisons). GPU time is scarce, so every step is bounded:
+# optional, for bench.py's comparisons). GPU time is scarce, so every step is bounded, and
+# all of them together stay under 10 minutes (one command's limit on the GPU machines):
 #
-#   1. env.txt          nvidia-smi, Python and library versions, the commit   (~10 s)
-#   2. gpu_tests.log    timeout 300 python -m pytest -q -m gpu               (<= 300 s)
-#   3. bench.json/.log  timeout 240 python bench.py --device cuda ...        (<= 240 s)
+#   1. env.txt          nvidia-smi, versions, the GPUs, a smoke test, the commit (<= 60 s)
+#   2. gpu_tests.log    timeout 250 python -m pytest -q -m gpu               (<= 260 s)
+#   3. bench.json/.log  timeout 220 python bench.py --device cuda ...        (<= 230 s)
 #   4. summary.txt      each step's exit status, wall time and result line
 #
-# Whatever happens the script writes summary.txt and exits 0: the exit statuses are in the
-# summary (124 = the step ran out of time). Without a GPU (CuPy sees none) steps 2 and 3
-# are skipped and the summary says why; GPU_CHECK_FORCE=1 runs them anyway (to try the
-# script on a CPU-only machine: the gpu tests are then skipped and bench.py exits 2).
+# Whatever happens the script writes summary.txt (again after every step, so even a kill
+# leaves it) and exits 0: the exit statuses are in the summary (124 = the step ran out of
+# time). Without a GPU (CuPy sees none) steps 2 and 3 are skipped and the summary says
+# why; GPU_CHECK_FORCE=1 runs them anyway (to try the script on a CPU-only machine: the
+# gpu tests are then skipped and bench.py exits 2).
 # Variables: OUT (default /tmp/gpu_check_out), PYTHON (default python),
-# TEST_TIMEOUT (300), BENCH_TIMEOUT (240), BENCH_ARGS (the bench options below).
+# TEST_TIMEOUT (250), BENCH_TIMEOUT (220), BENCH_ARGS (the bench options below).
 set -u
 
 OUT=${OUT:-/tmp/gpu_check_out}
 PYTHON=${PYTHON:-python}
-TEST_TIMEOUT=${TEST_TIMEOUT:-300}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
+TEST_TIMEOUT=${TEST_TIMEOUT:-250}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-220}
 # bench.py's defaults are batch 256 and 1 with 20 timed runs; 10 runs after 2 warm-ups
 # keep the medians and leave room in the time limit. bench.py rewrites its JSON after
 # every case ("partial": true until the end), so a run cut off by the timeout still
@@ -30,6 +32,7 @@ BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
 BENCH_ARGS=${BENCH_ARGS:---batch 256 1 --repeats 10 --warmup 2}
 
 mkdir -p "$OUT" || { echo "gpu_check: cannot create OUT=$OUT" >&2; exit 0; }
+OUT=$(cd "$OUT" && pwd)   # absolute: the script changes directory next
 cd "$(dirname "$0")/.." || exit 0
 export PYTHONUNBUFFERED=1
 SUMMARY="$OUT/summary.txt"
@@ -39,6 +42,7 @@ record() {  # record NAME RC SECONDS RESULT...
     local name=$1 rc=$2 secs=$3
     shift 3
     STEPS+=("$(printf '%-10s rc=%-7s %5ss  %s' "$name" "$rc" "$secs" "$*")")
+    write_summary   # now, not only at exit: a killed script still leaves its summary
 }
 
 write_summary() {
@@ -55,38 +59,64 @@ trap write_summary EXIT
 
 # ---------------------------------------------------------------- 1. environment
 start=$SECONDS
+GPU_NAME="not probed yet"
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "unknown (no git)")
 {
     echo "== date: $(date -u '+%Y-%m-%dT%H:%M:%SZ')   commit: $COMMIT"
     echo "== nvidia-smi"
     if command -v nvidia-smi >/dev/null 2>&1; then
-        timeout 30 nvidia-smi 2>&1
+        timeout 15 nvidia-smi 2>&1
     else
         echo "nvidia-smi: not found"
     fi
-    echo "== versions"
-    timeout 60 "$PYTHON" - <<'EOF' 2>&1
+    echo "== GPUs, versions, smoke test"
+    timeout 40 "$PYTHON" - <<'EOF' 2>&1
 import importlib
 import platform
 import sys
 
-print("python", sys.version.split()[0], platform.platform())
-for name in ("numpy", "h5py", "PIL", "pytest", "torch", "cupy"):
+
+def attempt(what, fn):
+    """Print fn()'s line, or why it failed: one broken probe must not hide the others
+    (the GPU list below decides whether the tests run at all)."""
     try:
-        print(name, importlib.import_module(name).__version__)
-    except Exception as exc:  # absent or broken: say so, go on
-        print(name, "unavailable:", type(exc).__name__, exc)
+        print(what, fn())
+    except Exception as exc:
+        print(what, "FAILED:", type(exc).__name__, exc)
+
+
+print("python", sys.version.split()[0], platform.platform())
 try:
     import cupy
     rt = cupy.cuda.runtime
-    print("cuda runtime", rt.runtimeGetVersion(), "driver", rt.driverGetVersion())
-    print("nvrtc", cupy.cuda.nvrtc.getVersion())
     for i in range(rt.getDeviceCount()):
         p = rt.getDeviceProperties(i)
-        print(f"gpu {i}: {p['name'].decode()}, {p['totalGlobalMem'] / 2**30:.1f} GiB, "
+        name = p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"])
+        print(f"gpu {i}: {name}, {p['totalGlobalMem'] / 2**30:.1f} GiB, "
               f"sm_{p['major']}{p['minor']}, {p['multiProcessorCount']} SMs")
 except Exception as exc:
     print("cupy/CUDA:", type(exc).__name__, exc)
+for name in ("numpy", "h5py", "PIL", "pytest", "torch", "cupy"):
+    attempt(name, lambda: importlib.import_module(name).__version__)
+if "cupy" in sys.modules:
+    attempt("cuda runtime, driver", lambda: (rt.runtimeGetVersion(), rt.driverGetVersion()))
+    attempt("nvrtc", lambda: cupy.cuda.nvrtc.getVersion())
+
+    def raw_kernel():
+        a = cupy.ones(4, cupy.float32)
+        twice = cupy.RawKernel('extern "C" __global__ void twice(float* a) '
+                               '{ a[threadIdx.x] *= 2.0f; }', "twice")
+        twice((1,), (4,), (a,))
+        return a.get().tolist()
+
+    def product():
+        a = cupy.ones((64, 64), cupy.float32)
+        return float(cupy.matmul(a, a)[0, 0])
+
+    # The smallest uses of what the tests need: an array op, a compiled kernel, a product.
+    attempt("smoke: cupy.arange(4).sum() =", lambda: int(cupy.arange(4).sum()))
+    attempt("smoke: RawKernel doubling ones =", raw_kernel)
+    attempt("smoke: cupy.matmul of 64x64 ones, [0, 0] =", product)
 EOF
 } 2>&1 | tee "$OUT/env.txt"
 GPU_NAME=$(grep -m1 '^gpu 0:' "$OUT/env.txt" | cut -d' ' -f3- || true)
@@ -101,9 +131,12 @@ fi
 
 # ---------------------------------------------------------------- 2. GPU tests
 start=$SECONDS
-# No -x: one failing kernel must not hide the results of the others.
-timeout -k 10 "$TEST_TIMEOUT" "$PYTHON" -m pytest -q -m gpu -rs --durations=25 \
-    -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
+# No -x: one failing kernel must not hide the results of the others. CUDA reports a fault
+# at some later synchronisation, blamed on whatever runs then, and the fault breaks every
+# later test in the process; CUDA_LAUNCH_BLOCKING=1 makes it surface at the faulting launch
+# so the first failure names the right kernel (the tests' time is mostly NumPy's anyway).
+CUDA_LAUNCH_BLOCKING=1 timeout -k 10 "$TEST_TIMEOUT" "$PYTHON" -m pytest -q -m gpu -rs \
+    --durations=25 -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
 rc=${PIPESTATUS[0]}
 # pytest's last line is its tally ("70 passed, 3 skipped in 81.2s"); none if cut off.
 tally=$(grep -E '(passed|failed|error|skipped|no tests ran)' "$OUT/gpu_tests.log" | tail -n1)
@@ -117,7 +150,7 @@ timeout -k 10 "$BENCH_TIMEOUT" "$PYTHON" bench.py --device cuda $BENCH_ARGS \
 rc=${PIPESTATUS[0]}
 result="bench.py $BENCH_ARGS"
 if [ -f "$OUT/bench.json" ]; then
-    result="$result; $(timeout 30 "$PYTHON" - "$OUT/bench.json" <<'EOF' 2>&1
+    result="$result; $(timeout 20 "$PYTHON" - "$OUT/bench.json" <<'EOF' 2>&1
 import json
 import sys
 
