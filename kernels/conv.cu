@@ -49,10 +49,11 @@
  *   separable, element = src[part(r) + part(col)] (see IgPart), so each thread computes
  *   its columns' parts once, and per step one reduction index's part, counted forward
  *   rather than divided (IgDigits); an element then costs a few adds and compares, in
- *   32-bit offsets (the launcher keeps every tensor under 2^31 elements).  Instructions
- *   in the main loop's body (512 of them FMAs; sm_90 SASS, counted statically, no GPU
- *   timing yet) went from 835 to 673 (forward), from 896 to 690 (backward weights) and
- *   from 1294 to 676 (backward data, whose old loop also held the stride > 1 code).
+ *   32-bit offsets (the launcher keeps every tensor under 2^31 elements).  The main
+ *   loop's body (512 FMAs per step) went from 838 to 664 instructions (forward), 884 to
+ *   682 (backward weights) and 1279 to 667 (backward data, whose old loop also held the
+ *   stride > 1 code): FMAs are 75-77% of it, up from 40-61% (`python -m
+ *   tools.sass_stats conv.cu`, sm_90 as CuPy compiles it; counted, not timed).
  *   With stride > 1 most of backward data's B operand is zero (between strides) and not
  *   separable, so the launcher uses the v1 gather there.
  *
@@ -550,8 +551,9 @@ __device__ __forceinline__ void ig_tile(int mode, int strided, const ConvGeom& g
     }
 }
 
-/* The 128-row kernels are capped at 128 registers (__launch_bounds__) so that two blocks
-   fit on a multiprocessor; ptxas then spills a few loop-invariant values.  Each pass has
+/* The kernels are capped at 128 registers (__launch_bounds__) so that two blocks fit on a
+   multiprocessor; the 128-row ones use all 128, without spilling (for sm_90: python -m
+   tools.sass_stats conv.cu).  Each pass has
    a 128-row and a 64-row (_m64) kernel with the same arguments; the launcher picks the
    one that leaves fewer tile rows idle.  Grid (ceil(Ncol / 128), ceil(M / BM), G [* S]),
    block 256. */

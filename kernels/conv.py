@@ -34,7 +34,8 @@ def tile_rows(m):
     """Version 2's tile height for a product with m rows: 64 where 64-row tiles leave fewer
     rows idle than 128-row ones (m = 48: 64 rows computed instead of 128; m = 192: 192
     instead of 256), else 128. A 128-row tile issues more of its instructions as FMAs
-    (76% against 66-68% in the main loop, sm_90 SASS), so ties go to it (m = 96)."""
+    (75-77% of its main loop against 64-67%: python -m tools.sass_stats conv.cu), so ties
+    go to it (m = 96)."""
     return NARROW if cdiv(m, NARROW) * NARROW < cdiv(m, TILE) * TILE else TILE
 
 

@@ -21,6 +21,7 @@ KernelCompileError with the file, line and the compiler's message.
 import glob
 import os
 import re
+import struct
 import sys
 
 import numpy as np
@@ -71,6 +72,11 @@ def resolve_source(file):
     rel = os.path.relpath(path, REPO_ROOT)
     display = path if rel.startswith('..') else rel.replace(os.sep, '/')
     return path, display
+
+
+def project_kernel_files():
+    """The names of the project's CUDA sources, kernels/*.cu, sorted."""
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(KERNELS_DIR, '*.cu')))
 
 
 def read_text(path):
@@ -387,6 +393,44 @@ def load_nvrtc():
             except Exception as e:  # noqa: BLE001
                 error = e
     raise ImportError(f'NVRTC could not be loaded: {error}')
+
+
+# Options CuPy's RawModule adds to ours (cupy.cuda.compiler._compile_with_cache_cuda).
+CUPY_ADDED_OPTIONS = ('-ftz=true',)
+
+
+def nvrtc_cubin(source, display, arch, extra_options=()):
+    """Compile assembled source with NVRTC straight to a cubin for `arch` ('sm_90'), with
+    the options CuPy uses, so ptxas runs too (its limits, and with extra_options
+    ('--ptxas-options=-v',) its report). Works without a GPU. Returns (cubin bytes, log);
+    raises KernelCompileError naming the file and line, ImportError without NVRTC.
+
+    CuPy's getCUBIN returns one byte less than NVRTC's size (CuPy 14.2): the ELF's last
+    header then ends past the data, which a GPU's loader forgives but cuobjdump does not,
+    so the bytes are padded to the end of the ELF's header tables."""
+    nvrtc = load_nvrtc()
+    program = nvrtc.createProgram(source, display, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(program, [f'--gpu-architecture={arch}', *NVRTC_OPTIONS,
+                                           *CUPY_ADDED_OPTIONS, *extra_options])
+        except nvrtc.NVRTCError:
+            raise compile_error(nvrtc.getProgramLog(program), display, 'NVRTC') from None
+        log = nvrtc.getProgramLog(program).replace('\x00', '')
+        return _whole_elf(bytes(nvrtc.getCUBIN(program))), log
+    finally:
+        nvrtc.destroyProgram(program)
+
+
+def _whole_elf(data):
+    """An ELF64 image padded with zero bytes to the end of its program and section header
+    tables (see nvrtc_cubin)."""
+    if len(data) < 64 or data[:4] != b'\x7fELF':
+        return data
+    phoff, shoff = struct.unpack_from('<QQ', data, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from('<HHHH', data, 0x36)
+    end = max(phoff + phentsize * phnum, shoff + shentsize * shnum)
+    return data + b'\x00' * max(0, end - len(data))
 
 
 def _nvrtc_wheel_libraries():

@@ -6,12 +6,7 @@ The fixtures that give those tests a runner live in tests/conftest.py:
           through shared memory)
     cuda  a CuPy runner on the GPU (only for tests marked gpu)
 """
-import glob
-import os
-
 import numpy as np
-
-from kernels.runner import KERNELS_DIR
 
 # Thread orders inside a block that every kernel test runs under: the kernels must not
 # depend on which thread of a block goes first.
@@ -24,11 +19,6 @@ EMU_ORDERS_WITH_RANDOM = EMU_ORDERS + ("random",)
 def to_host(a):
     """A device array (cupy) or a host array (numpy) as a NumPy array."""
     return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
-def project_kernel_files():
-    """The names of the project's CUDA sources, kernels/*.cu, sorted."""
-    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(KERNELS_DIR, "*.cu")))
 
 
 def assert_close(got, want, name="", rtol=1e-4):

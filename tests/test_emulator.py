@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from kernels.runner import (KernelCompileError, KernelLaunchError, EmuRunner, check_args,
-                            get_runner, parse_signatures, read_text, resolve_source)
-from tests.kernel_testing import EMU_ORDERS_WITH_RANDOM, project_kernel_files, to_host
+                            get_runner, parse_signatures, project_kernel_files, read_text,
+                            resolve_source)
+from tests.kernel_testing import EMU_ORDERS_WITH_RANDOM, to_host
 
 ORDERS = EMU_ORDERS_WITH_RANDOM
 

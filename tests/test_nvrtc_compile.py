@@ -4,16 +4,14 @@ The source is assembled exactly as CupyRunner does (prelude + `#line 1 "<file>"`
 compiled with NVRTC's low-level calls, which work on machines without a CUDA device, with
 the options CuPy's RawModule uses: ours plus the `-ftz=true` CuPy adds, straight to a cubin
 for the real architecture (as CuPy does), so ptxas' checks (shared memory per block,
-registers) run too, not only the front end.
+registers) run too, not only the front end (kernels/runner.py nvrtc_cubin).
 """
 import pytest
 
-from kernels.runner import (NVRTC_OPTIONS, KernelCompileError, assemble_source, compile_error,
-                            find_kernels, load_nvrtc, read_text, resolve_source)
-from tests.kernel_testing import project_kernel_files
+from kernels.runner import (KernelCompileError, assemble_source, find_kernels, load_nvrtc,
+                            nvrtc_cubin, project_kernel_files, read_text, resolve_source)
 
 ARCHS = ('sm_80', 'sm_90')
-CUPY_ADDS = ('-ftz=true',)  # cupy.cuda.compiler._compile_with_cache_cuda appends it
 
 
 @pytest.fixture(scope='module')
@@ -25,18 +23,11 @@ def nvrtc():
 
 
 def nvrtc_compile(nvrtc, source, name, arch):
-    """Compile with NVRTC to a cubin; returns the log, raises KernelCompileError on failure."""
-    program = nvrtc.createProgram(source, name, [], [])
-    try:
-        try:
-            nvrtc.compileProgram(program, [f'--gpu-architecture={arch}', *NVRTC_OPTIONS,
-                                           *CUPY_ADDS])
-        except nvrtc.NVRTCError:
-            raise compile_error(nvrtc.getProgramLog(program), name, 'NVRTC') from None
-        assert len(nvrtc.getCUBIN(program)) > 0, f'{name}: no cubin for {arch}'
-        return nvrtc.getProgramLog(program)
-    finally:
-        nvrtc.destroyProgram(program)
+    """Compile with NVRTC to a cubin (as CupyRunner does); returns the log, raises
+    KernelCompileError on failure."""
+    cubin, log = nvrtc_cubin(source, name, arch)
+    assert cubin[:4] == b'\x7fELF', f'{name}: no cubin for {arch}'
+    return log
 
 
 @pytest.mark.parametrize('arch', ARCHS)
