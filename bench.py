@@ -728,7 +728,8 @@ def reference_algorithms(device, case, layer):
 
 def kernel_versions(device, case, layer=None):
     """[(label, ops)] for each kept version of the kernel `case` times (kernel devices;
-    on the CPU path, reference_algorithms: the convolution algorithms).
+    on the CPU path, reference_algorithms: the convolution algorithms). A launcher whose
+    TILED_VERSION can force its tile height (conv) adds that version at each height.
 
     The launcher module's VERSIONS tuple lists them. A backward that takes no `version=`
     follows its forward's (kernels/conv.py and gemm.py keep it in the cache), so the
@@ -748,10 +749,15 @@ def kernel_versions(device, case, layer=None):
             return []
     out = []
     for v in module.VERSIONS:
-        ops = subject_ops(device)
-        setattr(ops, target, functools.partial(getattr(module, target), device.runner,
-                                               version=v))
-        out.append((str(v), ops))
+        variants = [(str(v), {})]
+        if v == getattr(module, 'TILED_VERSION', None):   # conv: each tile height too
+            variants += [(f'{v}, {h}-row tiles', {'tile_rows': h})
+                         for h in module.TILE_HEIGHTS]
+        for label, extra in variants:
+            ops = subject_ops(device)
+            setattr(ops, target, functools.partial(getattr(module, target), device.runner,
+                                                   version=v, **extra))
+            out.append((label, ops))
     return out
 
 

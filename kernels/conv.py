@@ -4,7 +4,8 @@ Same signatures as nn/conv.py with a leading `runner` (kernels/runner.py) and an
 `version`:
     1  direct kernels, one thread per output element (conv_*_v1)
     2  implicit GEMM with register-blocked tiles of 128 columns and 128 or 64 rows
-       (conv_*_v2 and conv_*_v2_m64, default; tile_rows picks the height)
+       (conv_*_v2 and conv_*_v2_m64, default; auto_tile_rows picks the height per pass,
+       tile_rows=128 or 64 forces one for a layer's forward and backward)
 The version chosen in the forward is kept in the cache and used by the backward, except
 that version 2 computes dx with version 1's gather kernel when stride > 1 (see
 conv_backward).
@@ -30,13 +31,22 @@ NARROW = 64      # rows of version 2's narrow tiles (the *_m64 kernels)
 _R_STEP = 8      # version 2's reduction step; split chunks are multiples of it
 
 
-def tile_rows(m):
+TILED_VERSION = 2                # the version whose tile height tile_rows= may force,
+TILE_HEIGHTS = (TILE, NARROW)    # to one of these
+
+
+def auto_tile_rows(m):
     """Version 2's tile height for a product with m rows: 64 where 64-row tiles leave fewer
     rows idle than 128-row ones (m = 48: 64 rows computed instead of 128; m = 192: 192
     instead of 256), else 128. A 128-row tile issues more of its instructions as FMAs
     (75-77% of its main loop against 64-67%: python -m tools.sass_stats conv.cu), so ties
     go to it (m = 96)."""
     return NARROW if cdiv(m, NARROW) * NARROW < cdiv(m, TILE) * TILE else TILE
+
+
+def _height(forced, m):
+    """Version 2's tile height for a pass with m rows: the forced one, else auto_tile_rows."""
+    return forced or auto_tile_rows(m)
 
 
 def _v2_kernel(runner, pass_name, rows):
@@ -63,14 +73,18 @@ def _check_conv_args(runner, x, w, b, stride, pad, group, layer):
 
 
 def conv_forward(runner, x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv',
-                 version=None):
+                 version=None, tile_rows=None):
     """Caffe convolution, optionally followed by ReLU (fused into the kernel).
 
     x (N, C, H, W), w (K, C // group, kh, kw), b (K,)  ->  y (N, K, Ho, Wo),
     Ho = (H + 2*pad - kh) // stride + 1. Returns (y, cache); with relu=True the cache
-    references y, so do not modify y in place before conv_backward.
+    references y, so do not modify y in place before conv_backward. tile_rows: see the
+    module docstring (None: each pass picks its own).
     """
     version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer)
+    if tile_rows is not None and (version != TILED_VERSION or tile_rows not in TILE_HEIGHTS):
+        fail(layer, f"tile_rows must be None or one of {TILE_HEIGHTS} with version "
+                    f"{TILED_VERSION}, got {tile_rows!r} with version {version}")
     stride, pad, group, ho, wo = _check_conv_args(runner, x, w, b, stride, pad, group, layer)
     n, k = x.shape[0], w.shape[0]
     if version == 2:
@@ -80,11 +94,12 @@ def conv_forward(runner, x, w, b, stride=1, pad=0, group=1, relu=False, layer='c
     if version == 1:
         kernel, grid = runner.kernel("conv.cu", "conv_forward_v1"), (cdiv(y.size, BLOCK), 1, 1)
     else:
-        rows = tile_rows(k // group)
+        rows = _height(tile_rows, k // group)
         kernel = _v2_kernel(runner, "forward", rows)
         grid = (cdiv(n * ho * wo, TILE), cdiv(k // group, rows), group)
     kernel(grid, (BLOCK, 1, 1), (x, w, b, y) + geom + (np.int32(relu),))
-    cache = dict(x=x, w=w, y=y if relu else None, geom=geom, version=version, layer=layer)
+    cache = dict(x=x, w=w, y=y if relu else None, geom=geom, version=version, layer=layer,
+                 tile_rows=tile_rows)
     return y, cache
 
 
@@ -106,8 +121,8 @@ def conv_backward(runner, dy, cache, need_dx=True):
     need_dx=False skips the input-gradient kernel and returns dx = None (a network's
     first layer needs no gradient for its input).
     """
-    x, w, y, geom, version = cache["x"], cache["w"], cache["y"], cache["geom"], \
-        cache["version"]
+    x, w, y, geom, version, forced = (cache[key] for key in
+                                      ("x", "w", "y", "geom", "version", "tile_rows"))
     n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)
     layer = f"{cache['layer']} (backward)"
     check_upstream_grad(runner, dy, (n, k, ho, wo), layer)
@@ -128,24 +143,25 @@ def conv_backward(runner, dy, cache, need_dx=True):
     dx = None
     if need_dx:
         dx = _backward_data(runner, dy_eff, w, xp.empty_like(x), geom,
-                            1 if version == 1 or stride > 1 else 2)
+                            1 if version == 1 or stride > 1 else 2, forced)
     dw = xp.empty_like(w)
     if version == 1:
         runner.kernel("conv.cu", "conv_backward_weights_v1")(
             (cdiv(dw.size, BLOCK), 1, 1), (BLOCK, 1, 1), (dy_eff, x, dw) + geom)
     else:
-        _backward_weights_v2(runner, dy_eff, x, dw, geom)
+        _backward_weights_v2(runner, dy_eff, x, dw, geom, tile_rows=forced)
     return dx, dw, db
 
 
-def _backward_data(runner, dy_eff, w, dx, geom, version):
-    """dx (N, C, H, W) from the (ReLU-masked) dy by conv_backward_data_v<version>."""
+def _backward_data(runner, dy_eff, w, dx, geom, version, tile_rows=None):
+    """dx (N, C, H, W) from the (ReLU-masked) dy by conv_backward_data_v<version>
+    (version 2: tiles of tile_rows rows, None for auto_tile_rows)."""
     n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)
     if version == 1:
         kernel = runner.kernel("conv.cu", "conv_backward_data_v1")
         grid = (cdiv(dx.size, BLOCK), 1, 1)
     else:
-        rows = tile_rows(c // group)
+        rows = _height(tile_rows, c // group)
         kernel = _v2_kernel(runner, "backward_data", rows)
         grid = (cdiv(n * h * wid, TILE), cdiv(c // group, rows), group)
     kernel(grid, (BLOCK, 1, 1), (dy_eff, w, dx) + geom)
@@ -159,14 +175,14 @@ def _weight_grad_split(reduction, tiles, splits=None):
     return split_reduction(reduction, tiles, splits, _R_STEP)
 
 
-def _backward_weights_v2(runner, dy_eff, x, dw, geom, splits=None):
+def _backward_weights_v2(runner, dy_eff, x, dw, geom, splits=None, tile_rows=None):
     """dw (K, Cg, kh, kw) by conv_backward_weights_v2, with the reduction over N * Ho * Wo
     split into chunks (partial sums in a (chunks, K, Cg*kh*kw) buffer, then
     gemm_splitk_reduce, the fully connected layers' split-K sum) when there are few
-    output tiles. splits: see _weight_grad_split."""
+    output tiles. splits: see _weight_grad_split; tile_rows: None for auto_tile_rows."""
     n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)
     cols, rows = (c // group) * kh * kw, k // group
-    height = tile_rows(rows)
+    height = _height(tile_rows, rows)
     grid_xy = (cdiv(cols, TILE), cdiv(rows, height))
     chunk, count = _weight_grad_split(n * ho * wo, grid_xy[0] * grid_xy[1] * group, splits)
     target = dw if count == 1 else runner.xp.empty((count,) + dw.shape, dtype=np.float32)

@@ -191,10 +191,12 @@ def test_versions_bind_the_launchers():
     from nn.device import get_device
     device = get_device('emu')
     cases = {c.name: c for c in bench.build_cases(flops.caffenet_layers(), 1)}
-    labels = [v for v, _ in bench.kernel_versions(device, cases['conv2.backward'])]
-    assert labels == ['1', '2']
-    _, ops = bench.kernel_versions(device, cases['conv2.backward'])[0]
-    assert ops.conv_forward.keywords == {'version': 1}  # the backward follows its forward
+    versions = bench.kernel_versions(device, cases['conv2.backward'])
+    assert [v for v, _ in versions] == ['1', '2', '2, 128-row tiles', '2, 64-row tiles']
+    # The backward follows its forward (version and tile height are in the cache).
+    assert [ops.conv_forward.keywords for _, ops in versions] == [
+        {'version': 1}, {'version': 2}, {'version': 2, 'tile_rows': 128},
+        {'version': 2, 'tile_rows': 64}]
     labels = [v for v, _ in bench.kernel_versions(device, cases['fc6.gemm_forward'])]
     assert labels == ['1', '2', '3']
     layers = {l.name: l for l in flops.caffenet_layers()}

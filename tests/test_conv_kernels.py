@@ -18,22 +18,10 @@ from tests.kernel_testing import EMU_ORDERS_WITH_RANDOM, assert_close, uniform
 # shows under some thread order, so the random one runs too.
 EMU_ORDERS = EMU_ORDERS_WITH_RANDOM
 
-VERSIONS = conv.VERSIONS
-
-# Every kernel: version 1, and version 2 in both tile heights (its launcher picks one by
-# the product's row count, conv.tile_rows; the tests force each on every case).
-KERNELS = [(1, None), (2, conv.TILE), (2, conv.NARROW)]
-KERNEL_IDS = ["v1", "v2-128rows", "v2-64rows"]
-
-
-@pytest.fixture
-def force_tile(monkeypatch):
-    """force_tile(rows) makes version 2 use tiles of `rows` rows (None: the launcher's
-    choice)."""
-    def force(rows):
-        if rows is not None:
-            monkeypatch.setattr(conv, "tile_rows", lambda m: rows)
-    return force
+# Every kernel: version 1, and version 2 in both tile heights (its launcher picks one per
+# pass by the product's row count, conv.auto_tile_rows; the tests force each on every case).
+KERNELS = [(1, None)] + [(2, rows) for rows in conv.TILE_HEIGHTS]
+KERNEL_IDS = ["v1"] + [f"v2-{rows}rows" for rows in conv.TILE_HEIGHTS]
 
 
 def make_problem(x_shape, k, kh, kw, group, seed):
@@ -54,7 +42,7 @@ def reference(x, w, b, dy_seed, stride, pad, group, relu):
 
 
 def check_conv(runner, x_shape, k, kh, kw, stride, pad, group, relu, version, seed=0,
-               want=None):
+               want=None, tile_rows=None):
     x, w, b = make_problem(x_shape, k, kh, kw, group, seed)
     if want is None:
         want = reference(x, w, b, seed + 1, stride, pad, group, relu)
@@ -62,7 +50,7 @@ def check_conv(runner, x_shape, k, kh, kw, stride, pad, group, relu, version, se
     xp = runner.xp
     y, cache = conv.conv_forward(runner, xp.asarray(x), xp.asarray(w), xp.asarray(b),
                                  stride=stride, pad=pad, group=group, relu=relu,
-                                 version=version)
+                                 version=version, tile_rows=tile_rows)
     dx, dw, db = conv.conv_backward(runner, xp.asarray(dy), cache)
     assert y.shape == y_ref.shape and dx.shape == x.shape and dw.shape == w.shape
     for name, got, ref_value in (("y", y, y_ref), ("dx", dx, dx_ref), ("dw", dw, dw_ref),
@@ -90,46 +78,44 @@ IDS = ["plain", "stride2-group2", "stride3-pad2-group3", "conv1-like", "col-tile
 @pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_conv_matches_reference(emu, force_tile, case, relu, kernel):
+def test_conv_matches_reference(emu, case, relu, kernel):
     version, rows = kernel
-    force_tile(rows)
-    check_conv(emu, *case, relu=relu, version=version)
+    check_conv(emu, *case, relu=relu, version=version, tile_rows=rows)
 
 
-@pytest.mark.parametrize("rows", [conv.TILE, conv.NARROW])
+@pytest.mark.parametrize("rows", conv.TILE_HEIGHTS)
 @pytest.mark.parametrize("splits", [1, 3, 7])
-def test_conv_weight_grad_split_reduction(emu, force_tile, splits, rows):
+def test_conv_weight_grad_split_reduction(emu, splits, rows):
     """Version 2's weight gradient with its reduction over N*Ho*Wo = 3*7*6 = 126 cut into
     chunks (multiples of 8, the last one short) summed by gemm_splitk_reduce."""
-    force_tile(rows)
     x_shape, k, kh, kw, stride, pad, group = (3, 4, 9, 8), 6, 3, 3, 1, 0, 2
     x, w, b = make_problem(x_shape, k, kh, kw, group, seed=5)
     _, dy, _, dw_ref, _ = reference(x, w, b, 6, stride, pad, group, relu=False)
     _, cache = conv.conv_forward(emu, x, w, b, stride=stride, pad=pad, group=group)
     dw = np.empty_like(w)
-    conv._backward_weights_v2(emu, dy, x, dw, cache["geom"], splits=splits)
+    conv._backward_weights_v2(emu, dy, x, dw, cache["geom"], splits=splits, tile_rows=rows)
     assert_close(dw, dw_ref, f"splits={splits}")
 
 
-@pytest.mark.parametrize("rows", [conv.TILE, conv.NARROW])
+@pytest.mark.parametrize("rows", conv.TILE_HEIGHTS)
 @pytest.mark.parametrize("case", [c for c in CASES if c[4] > 1],
                          ids=[i for c, i in zip(CASES, IDS) if c[4] > 1])
-def test_conv_backward_data_v2_strided(emu, force_tile, case, rows):
+def test_conv_backward_data_v2_strided(emu, case, rows):
     """conv_backward dispatches stride > 1 to the v1 gather; the v2 kernel must still be
     right there (its B operand is zero between strides)."""
-    force_tile(rows)
     x_shape, k, kh, kw, stride, pad, group = case
     x, w, b = make_problem(x_shape, k, kh, kw, group, seed=9)
     _, dy, dx_ref, _, _ = reference(x, w, b, 10, stride, pad, group, relu=False)
     _, cache = conv.conv_forward(emu, x, w, b, stride=stride, pad=pad, group=group)
-    dx = conv._backward_data(emu, dy, w, np.empty_like(x), cache["geom"], version=2)
+    dx = conv._backward_data(emu, dy, w, np.empty_like(x), cache["geom"], version=2,
+                             tile_rows=rows)
     assert_close(dx, dx_ref, f"{case}")
 
 
-def test_tile_rows_leaves_fewest_rows_idle():
+def test_auto_tile_rows_leaves_fewest_rows_idle():
     """64-row tiles where they compute fewer padding rows, 128 otherwise and on ties:
     CaffeNet's M = 48 (conv2's dx) and 192 (conv4, conv5's dx) get 64, 96 (conv1) 128."""
-    assert [conv.tile_rows(m) for m in (5, 48, 64, 65, 96, 128, 131, 192, 256, 384)] == \
+    assert [conv.auto_tile_rows(m) for m in (5, 48, 64, 65, 96, 128, 131, 192, 256, 384)] == \
         [64, 64, 64, 128, 128, 128, 64, 64, 128, 128]
 
 
@@ -176,6 +162,11 @@ def test_conv_bad_inputs(emu):
         conv.conv_forward(emu, x[:, :, :2, :2].copy(), w, b, group=2)
     with pytest.raises(ValueError, match="conv: version"):
         conv.conv_forward(emu, x, w, b, group=2, version=3)
+    with pytest.raises(ValueError, match=r"conv: tile_rows must be None or one of \(128, "
+                                         r"64\) with version 2, got 96 with version 2"):
+        conv.conv_forward(emu, x, w, b, group=2, tile_rows=96)
+    with pytest.raises(ValueError, match=r"got 64 with version 1"):
+        conv.conv_forward(emu, x, w, b, group=2, version=1, tile_rows=64)
     _, cache = conv.conv_forward(emu, x, w, b, group=2, layer="conv5")
     with pytest.raises(ValueError, match=r"conv5 \(backward\): dy .*\(2, 6, 4, 4\)"):
         conv.conv_backward(emu, np.ones((2, 6, 4, 5), np.float32), cache)
@@ -191,19 +182,21 @@ CAFFENET_CONVS = {
     "conv4": ((384, 13, 13), 384, 3, 1, 1, 2),
     "conv5": ((384, 13, 13), 256, 3, 1, 1, 2),
 }
-_gpu_reference = {}   # (layer, batch) -> reference results, shared by both versions
+_gpu_reference = {}   # (layer, batch) -> reference results, shared by every kernel
 
 
 @pytest.mark.gpu
 @pytest.mark.slow
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("kernel", KERNELS + [(2, None)], ids=KERNEL_IDS + ["v2-auto"])
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("name", list(CAFFENET_CONVS))
-def test_conv_gpu_caffenet_shapes(cuda, name, batch, version):
+def test_conv_gpu_caffenet_shapes(cuda, name, batch, kernel):
     (c, h, w), k, ks, stride, pad, group = CAFFENET_CONVS[name]
     args = ((batch, c, h, w), k, ks, ks, stride, pad, group)
     key = (name, batch)
     if key not in _gpu_reference:
         x, wt, b = make_problem(args[0], k, ks, ks, group, seed=11)
         _gpu_reference[key] = reference(x, wt, b, 12, stride, pad, group, relu=True)
-    check_conv(cuda, *args, relu=True, version=version, seed=11, want=_gpu_reference[key])
+    version, rows = kernel
+    check_conv(cuda, *args, relu=True, version=version, seed=11, want=_gpu_reference[key],
+               tile_rows=rows)
