@@ -1029,8 +1029,9 @@ def print_table(report, out=None):
             if 'vendor_time_over_ours' in t:
                 line += f", torch/ours {t['vendor_time_over_ours']:.2f}"
         print(line, file=out)
-        if 'error' in r:
-            print(f"    {r['error']}", file=out)
+        for x in (r, t or {}):
+            if 'error' in x:
+                print(f"    {x['error']}", file=out)
     for note in report['notes']:
         print(f'note: {note}', file=out)
 

@@ -38,7 +38,7 @@
  *   with gemm_v3).  Each pass also has a narrow kernel (_m64) whose tiles have 64 rows,
  *   4 x 8 per thread: CaffeNet's M = 48 (conv2's dx) would leave 80 of a 128-row tile's
  *   rows idle, and M = 192 (conv4, conv5) a quarter of its rows; the launcher picks the
- *   height (kernels/conv.py tile_rows).  With 128-row tiles alone, 24% of the tile work
+ *   height (kernels/conv.py auto_tile_rows).  With 128-row tiles alone, 24% of the tile work
  *   of a CaffeNet training step is padding; choosing per pass leaves 9%.
  *   Grid (ceil(Ncol / 128), ceil(M / BM), G * S), BM = 128 or 64: z is
  *   (split s, group g) = (z / G, z % G).  Only backward weights uses S > 1 splits: its
@@ -299,11 +299,11 @@ __device__ __forceinline__ void ig_col_radix(int mode, const ConvGeom& g, int* m
 /* The B operand is separable: with a part computed from r alone and a part from col alone,
      B[r, col] = src[r.lin + col.lin]   if 0 <= r.y + col.y < ylim and 0 <= r.x + col.x < xlim,
                  0                      otherwise (the padding),
-   where (y, x) is the pixel read, as a row and column of the image (forward, backward
-   weights: x, ylim = H, xlim = W) or of dy (backward data: ylim = Ho, xlim = Wo), and
-   lin its flat offset.  So a thread computes each column's part once, each step's r part
-   once, and an element costs two adds, two compares and a load.  Offsets are int: the
-   launcher checks that every tensor has fewer than 2^31 elements.
+   where (y, x) is the pixel read, as a row and column of the input image x (forward,
+   backward weights: ylim = H, xlim = W) or of dy (backward data: ylim = Ho, xlim = Wo),
+   and lin its flat offset.  So a thread computes each column's part once, each step's r
+   part once, and an element costs three adds, two compares and a load.  Offsets are int:
+   the launcher checks that every tensor has fewer than 2^31 elements.
      forward          r (c, i, j):     y = i,        x = j,        lin = c H W + i W + j
                       col (n, oh, ow): y = oh s - pad, x = ow s - pad,
                                        lin = (n C + grp Cg) H W + y W + x
@@ -513,7 +513,8 @@ __device__ __forceinline__ void ig_tile(int mode, int strided, const ConvGeom& g
         for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
 
     /* As in gemm_v3, threads whose sub-tile lies wholly outside out skip the arithmetic
-       (e.g. backward data with Cg = 48 channels: 4 of 16 thread rows have work). */
+       (e.g. backward data with Cg = 48 channels on a 128-row tile: 12 of 16 thread rows
+       have work, and half the accumulators of those). */
     int live = (m0 + ty * 4 < M) && (n0 + tx * 4 < Ncol);
 
     IgLoader L;
@@ -551,9 +552,9 @@ __device__ __forceinline__ void ig_tile(int mode, int strided, const ConvGeom& g
     }
 }
 
-/* The kernels are capped at 128 registers (__launch_bounds__) so that two blocks fit on a
-   multiprocessor; the 128-row ones use all 128, without spilling (for sm_90: python -m
-   tools.sass_stats conv.cu).  Each pass has
+/* The 128-row kernels are capped at 128 registers (__launch_bounds__) so that two blocks
+   fit on a multiprocessor, the 64-row ones at 85 so that three do; neither spills (for
+   sm_90: python -m tools.sass_stats conv.cu).  Each pass has
    a 128-row and a 64-row (_m64) kernel with the same arguments; the launcher picks the
    one that leaves fewer tile rows idle.  Grid (ceil(Ncol / 128), ceil(M / BM), G [* S]),
    block 256. */
@@ -567,7 +568,7 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
                  As, Bs);
 }
 
-extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(IG_THREADS, 3)
     conv_forward_v2_m64(const float* x, const float* w, const float* b, float* y,
                         CONV_GEOM_PARAMS, int relu) {
     IG_SHARED_SLABS(64);
@@ -593,7 +594,7 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     ig_backward_data<128>(conv_geom(CONV_GEOM_ARGS), dy, w, dx, As, Bs);
 }
 
-extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(IG_THREADS, 3)
     conv_backward_data_v2_m64(const float* dy, const float* w, float* dx, CONV_GEOM_PARAMS) {
     IG_SHARED_SLABS(64);
     ig_backward_data<64>(conv_geom(CONV_GEOM_ARGS), dy, w, dx, As, Bs);
@@ -609,7 +610,7 @@ extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
                  r_chunk, As, Bs);
 }
 
-extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(IG_THREADS, 3)
     conv_backward_weights_v2_m64(const float* dy, const float* x, float* dw_partial,
                                  CONV_GEOM_PARAMS, int r_chunk) {
     IG_SHARED_SLABS(64);

@@ -39,8 +39,10 @@ def auto_tile_rows(m):
     """Version 2's tile height for a product with m rows: 64 where 64-row tiles leave fewer
     rows idle than 128-row ones (m = 48: 64 rows computed instead of 128; m = 192: 192
     instead of 256), else 128. A 128-row tile issues more of its instructions as FMAs
-    (75-77% of its main loop against 64-67%: python -m tools.sass_stats conv.cu), so ties
-    go to it (m = 96)."""
+    (75-77% of its main loop against 63-66%: python -m tools.sass_stats conv.cu), so ties
+    go to it (m = 96). Not weighed: how many blocks a pass gets (conv1's forward at
+    batch 1 has 24 tiles of 128 rows for 132 multiprocessors); the first GPU run's
+    bench.py --versions times both heights."""
     return NARROW if cdiv(m, NARROW) * NARROW < cdiv(m, TILE) * TILE else TILE
 
 
@@ -82,7 +84,8 @@ def conv_forward(runner, x, w, b, stride=1, pad=0, group=1, relu=False, layer='c
     module docstring (None: each pass picks its own).
     """
     version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer)
-    if tile_rows is not None and (version != TILED_VERSION or tile_rows not in TILE_HEIGHTS):
+    if tile_rows is not None and (version != TILED_VERSION or type(tile_rows) is not int
+                                  or tile_rows not in TILE_HEIGHTS):
         fail(layer, f"tile_rows must be None or one of {TILE_HEIGHTS} with version "
                     f"{TILED_VERSION}, got {tile_rows!r} with version {version}")
     stride, pad, group, ho, wo = _check_conv_args(runner, x, w, b, stride, pad, group, layer)
@@ -177,7 +180,7 @@ def _weight_grad_split(reduction, tiles, splits=None):
 
 def _backward_weights_v2(runner, dy_eff, x, dw, geom, splits=None, tile_rows=None):
     """dw (K, Cg, kh, kw) by conv_backward_weights_v2, with the reduction over N * Ho * Wo
-    split into chunks (partial sums in a (chunks, K, Cg*kh*kw) buffer, then
+    split into chunks (partial sums in a (chunks, K, Cg, kh, kw) buffer, then
     gemm_splitk_reduce, the fully connected layers' split-K sum) when there are few
     output tiles. splits: see _weight_grad_split; tile_rows: None for auto_tile_rows."""
     n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)

@@ -371,9 +371,9 @@ def _missing_kernel(name, display, names):
 def load_nvrtc():
     """Return cupy.cuda.nvrtc with a working libnvrtc, or raise ImportError saying why.
 
-    When CuPy cannot find libnvrtc by itself (no CUDA toolkit installed), load it from the
-    nvidia-cuda-nvrtc-cu12 wheel first: once a library with that soname is loaded globally,
-    CuPy's own dlopen finds it.
+    When CuPy cannot find libnvrtc by itself (no CUDA toolkit installed), load it from
+    NVIDIA's pip wheel (nvidia-cuda-nvrtc-cu12, or CUDA 13's; see _nvrtc_wheel_libraries)
+    first: once a library with that soname is loaded globally, CuPy's own dlopen finds it.
     """
     try:
         from cupy.cuda import nvrtc
@@ -386,12 +386,12 @@ def load_nvrtc():
         error = first
     import ctypes
     for lib in _nvrtc_wheel_libraries():
-            try:
-                ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
-                nvrtc.getVersion()
-                return nvrtc
-            except Exception as e:  # noqa: BLE001
-                error = e
+        try:
+            ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+            nvrtc.getVersion()
+            return nvrtc
+        except Exception as e:  # noqa: BLE001
+            error = e
     raise ImportError(f'NVRTC could not be loaded: {error}')
 
 

@@ -287,6 +287,19 @@ def test_network_crash_keeps_the_kernel_figures(tmp_path, monkeypatch, capsys):
     assert len(calls) == 1   # machine_info once per run, not once per JSON write
 
 
+def test_table_prints_pytorchs_network_error(capsys):
+    report = {'machine': {'device_name': 'test'}, 'kernels': [], 'notes': [],
+              'peaks': {'bandwidth_GBps': 1.0, 'fp32_GFLOPs': None},
+              'network': [{'name': 'net.inference', 'batch': 2, 'status': 'ok',
+                           'time_s': 0.5, 'images_per_s': 4.0,
+                           'torch': {'name': 'PyTorch', 'status': 'ERROR',
+                                     'error': 'RuntimeError: cuDNN failed'}}]}
+    bench.print_table(report)
+    out = capsys.readouterr().out
+    assert 'FP32 not measured' in out and '| PyTorch: ERROR' in out
+    assert '    RuntimeError: cuDNN failed' in out
+
+
 def test_peaks_without_a_matrix_product():
     """A failing matmul (a broken cuBLAS) leaves the FP32 peak unmeasured, not the run."""
     def matmul(*args, **kwargs):

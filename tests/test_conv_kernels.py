@@ -167,6 +167,8 @@ def test_conv_bad_inputs(emu):
         conv.conv_forward(emu, x, w, b, group=2, tile_rows=96)
     with pytest.raises(ValueError, match=r"got 64 with version 1"):
         conv.conv_forward(emu, x, w, b, group=2, version=1, tile_rows=64)
+    with pytest.raises(ValueError, match=r"got 64.0 with version 2"):
+        conv.conv_forward(emu, x, w, b, group=2, tile_rows=64.0)
     _, cache = conv.conv_forward(emu, x, w, b, group=2, layer="conv5")
     with pytest.raises(ValueError, match=r"conv5 \(backward\): dy .*\(2, 6, 4, 4\)"):
         conv.conv_backward(emu, np.ones((2, 6, 4, 5), np.float32), cache)

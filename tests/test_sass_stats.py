@@ -99,3 +99,13 @@ def test_compile_error_names_the_file_and_line(nvrtc, tmp_path, capsys):
     path.write_text('extern "C" __global__ void broken(float* y)\n{\n    y[0] = nope;\n}\n')
     assert sass_stats.main([str(path), '--no-sass']) == 2
     assert 'broken.cu:3' in capsys.readouterr().err
+
+
+def test_failing_cuobjdump_is_an_error_not_a_missing_loop(nvrtc, tmp_path):
+    fake = tmp_path / 'cuobjdump'
+    fake.write_text('#!/bin/sh\necho "cuobjdump fatal: bad cubin" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    path = tmp_path / 'one.cu'
+    path.write_text('extern "C" __global__ void one(float* y) { y[0] = 1.0f; }\n')
+    with pytest.raises(RuntimeError, match='-fun one failed: cuobjdump fatal: bad cubin'):
+        sass_stats.file_stats(str(path), 'sm_80', str(fake))

@@ -135,7 +135,8 @@ start=$SECONDS
 # at some later synchronisation, blamed on whatever runs then, and the fault breaks every
 # later test in the process; CUDA_LAUNCH_BLOCKING=1 makes it surface at the faulting launch
 # so the first failure names the right kernel (the tests' time is mostly NumPy's anyway).
-CUDA_LAUNCH_BLOCKING=1 timeout -k 10 "$TEST_TIMEOUT" "$PYTHON" -m pytest -q -m gpu -rs \
+# SIGINT at the time limit: pytest then still prints the tally of what it ran.
+CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 "$TEST_TIMEOUT" "$PYTHON" -m pytest -q -m gpu -rs \
     --durations=25 -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
 rc=${PIPESTATUS[0]}
 # pytest's last line is its tally ("70 passed, 3 skipped in 81.2s"); none if cut off.
@@ -144,6 +145,7 @@ record gpu_tests "$rc" $((SECONDS - start)) "${tally:-no pytest tally, see gpu_t
 
 # ---------------------------------------------------------------- 3. benchmark
 start=$SECONDS
+rm -f "$OUT/bench.json"   # an older run's figures must not pass for this run's
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
 timeout -k 10 "$BENCH_TIMEOUT" "$PYTHON" bench.py --device cuda $BENCH_ARGS \
     --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"

@@ -12,9 +12,11 @@ bytes, static shared memory). When cuobjdump is installed (any CUDA toolkit, or
 instructions, innermost if several tie, and the table gives that loop's length and its
 FFMA share.
 
-Why the FFMA share matters: a scheduler issues one instruction per cycle, so every
-address computation, compare or load in the loop takes the slot of an FMA, and the share
-bounds the fraction of the FP32 peak the kernel can reach. It is counted statically, each
+Why the FFMA share matters: on sm_90 (H100, H200) a scheduler issues one instruction per
+cycle and has an FMA unit for a whole warp, so every address computation, compare or load
+in the loop takes the slot of an FMA, and the share bounds the fraction of the FP32 peak
+the kernel can reach. (On sm_80, A100, a warp's FMA takes two cycles: a share of 50% can
+still reach the peak there.) It is counted statically, each
 instruction of the loop body once, whichever branches a run takes: a loop that holds two
 alternative paths looks longer than either. It is a reading of the code, not a
 measurement of speed: bench.py on a GPU is that.
@@ -132,6 +134,9 @@ def file_stats(name, arch, cuobjdump=None):
             for kernel in stats:
                 sass = subprocess.run([cuobjdump, '-sass', '-fun', kernel, cubin_path],
                                       capture_output=True, text=True, timeout=120)
+                if sass.returncode != 0:   # not to be mistaken for "no FMA loop"
+                    raise RuntimeError(f'{cuobjdump} -sass -fun {kernel} failed: '
+                                       f'{sass.stderr.strip() or sass.returncode}')
                 stats[kernel]['main_loop'] = main_loop(parse_sass(sass.stdout))
     return stats
 
@@ -175,7 +180,8 @@ def main(argv=None):
     try:
         results = {os.path.basename(n): file_stats(n, args.arch, cuobjdump)
                    for n in (args.files or project_kernel_files())}
-    except (KernelCompileError, ImportError, FileNotFoundError, ValueError) as exc:
+    except (KernelCompileError, ImportError, OSError, ValueError, RuntimeError,
+            subprocess.SubprocessError) as exc:
         print(f'sass_stats: {exc}', file=sys.stderr)
         return 2
     print(format_table(results, args.arch))
