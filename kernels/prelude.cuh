@@ -121,3 +121,93 @@ __device__ __forceinline__ void slab_multiply(const float* As, const float* Bs, 
             for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
     }
 }
+
+// ---- TF32 tensor cores: the micro-kernel of the products' TF32 versions --------------------
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: one warp-wide instruction adds the
+// product of a 16 x 8 and an 8 x 8 matrix, inputs in TF32 (float32's 8 exponent bits and 10
+// of its 23 mantissa bits), to a 16 x 8 float32 accumulator. Which thread holds which
+// element is the PTX ISA's layout ("Matrix Fragments for mma.m16n8k8", .tf32), with
+// g = lane / 4 and q = lane % 4:
+//     a[0] A[g][q]     a[1] A[g+8][q]     a[2] A[g][q+4]     a[3] A[g+8][q+4]
+//     b[0] B[q][g]     b[1] B[q+4][g]
+//     d[0] D[g][2q]    d[1] D[g][2q+1]    d[2] D[g+8][2q]    d[3] D[g+8][2q+1]
+// The emulator computes the same (kernels/emulator/shim.h), but synchronises the whole block
+// to do it: every thread of a block must call mma_m16n8k8_tf32 together.
+
+// x rounded to TF32, to nearest with ties away from zero (cvt.rna.tf32.f32): the products'
+// TF32 versions round each operand once, when it goes into shared memory.
+__device__ __forceinline__ float tf32_round(float x) {
+#ifdef CAFFENET_EMU
+    unsigned int u = __float_as_uint(x);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;  // not inf/NaN
+    return __uint_as_float(u);
+#else
+    unsigned int u;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
+    return __uint_as_float(u);
+#endif
+}
+
+// d += A B for one 16 x 8 x 8 tile, in the layout above.
+__device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const float a[4], const float b[2]) {
+#ifdef CAFFENET_EMU
+    emu_mma_m16n8k8_tf32(d, a, b);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(__float_as_uint(a[0])), "r"(__float_as_uint(a[1])), "r"(__float_as_uint(a[2])),
+          "r"(__float_as_uint(a[3])), "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
+#endif
+}
+
+// The TF32 twin of slab_multiply, for a tile of 32 * MT rows and 128 columns and 256 threads
+// (8 warps): warp w computes the rows (w / 4) * 16 MT .. + 16 MT and the columns
+// (w % 4) * 32 .. + 32 of the tile, MT x 4 mma tiles of 16 x 8, over one 8-deep slab
+// As[k][row], Bs[k][col]. acc[i][j] (i < 2 MT, j < 8) holds tile row mma_acc_row<MT>(i) and
+// column mma_acc_col(j). LDA and LDB should be 8 more than a multiple of 32: then the 32
+// lanes' fragment reads (rows q and q + 4, 8 consecutive elements each) hit 32 banks.
+template <int MT>
+__device__ __forceinline__ int mma_acc_row(int i) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    return (warp / 4) * 16 * MT + (i / 2) * 16 + lane / 4 + 8 * (i % 2);
+}
+
+__device__ __forceinline__ int mma_acc_col(int j) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    return (warp % 4) * 32 + (j / 2) * 8 + 2 * (lane % 4) + j % 2;
+}
+
+template <int LDA, int LDB, int MT>
+__device__ __forceinline__ void slab_multiply_tf32(const float* As, const float* Bs,
+                                                   float acc[][8]) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, q = lane % 4;
+    const float* a_rows = As + (warp / 4) * 16 * MT + g;
+    const float* b_cols = Bs + (warp % 4) * 32 + g;
+    float a[MT][4], b[4][2];
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi) {
+        a[mi][0] = a_rows[q * LDA + 16 * mi];
+        a[mi][1] = a_rows[q * LDA + 16 * mi + 8];
+        a[mi][2] = a_rows[(q + 4) * LDA + 16 * mi];
+        a[mi][3] = a_rows[(q + 4) * LDA + 16 * mi + 8];
+    }
+#pragma unroll
+    for (int nj = 0; nj < 4; ++nj) {
+        b[nj][0] = b_cols[q * LDB + 8 * nj];
+        b[nj][1] = b_cols[(q + 4) * LDB + 8 * nj];
+    }
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < 4; ++nj) {
+            float d[4] = {acc[2 * mi][2 * nj], acc[2 * mi][2 * nj + 1],
+                          acc[2 * mi + 1][2 * nj], acc[2 * mi + 1][2 * nj + 1]};
+            mma_m16n8k8_tf32(d, a[mi], b[nj]);
+            acc[2 * mi][2 * nj] = d[0];
+            acc[2 * mi][2 * nj + 1] = d[1];
+            acc[2 * mi + 1][2 * nj] = d[2];
+            acc[2 * mi + 1][2 * nj + 1] = d[3];
+        }
+}

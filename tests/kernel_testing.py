@@ -39,3 +39,14 @@ def uniform(rng, shape):
     """float32 values of `shape` in [-1, -0.1] u [0.1, 1]: no zeros, both signs."""
     a = rng.uniform(0.1, 1.0, size=shape) * rng.choice([-1.0, 1.0], size=shape)
     return a.astype(np.float32)
+
+
+def tf32_round(a):
+    """float32 `a` rounded to TF32 as cvt.rna.tf32.f32 (kernels/prelude.cuh tf32_round)
+    does: to nearest with ties away from zero, keeping 10 of the 23 mantissa bits; inf and
+    NaN unchanged. The reference the tensor-core versions are held to takes its inputs
+    through this."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    finite = (u & np.uint32(0x7F800000)) != np.uint32(0x7F800000)
+    rounded = (u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)
+    return np.where(finite, rounded, u).astype(np.uint32).view(np.float32)

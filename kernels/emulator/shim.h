@@ -141,6 +141,44 @@ static inline unsigned int __umulhi(unsigned int a, unsigned int b) {
 }
 static inline int __mulhi(int a, int b) { return (int)(((long long)a * b) >> 32); }
 
+// ---- tensor-core product: mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 -----------
+// On the GPU one warp-wide instruction, D (16 x 8) += A (16 x 8) B (8 x 8), each of the 32
+// threads holding pieces of the matrices in the PTX ISA's layout ("Matrix Fragments for
+// mma.m16n8k8", .tf32), with g = lane / 4 and q = lane % 4:
+//     a[0] A[g][q]     a[1] A[g+8][q]     a[2] A[g][q+4]     a[3] A[g+8][q+4]
+//     b[0] B[q][g]     b[1] B[q+4][g]
+//     d[0] D[g][2q]    d[1] D[g][2q+1]    d[2] D[g+8][2q]    d[3] D[g+8][2q+1]
+// Emulated: every thread leaves its fragments in a buffer (blocks run one after another on
+// an OS thread, so one buffer per library serves them all), the block synchronises, each
+// thread gathers its warp's A and B from it and computes its 4 elements of D, reading every
+// input as the tensor core does (the low 13 mantissa bits ignored: TF32), and the block
+// synchronises again. So every thread of the block must call it, together and in the
+// same order: stricter than the GPU, where the warp's 32 threads must.
+static float emu_mma_a[1024][4], emu_mma_b[1024][2];
+
+static inline float emu_tf32_read(float x) { return __uint_as_float(__float_as_uint(x) & 0xffffe000u); }
+
+static inline void emu_mma_m16n8k8_tf32(float d[4], const float a[4], const float b[2]) {
+    const unsigned int t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    const unsigned int warp0 = t - t % 32, g = (t % 32) / 4, q = t % 4;
+    for (int i = 0; i < 4; i++) emu_mma_a[t][i] = a[i];
+    for (int i = 0; i < 2; i++) emu_mma_b[t][i] = b[i];
+    __syncthreads();
+    for (int i = 0; i < 4; i++) {
+        const unsigned int row = g + 8 * (i / 2), col = 2 * q + i % 2;
+        float sum = d[i];
+        for (unsigned int k = 0; k < 8; k++) {
+            // A[row][k] is register (row / 8) + 2 (k / 4) of lane (row % 8) * 4 + k % 4;
+            // B[k][col] is register k / 4 of lane col * 4 + k % 4.
+            float av = emu_mma_a[warp0 + (row % 8) * 4 + k % 4][row / 8 + 2 * (k / 4)];
+            float bv = emu_mma_b[warp0 + col * 4 + k % 4][k / 4];
+            sum += emu_tf32_read(av) * emu_tf32_read(bv);
+        }
+        d[i] = sum;
+    }
+    __syncthreads();
+}
+
 // ---- min / max (CUDA overloads; mixed int/unsigned goes unsigned, as in CUDA) -------------
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline int max(int a, int b) { return a > b ? a : b; }
