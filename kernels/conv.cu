@@ -57,6 +57,14 @@
  *   With stride > 1 most of backward data's B operand is zero (between strides) and not
  *   separable, so the launcher uses the v1 gather there.
  *
+ * TF32 (tf32 = 1, the launcher's version 3): the same tiles and loaders, the operands
+ *   rounded to TF32 as they go into shared memory and each slab multiplied on tensor cores
+ *   (slab_multiply_tf32 in prelude.cuh: mma.sync.m16n8k8, warp w computing rows
+ *   (w / 4) BM/2 .. + BM/2 and columns (w % 4) 32 .. + 32 of the tile).  The main loop
+ *   issues 181-192 instructions per step for the 128-row tiles, against 657-669 on CUDA
+ *   cores (python -m tools.sass_stats conv.cu).  Shared rows are then padded by 8, so that
+ *   a warp's fragment reads hit 32 different banks.
+ *
  * Shared by both versions: conv_bias_grad, db[k] = sum over (n, oh, ow) of dy, one block
  * per filter with a shared-memory tree reduction; with a fused ReLU it also writes the
  * masked gradient dy * (y > 0) that the other passes then use.
@@ -232,14 +240,17 @@ extern "C" __global__ void conv_bias_grad(const float* dy, const float* y, float
 #define IG_BN 128          /* tile columns (Ncol)                        */
 #define IG_BK 8            /* reduction depth per step                   */
 #define IG_THREADS 256
-#define IG_LD_A(BM) ((BM) + 4)   /* padded shared rows: conflict-free stores, rows */
-#define IG_LD_B (IG_BN + 4)      /* stay 16-byte aligned for the float4 reads      */
+/* Padded shared rows.  CUDA cores (TF32 = 0): 4 more floats, so that the stores are
+   conflict free and rows stay 16-byte aligned for the float4 reads.  Tensor cores
+   (TF32 = 1): 8 more, so that a warp's fragment reads hit 32 banks (slab_multiply_tf32). */
+#define IG_LD_A(BM, TF32) ((BM) + ((TF32) ? 8 : 4))
+#define IG_LD_B(TF32) (IG_BN + ((TF32) ? 8 : 4))
 
-/* The double-buffered shared slabs of one v2 block (2 x 8 x (BM + 4) and 2 x 8 x 132
-   floats: 16.5 KiB for BM = 128). */
+/* The double-buffered shared slabs of one v2 block, sized for the larger padding:
+   2 x 8 x (BM + 8) and 2 x 8 x 136 floats (17 KiB for BM = 128). */
 #define IG_SHARED_SLABS(BM)                                            \
-    __shared__ __align__(16) float As[2 * IG_BK * IG_LD_A(BM)];        \
-    __shared__ __align__(16) float Bs[2 * IG_BK * IG_LD_B]
+    __shared__ __align__(16) float As[2 * IG_BK * IG_LD_A(BM, 1)];     \
+    __shared__ __align__(16) float Bs[2 * IG_BK * IG_LD_B(1)]
 
 #define IG_FORWARD 0
 #define IG_BACKWARD_DATA 1
@@ -463,13 +474,18 @@ __device__ __forceinline__ void ig_fetch(IgLoader* L, int mode, int strided,
     ig_digits_advance(&L->rd, IG_BK, L->rmid, L->rinner);
 }
 
-template <int BM>
+/* Store a thread's fetched elements into the shared slabs, rounded to TF32 for the tensor
+   cores (once per element here, rather than once per use in every fragment). */
+template <int BM, int TF32>
 __device__ __forceinline__ void ig_stash_a(float* S, int t, const float v[BM / 32]) {
-    for (int e = 0; e < BM / 32; ++e) S[(t % 8) * IG_LD_A(BM) + t / 8 + 32 * e] = v[e];
+    for (int e = 0; e < BM / 32; ++e)
+        S[(t % 8) * IG_LD_A(BM, TF32) + t / 8 + 32 * e] = TF32 ? tf32_round(v[e]) : v[e];
 }
 
+template <int TF32>
 __device__ __forceinline__ void ig_stash_b(float* S, int t, const float v[4]) {
-    for (int e = 0; e < 4; ++e) S[(t / 32) * IG_LD_B + t % 32 + 32 * e] = v[e];
+    for (int e = 0; e < 4; ++e)
+        S[(t / 32) * IG_LD_B(TF32) + t % 32 + 32 * e] = TF32 ? tf32_round(v[e]) : v[e];
 }
 
 /* Writes one finished element out[m, col] of group grp (split slice z for backward
@@ -494,12 +510,15 @@ __device__ __forceinline__ void ig_store(int mode, const ConvGeom& g, float* out
 /* One BM x 128 output tile of pass `mode`, see the header.  r_chunk: reduction length
    per split (a multiple of 8; >= R when there is one split).  As and Bs are the
    kernel's shared slabs, 2 buffers each (IG_SHARED_SLABS, declared in the kernels: the
-   emulator cannot place static shared arrays inside an inline function). */
-template <int BM>
-__device__ __forceinline__ void ig_tile(int mode, int strided, const ConvGeom& g,
-                                        const float* A,
+   emulator cannot place static shared arrays inside an inline function).  STRIDED:
+   backward data at stride > 1 (see ig_fetch).  TF32: the products on tensor cores
+   (slab_multiply_tf32) instead of CUDA cores (slab_multiply); the accumulators then hold
+   other elements of the tile (mma_acc_row / mma_acc_col instead of slab_sub). */
+template <int BM, int STRIDED, int TF32>
+__device__ __forceinline__ void ig_tile(int mode, const ConvGeom& g, const float* A,
                                         const float* B, float* out, const float* bias,
                                         int relu, int r_chunk, float* As, float* Bs) {
+    const int LDA = IG_LD_A(BM, TF32), LDB = IG_LD_B(TF32);
     int t = threadIdx.x, tx = t % 16, ty = t / 16;
     int grp = blockIdx.z % g.G, z = blockIdx.z / g.G;
     int M, Ncol, R;
@@ -508,14 +527,15 @@ __device__ __forceinline__ void ig_tile(int mode, int strided, const ConvGeom& g
     int r_begin = z * r_chunk;
     int r_end = r_begin + r_chunk < R ? r_begin + r_chunk : R;
 
-    float acc[BM / 16][8];   /* 8 x 8 sub-tile (BM = 128) or 4 x 8 (64) */
+    float acc[BM / 16][8];   /* CUDA cores: 8 x 8 sub-tile (BM = 128) or 4 x 8 (64) */
     for (int i = 0; i < BM / 16; ++i)
         for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
 
     /* As in gemm_v3, threads whose sub-tile lies wholly outside out skip the arithmetic
        (e.g. backward data with Cg = 48 channels on a 128-row tile: 12 of 16 thread rows
-       have work, and half the accumulators of those). */
-    int live = (m0 + ty * 4 < M) && (n0 + tx * 4 < Ncol);
+       have work, and half the accumulators of those).  Not on tensor cores: a warp's
+       mma needs all its threads. */
+    int live = TF32 || ((m0 + ty * 4 < M) && (n0 + tx * 4 < Ncol));
 
     IgLoader L;
     ig_loader_init<BM>(&L, mode, g, grp, M, Ncol, m0, n0, r_begin);
@@ -523,32 +543,52 @@ __device__ __forceinline__ void ig_tile(int mode, int strided, const ConvGeom& g
     /* Double buffering exactly as in gemm_v3: fetch the next slab into registers while
        multiplying the current one; one barrier per step. */
     float va[BM / 32], vb[4];
-    ig_fetch<BM>(&L, mode, strided, g, A, B, grp, Ncol, n0, r_end, va, vb);
-    ig_stash_a<BM>(As, t, va);
-    ig_stash_b(Bs, t, vb);
+    ig_fetch<BM>(&L, mode, STRIDED, g, A, B, grp, Ncol, n0, r_end, va, vb);
+    ig_stash_a<BM, TF32>(As, t, va);
+    ig_stash_b<TF32>(Bs, t, vb);
     __syncthreads();
     int buf = 0;
     for (int r0 = r_begin; r0 < r_end; r0 += IG_BK) {
         int has_next = r0 + IG_BK < r_end;
-        if (has_next) ig_fetch<BM>(&L, mode, strided, g, A, B, grp, Ncol, n0, r_end, va, vb);
-        if (live)
-            slab_multiply<IG_BK, IG_LD_B, BM / 64, IG_LD_A(BM)>(
-                As + buf * IG_BK * IG_LD_A(BM), Bs + buf * IG_BK * IG_LD_B, ty, tx, acc);
+        if (has_next) ig_fetch<BM>(&L, mode, STRIDED, g, A, B, grp, Ncol, n0, r_end, va, vb);
+        const float* as = As + buf * IG_BK * LDA;
+        const float* bs = Bs + buf * IG_BK * LDB;
+        if (TF32)
+            slab_multiply_tf32<LDA, LDB, BM / 32>(as, bs, acc);
+        else if (live)
+            slab_multiply<IG_BK, LDB, BM / 64, LDA>(as, bs, ty, tx, acc);
         if (has_next) {
-            ig_stash_a<BM>(As + (buf ^ 1) * IG_BK * IG_LD_A(BM), t, va);
-            ig_stash_b(Bs + (buf ^ 1) * IG_BK * IG_LD_B, t, vb);
+            ig_stash_a<BM, TF32>(As + (buf ^ 1) * IG_BK * LDA, t, va);
+            ig_stash_b<TF32>(Bs + (buf ^ 1) * IG_BK * LDB, t, vb);
         }
         __syncthreads();
         buf ^= 1;
     }
 
     for (int i = 0; i < BM / 16; ++i) {
-        int m = m0 + slab_sub(ty, i);
+        int m = m0 + (TF32 ? mma_acc_row<BM / 32>(i) : slab_sub(ty, i));
         if (m >= M) continue;
         for (int j = 0; j < 8; ++j) {
-            int col = n0 + slab_sub(tx, j);
+            int col = n0 + (TF32 ? mma_acc_col(j) : slab_sub(tx, j));
             if (col < Ncol) ig_store(mode, g, out, bias, relu, grp, z, m, col, acc[i][j]);
         }
+    }
+}
+
+/* Pass `mode` with tiles of BM rows, on CUDA cores (tf32 = 0) or tensor cores (1), and
+   backward data at stride > 1 through its own loader: each combination is its own inlined
+   copy of the tile code, so a run's loop carries none of the others' instructions. */
+template <int BM>
+__device__ __forceinline__ void ig_pass(int mode, const ConvGeom& g, const float* A,
+                                        const float* B, float* out, const float* bias,
+                                        int relu, int r_chunk, int tf32, float* As,
+                                        float* Bs) {
+    if (mode == IG_BACKWARD_DATA && g.stride > 1) {
+        if (tf32) ig_tile<BM, 1, 1>(mode, g, A, B, out, bias, relu, r_chunk, As, Bs);
+        else ig_tile<BM, 1, 0>(mode, g, A, B, out, bias, relu, r_chunk, As, Bs);
+    } else {
+        if (tf32) ig_tile<BM, 0, 1>(mode, g, A, B, out, bias, relu, r_chunk, As, Bs);
+        else ig_tile<BM, 0, 0>(mode, g, A, B, out, bias, relu, r_chunk, As, Bs);
     }
 }
 
@@ -562,58 +602,51 @@ __device__ __forceinline__ void ig_tile(int mode, int strided, const ConvGeom& g
 /* y = conv(x, w) + b (ReLU if relu): M = Kg, Ncol = N P. */
 extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     conv_forward_v2(const float* x, const float* w, const float* b, float* y,
-                    CONV_GEOM_PARAMS, int relu) {
+                    CONV_GEOM_PARAMS, int relu, int tf32) {
     IG_SHARED_SLABS(128);
-    ig_tile<128>(IG_FORWARD, 0, conv_geom(CONV_GEOM_ARGS), w, x, y, b, relu, C / G * kh * kw,
-                 As, Bs);
+    ig_pass<128>(IG_FORWARD, conv_geom(CONV_GEOM_ARGS), w, x, y, b, relu, C / G * kh * kw,
+                 tf32, As, Bs);
 }
 
 extern "C" __global__ void __launch_bounds__(IG_THREADS, 3)
     conv_forward_v2_m64(const float* x, const float* w, const float* b, float* y,
-                        CONV_GEOM_PARAMS, int relu) {
+                        CONV_GEOM_PARAMS, int relu, int tf32) {
     IG_SHARED_SLABS(64);
-    ig_tile<64>(IG_FORWARD, 0, conv_geom(CONV_GEOM_ARGS), w, x, y, b, relu, C / G * kh * kw,
-                As, Bs);
+    ig_pass<64>(IG_FORWARD, conv_geom(CONV_GEOM_ARGS), w, x, y, b, relu, C / G * kh * kw,
+                tf32, As, Bs);
 }
 
-/* dx from dy (already ReLU-masked): M = Cg, Ncol = N H W.  Two copies of the tile code,
-   each with its own loader: stride 1 (separable) and stride > 1. */
-template <int BM>
-__device__ __forceinline__ void ig_backward_data(const ConvGeom& g, const float* dy,
-                                                 const float* w, float* dx, float* As,
-                                                 float* Bs) {
-    if (g.stride > 1)
-        ig_tile<BM>(IG_BACKWARD_DATA, 1, g, w, dy, dx, dy, 0, g.Kg * g.KK, As, Bs);
-    else
-        ig_tile<BM>(IG_BACKWARD_DATA, 0, g, w, dy, dx, dy, 0, g.Kg * g.KK, As, Bs);
-}
-
+/* dx from dy (already ReLU-masked): M = Cg, Ncol = N H W. */
 extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
-    conv_backward_data_v2(const float* dy, const float* w, float* dx, CONV_GEOM_PARAMS) {
+    conv_backward_data_v2(const float* dy, const float* w, float* dx, CONV_GEOM_PARAMS,
+                          int tf32) {
     IG_SHARED_SLABS(128);
-    ig_backward_data<128>(conv_geom(CONV_GEOM_ARGS), dy, w, dx, As, Bs);
+    ig_pass<128>(IG_BACKWARD_DATA, conv_geom(CONV_GEOM_ARGS), w, dy, dx, dy, 0, K / G * kh * kw,
+                 tf32, As, Bs);
 }
 
 extern "C" __global__ void __launch_bounds__(IG_THREADS, 3)
-    conv_backward_data_v2_m64(const float* dy, const float* w, float* dx, CONV_GEOM_PARAMS) {
+    conv_backward_data_v2_m64(const float* dy, const float* w, float* dx, CONV_GEOM_PARAMS,
+                              int tf32) {
     IG_SHARED_SLABS(64);
-    ig_backward_data<64>(conv_geom(CONV_GEOM_ARGS), dy, w, dx, As, Bs);
+    ig_pass<64>(IG_BACKWARD_DATA, conv_geom(CONV_GEOM_ARGS), w, dy, dx, dy, 0, K / G * kh * kw,
+                tf32, As, Bs);
 }
 
 /* Partial dw (S, K, Cg, kh, kw) over reduction chunks of r_chunk (a multiple of 8) of
    the N P outputs; S = 1 writes dw itself: M = Kg, Ncol = Cg KK, grid z = G S. */
 extern "C" __global__ void __launch_bounds__(IG_THREADS, 2)
     conv_backward_weights_v2(const float* dy, const float* x, float* dw_partial,
-                             CONV_GEOM_PARAMS, int r_chunk) {
+                             CONV_GEOM_PARAMS, int r_chunk, int tf32) {
     IG_SHARED_SLABS(128);
-    ig_tile<128>(IG_BACKWARD_WEIGHTS, 0, conv_geom(CONV_GEOM_ARGS), dy, x, dw_partial, dy, 0,
-                 r_chunk, As, Bs);
+    ig_pass<128>(IG_BACKWARD_WEIGHTS, conv_geom(CONV_GEOM_ARGS), dy, x, dw_partial, dy, 0,
+                 r_chunk, tf32, As, Bs);
 }
 
 extern "C" __global__ void __launch_bounds__(IG_THREADS, 3)
     conv_backward_weights_v2_m64(const float* dy, const float* x, float* dw_partial,
-                                 CONV_GEOM_PARAMS, int r_chunk) {
+                                 CONV_GEOM_PARAMS, int r_chunk, int tf32) {
     IG_SHARED_SLABS(64);
-    ig_tile<64>(IG_BACKWARD_WEIGHTS, 0, conv_geom(CONV_GEOM_ARGS), dy, x, dw_partial, dy, 0,
-                r_chunk, As, Bs);
+    ig_pass<64>(IG_BACKWARD_WEIGHTS, conv_geom(CONV_GEOM_ARGS), dy, x, dw_partial, dy, 0,
+                r_chunk, tf32, As, Bs);
 }

@@ -6,12 +6,15 @@ Same signatures as nn/conv.py with a leading `runner` (kernels/runner.py) and an
     2  implicit GEMM with register-blocked tiles of 128 columns and 128 or 64 rows
        (conv_*_v2 and conv_*_v2_m64, default; auto_tile_rows picks the height per pass,
        tile_rows=128 or 64 forces one for a layer's forward and backward)
+    3  version 2's kernels with tf32 = 1: the same tiles, their products on tensor cores
+       in TF32 (inputs rounded to 10 mantissa bits, sums in float32; about 1e-3 relative
+       error against float32, see tests/test_conv_kernels.py)
 The version chosen in the forward is kept in the cache and used by the backward, except
-that version 2 computes dx with version 1's gather kernel when stride > 1 (see
+that versions 2 and 3 compute dx with version 1's gather kernel when stride > 1 (see
 conv_backward).
 
 Backward: conv_bias_grad gives db (and, with a fused ReLU, the masked dy the other two
-passes use); then dx and dw. Version 2's weight gradient reduces over N * Ho * Wo, which
+passes use); then dx and dw. Versions 2 and 3's weight gradient reduces over N * Ho * Wo, which
 it splits over blocks into partial sums added by gemm.cu's gemm_splitk_reduce
 (deterministic): it is a split-K matrix product.
 """
@@ -22,8 +25,9 @@ from kernels.launch_utils import (cdiv, check_array, check_upstream_grad, pick_v
 from nn.checks import fail
 from nn.conv import check_conv_params
 
-VERSIONS = (1, 2)
+VERSIONS = (1, 2, 3)
 DEFAULT_VERSION = 2
+TF32_VERSION = 3   # on tensor cores
 
 BLOCK = 256      # threads per block of every conv.cu kernel
 TILE = 128       # version 2's output tile: columns, and rows unless narrow
@@ -31,7 +35,7 @@ NARROW = 64      # rows of version 2's narrow tiles (the *_m64 kernels)
 _R_STEP = 8      # version 2's reduction step; split chunks are multiples of it
 
 
-TILED_VERSION = 2                # the version whose tile height tile_rows= may force,
+TILED_VERSIONS = (2, 3)          # the versions whose tile height tile_rows= may force,
 TILE_HEIGHTS = (TILE, NARROW)    # to one of these
 
 
@@ -52,8 +56,8 @@ def _height(forced, m):
 
 
 def _v2_kernel(runner, pass_name, rows):
-    """Version 2's kernel for a pass ('forward', 'backward_data', 'backward_weights') and
-    tile height."""
+    """The implicit-GEMM kernel (versions 2 and 3) for a pass ('forward', 'backward_data',
+    'backward_weights') and tile height."""
     return runner.kernel("conv.cu", f"conv_{pass_name}_v2" + ("_m64" if rows == NARROW else ""))
 
 
@@ -84,13 +88,13 @@ def conv_forward(runner, x, w, b, stride=1, pad=0, group=1, relu=False, layer='c
     module docstring (None: each pass picks its own).
     """
     version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer)
-    if tile_rows is not None and (version != TILED_VERSION or type(tile_rows) is not int
+    if tile_rows is not None and (version not in TILED_VERSIONS or type(tile_rows) is not int
                                   or tile_rows not in TILE_HEIGHTS):
-        fail(layer, f"tile_rows must be None or one of {TILE_HEIGHTS} with version "
-                    f"{TILED_VERSION}, got {tile_rows!r} with version {version}")
+        fail(layer, f"tile_rows must be None or one of {TILE_HEIGHTS} with version 2 or 3, "
+                    f"got {tile_rows!r} with version {version}")
     stride, pad, group, ho, wo = _check_conv_args(runner, x, w, b, stride, pad, group, layer)
     n, k = x.shape[0], w.shape[0]
-    if version == 2:
+    if version != 1:
         _check_int32_offsets(layer, x=x.size, w=w.size, y=n * k * ho * wo)
     geom = _geometry(x.shape, w.shape, stride, pad, group, ho, wo)
     y = runner.xp.empty((n, k, ho, wo), dtype=np.float32)
@@ -100,20 +104,21 @@ def conv_forward(runner, x, w, b, stride=1, pad=0, group=1, relu=False, layer='c
         rows = _height(tile_rows, k // group)
         kernel = _v2_kernel(runner, "forward", rows)
         grid = (cdiv(n * ho * wo, TILE), cdiv(k // group, rows), group)
-    kernel(grid, (BLOCK, 1, 1), (x, w, b, y) + geom + (np.int32(relu),))
+    tf32 = (np.int32(version == TF32_VERSION),) if version != 1 else ()
+    kernel(grid, (BLOCK, 1, 1), (x, w, b, y) + geom + (np.int32(relu),) + tf32)
     cache = dict(x=x, w=w, y=y if relu else None, geom=geom, version=version, layer=layer,
                  tile_rows=tile_rows)
     return y, cache
 
 
 def _check_int32_offsets(layer, **sizes):
-    """Version 2 addresses its tensors with 32-bit offsets: refuse any of 2^31 elements or
-    more (CaffeNet's largest, conv1's output at batch 256, has 74 million). sizes: name ->
-    element count."""
+    """Versions 2 and 3 address their tensors with 32-bit offsets: refuse any of 2^31
+    elements or more (CaffeNet's largest, conv1's output at batch 256, has 74 million).
+    sizes: name -> element count."""
     for name, size in sizes.items():
         if size >= 2 ** 31:
-            fail(layer, f"version 2 needs {name} under 2^31 elements, got {size}; use a "
-                        f"smaller batch or version=1")
+            fail(layer, f"versions 2 and 3 need {name} under 2^31 elements, got {size}; "
+                        f"use a smaller batch or version=1")
 
 
 def conv_backward(runner, dy, cache, need_dx=True):
@@ -139,26 +144,27 @@ def conv_backward(runner, dy, cache, need_dx=True):
         (dy, y if relu else dy, dy_eff, db, np.int32(n), np.int32(k), np.int32(ho * wo),
          np.int32(relu)))
 
-    # Version 2's implicit GEMM for dx pays for every (output, tap) pair, but with
+    # The implicit GEMM (versions 2, 3) for dx pays for every (output, tap) pair, but with
     # stride s only 1 in s*s of them reaches a pixel; the gather of version 1 visits just
     # those, so it is the faster one there (conv1, stride 4, batch 1 on the emulator:
     # 0.12 s instead of 11 s).
     dx = None
     if need_dx:
         dx = _backward_data(runner, dy_eff, w, xp.empty_like(x), geom,
-                            1 if version == 1 or stride > 1 else 2, forced)
+                            1 if stride > 1 else version, forced)
     dw = xp.empty_like(w)
     if version == 1:
         runner.kernel("conv.cu", "conv_backward_weights_v1")(
             (cdiv(dw.size, BLOCK), 1, 1), (BLOCK, 1, 1), (dy_eff, x, dw) + geom)
     else:
-        _backward_weights_v2(runner, dy_eff, x, dw, geom, tile_rows=forced)
+        _backward_weights_v2(runner, dy_eff, x, dw, geom, tile_rows=forced,
+                             tf32=version == TF32_VERSION)
     return dx, dw, db
 
 
 def _backward_data(runner, dy_eff, w, dx, geom, version, tile_rows=None):
-    """dx (N, C, H, W) from the (ReLU-masked) dy by conv_backward_data_v<version>
-    (version 2: tiles of tile_rows rows, None for auto_tile_rows)."""
+    """dx (N, C, H, W) from the (ReLU-masked) dy by version 1's gather or the implicit
+    GEMM of versions 2 and 3 (tiles of tile_rows rows, None for auto_tile_rows)."""
     n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)
     if version == 1:
         kernel = runner.kernel("conv.cu", "conv_backward_data_v1")
@@ -167,7 +173,8 @@ def _backward_data(runner, dy_eff, w, dx, geom, version, tile_rows=None):
         rows = _height(tile_rows, c // group)
         kernel = _v2_kernel(runner, "backward_data", rows)
         grid = (cdiv(n * h * wid, TILE), cdiv(c // group, rows), group)
-    kernel(grid, (BLOCK, 1, 1), (dy_eff, w, dx) + geom)
+    tf32 = (np.int32(version == TF32_VERSION),) if version != 1 else ()
+    kernel(grid, (BLOCK, 1, 1), (dy_eff, w, dx) + geom + tf32)
     return dx
 
 
@@ -178,8 +185,10 @@ def _weight_grad_split(reduction, tiles, splits=None):
     return split_reduction(reduction, tiles, splits, _R_STEP)
 
 
-def _backward_weights_v2(runner, dy_eff, x, dw, geom, splits=None, tile_rows=None):
-    """dw (K, Cg, kh, kw) by conv_backward_weights_v2, with the reduction over N * Ho * Wo
+def _backward_weights_v2(runner, dy_eff, x, dw, geom, splits=None, tile_rows=None,
+                         tf32=False):
+    """dw (K, Cg, kh, kw) by conv_backward_weights_v2 (on tensor cores with tf32=True,
+    version 3), with the reduction over N * Ho * Wo
     split into chunks (partial sums in a (chunks, K, Cg, kh, kw) buffer, then
     gemm_splitk_reduce, the fully connected layers' split-K sum) when there are few
     output tiles. splits: see _weight_grad_split; tile_rows: None for auto_tile_rows."""
@@ -191,7 +200,7 @@ def _backward_weights_v2(runner, dy_eff, x, dw, geom, splits=None, tile_rows=Non
     target = dw if count == 1 else runner.xp.empty((count,) + dw.shape, dtype=np.float32)
     _v2_kernel(runner, "backward_weights", height)(
         grid_xy + (group * count,), (BLOCK, 1, 1),
-        (dy_eff, x, target) + geom + (np.int32(chunk),))
+        (dy_eff, x, target) + geom + (np.int32(chunk), np.int32(tf32)))
     if count > 1:
         # dw as gemm's C (K rows, Cg*kh*kw columns), no bias (dw stands in for the unread
         # bias array) and no ReLU.

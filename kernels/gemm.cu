@@ -44,6 +44,11 @@
  *            multiplied, so there is one __syncthreads per step.  Threads whose whole
  *            sub-tile lies outside C (small M, e.g. batch 1) skip the arithmetic.
  *            grid (ceil(N/128), ceil(M/128), slices), block (256).
+ *   gemm_v4  gemm_v3 on tensor cores: the same tiles, loads and slabs, the operands
+ *            rounded to TF32 on their way into shared memory and each slab multiplied by
+ *            mma.sync instructions (slab_multiply_tf32 in prelude.cuh: warp w computes a
+ *            64 x 32 part of the tile as 4 x 4 products of 16 x 8 x 8).  Shared rows are
+ *            padded by 8 instead of 4, so that the fragment reads are conflict free.
  *
  * Helper kernels: gemm_splitk_reduce (sum of slices + epilogue) and ip_bias_grad (column
  * sums of dy for the bias gradient, with the ReLU mask applied on the way).
@@ -139,16 +144,16 @@ extern "C" __global__ void gemm_v2(const float* A, const float* B, float* C,
 }
 
 /* ---------------------------------------------------------------------------------- */
-/* v3: 128 x 128 tiles, 8 x 8 outputs per thread, float4 loads, double buffering       */
+/* v3 (v4): 128 x 128 tiles, 8 x 8 outputs per thread (tensor cores), float4 loads,    */
 /* ---------------------------------------------------------------------------------- */
 
 #define G3_BM 128          /* tile rows (M)                                  */
 #define G3_BN 128          /* tile columns (N)                               */
 #define G3_BK 8            /* tile depth (K) per step                        */
 #define G3_THREADS 256     /* 16 x 16 threads, each 8 x 8 outputs            */
-#define G3_PAD 4           /* shared row padding: kills bank conflicts on the
-                              transposing stores, keeps rows 16-byte aligned */
-#define G3_LD (G3_BM + G3_PAD)
+/* Shared row length: padded by 4 (v3) to kill bank conflicts on the transposing stores
+   and keep rows 16-byte aligned, by 8 (v4) for conflict-free mma fragment reads. */
+#define G3_LD(TF32) (G3_BM + ((TF32) ? 8 : 4))
 /* The per-thread 8 x 8 multiply of a slab (slab_multiply, slab_sub) is in prelude.cuh:
    conv.cu's implicit GEMM uses the same one. */
 
@@ -184,24 +189,30 @@ __device__ __forceinline__ void g3_fetch(const float* src, int k_contig, int row
         g3_load4(src, rows, k_end, rows, k0 + t / 32, row0 + (t % 32) * 4, vec_ok, v);
 }
 
+template <int TF32>   /* 1: rounded to TF32 for the tensor cores */
 __device__ __forceinline__ void g3_stash(float* S, int k_contig, int t, const float v[4]) {
+    float r[4];
+    for (int i = 0; i < 4; ++i) r[i] = TF32 ? tf32_round(v[i]) : v[i];
     if (k_contig)
-        for (int i = 0; i < 4; ++i) S[((t % 2) * 4 + i) * G3_LD + t / 2] = v[i];
+        for (int i = 0; i < 4; ++i) S[((t % 2) * 4 + i) * G3_LD(TF32) + t / 2] = r[i];
     else {   /* one 128-bit store: 4 scalar stores 4 floats apart would hit 8 banks */
         float4 q;
-        q.x = v[0]; q.y = v[1]; q.z = v[2]; q.w = v[3];
-        *(float4*)(S + (t / 32) * G3_LD + (t % 32) * 4) = q;
+        q.x = r[0]; q.y = r[1]; q.z = r[2]; q.w = r[3];
+        *(float4*)(S + (t / 32) * G3_LD(TF32) + (t % 32) * 4) = q;
     }
 }
 
 
-/* At most 128 registers, so that two blocks (16 warps) fit on a multiprocessor. */
-extern "C" __global__ void __launch_bounds__(G3_THREADS, 2)
-    gemm_v3(const float* A, const float* B, float* C, const float* bias, int M, int N, int K,
-            int trans_a, int trans_b, int bias_mode, int relu, int k_chunk) {
-    /* Two buffers per operand; 2 * 2 * 8 * 132 floats = 16.5 KiB of static shared. */
-    __shared__ __align__(16) float As[2][G3_BK * G3_LD];
-    __shared__ __align__(16) float Bs[2][G3_BK * G3_LD];
+/* One 128 x 128 tile of C (slice blockIdx.z), on CUDA cores (TF32 = 0, gemm_v3) or tensor
+   cores (1, gemm_v4).  As and Bs: the kernel's double-buffered shared slabs, 2 x 8 rows
+   of G3_LD(1) floats each (declared in the kernels: the emulator cannot place static
+   shared arrays inside an inline function). */
+template <int TF32>
+__device__ __forceinline__ void g3_tile(const float* A, const float* B, float* C,
+                                        const float* bias, int M, int N, int K, int trans_a,
+                                        int trans_b, int bias_mode, int relu, int k_chunk,
+                                        float* As, float* Bs) {
+    const int LD = G3_LD(TF32), SLAB = G3_BK * G3_LD(1);
     int t = threadIdx.x, tx = t % 16, ty = t / 16;
     int m0 = blockIdx.y * G3_BM, n0 = blockIdx.x * G3_BN;
     int k_begin, k_end;
@@ -218,14 +229,15 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 2)
 
     /* A thread whose first row (or column) strip lies outside C has nothing to compute
        (its second strip, 64 further, is outside too): at batch 1 only 16 of the 256
-       threads have work.  It still loads and reaches every barrier. */
-    int live = (m0 + ty * 4 < M) && (n0 + tx * 4 < N);
+       threads have work.  It still loads and reaches every barrier.  On tensor cores
+       every thread computes: a warp's mma needs all 32. */
+    int live = TF32 || ((m0 + ty * 4 < M) && (n0 + tx * 4 < N));
 
     float va[4], vb[4];
     g3_fetch(A, a_kc, M, K, m0, k_begin, k_end, a_vec, t, va);
     g3_fetch(B, b_kc, N, K, n0, k_begin, k_end, b_vec, t, vb);
-    g3_stash(As[0], a_kc, t, va);
-    g3_stash(Bs[0], b_kc, t, vb);
+    g3_stash<TF32>(As, a_kc, t, va);
+    g3_stash<TF32>(Bs, b_kc, t, vb);
     __syncthreads();
 
     int buf = 0;
@@ -235,12 +247,15 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 2)
             g3_fetch(A, a_kc, M, K, m0, k0 + G3_BK, k_end, a_vec, t, va);
             g3_fetch(B, b_kc, N, K, n0, k0 + G3_BK, k_end, b_vec, t, vb);
         }
-        if (live) slab_multiply<G3_BK, G3_LD>(As[buf], Bs[buf], ty, tx, acc);
+        if (TF32)
+            slab_multiply_tf32<LD, LD, 4>(As + buf * SLAB, Bs + buf * SLAB, acc);
+        else if (live)
+            slab_multiply<G3_BK, LD>(As + buf * SLAB, Bs + buf * SLAB, ty, tx, acc);
         if (has_next) {
             /* The other buffer was last read in the previous step, which every thread
                finished before the barrier that ended it. */
-            g3_stash(As[buf ^ 1], a_kc, t, va);
-            g3_stash(Bs[buf ^ 1], b_kc, t, vb);
+            g3_stash<TF32>(As + (buf ^ 1) * SLAB, a_kc, t, va);
+            g3_stash<TF32>(Bs + (buf ^ 1) * SLAB, b_kc, t, vb);
         }
         __syncthreads();
         buf ^= 1;
@@ -248,14 +263,34 @@ extern "C" __global__ void __launch_bounds__(G3_THREADS, 2)
 
     float* Cz = C + (size_t)blockIdx.z * M * N;
     for (int i = 0; i < 8; ++i) {
-        int m = m0 + slab_sub(ty, i);
+        int m = m0 + (TF32 ? mma_acc_row<4>(i) : slab_sub(ty, i));
         if (m >= M) continue;
         for (int j = 0; j < 8; ++j) {
-            int n = n0 + slab_sub(tx, j);
+            int n = n0 + (TF32 ? mma_acc_col(j) : slab_sub(tx, j));
             if (n < N)
                 Cz[(size_t)m * N + n] = gemm_epilogue(acc[i][j], bias, bias_mode, relu, n);
         }
     }
+}
+
+/* Two buffers per operand; 2 x 2 x 8 x 136 floats = 17 KiB of static shared.  At most 128
+   registers, so that two blocks (16 warps) fit on a multiprocessor. */
+#define G3_SHARED_SLABS                                        \
+    __shared__ __align__(16) float As[2 * G3_BK * G3_LD(1)];   \
+    __shared__ __align__(16) float Bs[2 * G3_BK * G3_LD(1)]
+
+extern "C" __global__ void __launch_bounds__(G3_THREADS, 2)
+    gemm_v3(const float* A, const float* B, float* C, const float* bias, int M, int N, int K,
+            int trans_a, int trans_b, int bias_mode, int relu, int k_chunk) {
+    G3_SHARED_SLABS;
+    g3_tile<0>(A, B, C, bias, M, N, K, trans_a, trans_b, bias_mode, relu, k_chunk, As, Bs);
+}
+
+extern "C" __global__ void __launch_bounds__(G3_THREADS, 2)
+    gemm_v4(const float* A, const float* B, float* C, const float* bias, int M, int N, int K,
+            int trans_a, int trans_b, int bias_mode, int relu, int k_chunk) {
+    G3_SHARED_SLABS;
+    g3_tile<1>(A, B, C, bias, M, N, K, trans_a, trans_b, bias_mode, relu, k_chunk, As, Bs);
 }
 
 /* ---------------------------------------------------------------------------------- */

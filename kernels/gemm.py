@@ -5,6 +5,8 @@ optional `version`:
     1  one thread per output (gemm_v1)
     2  16 x 16 shared-memory tiles (gemm_v2)
     3  128 x 128 register-blocked tiles, float4 loads, double buffering (gemm_v3, default)
+    4  version 3 on tensor cores in TF32 (gemm_v4: inputs rounded to 10 mantissa bits,
+       sums in float32)
 `matmul` exposes the bare product so the benchmark can time it against cuBLAS. The layer's
 shapes are checked by nn.inner_product.check_inner_product_shapes, shared with the reference.
 
@@ -22,11 +24,12 @@ from kernels.launch_utils import (cdiv, check_array, check_upstream_grad, pick_v
 from nn.checks import fail
 from nn.inner_product import check_inner_product_shapes
 
-VERSIONS = (1, 2, 3)
+VERSIONS = (1, 2, 3, 4)
 DEFAULT_VERSION = 3
+TF32_VERSION = 4   # on tensor cores
 
 # Tile shapes of gemm.cu, for the grids: (rows of C, columns of C, threads per block).
-_TILE = {1: 16, 2: 16, 3: 128}
+_TILE = {1: 16, 2: 16, 3: 128, 4: 128}
 
 # Split-K (see gemm.cu) follows launch_utils.split_reduction; slices start on a multiple
 # of every version's tile depth.
@@ -45,16 +48,17 @@ def _gemm(runner, a, b, c, bias, m, n, k, trans_a, trans_b, bias_mode, relu, ver
           split_k=None):
     """c (m, n) = op(a) @ op(b), then the epilogue (bias, ReLU); see gemm.cu for layouts.
 
-    Arrays are already checked. split_k: None (automatic for version 3, none otherwise) or
+    Arrays are already checked. split_k: None (automatic for versions 3 and 4, none
+    otherwise) or
     the number of K slices; with more than one slice the partial products go to a
     temporary (slices, m, n) buffer and gemm_splitk_reduce adds them up.
     """
     tile = _TILE[version]
     grid_xy = (cdiv(n, tile), cdiv(m, tile))
-    if split_k is None and version != 3:
+    if split_k is None and version < 3:
         split_k = 1
     k_chunk, slices = _split_k(k, grid_xy[0] * grid_xy[1], split_k)
-    block = (256, 1, 1) if version == 3 else (16, 16, 1)
+    block = (256, 1, 1) if version >= 3 else (16, 16, 1)
     target = c if slices == 1 else runner.xp.empty((slices, m, n), dtype=np.float32)
     flags = (np.int32(trans_a), np.int32(trans_b))
     if slices == 1:
@@ -77,7 +81,7 @@ def matmul(runner, a, b, trans_a=False, trans_b=False, version=None, split_k=Non
     """C = op(a) @ op(b) in float32, op = transpose when trans_* is set.
 
     a (M, K), or (K, M) with trans_a; b (K, N), or (N, K) with trans_b  ->  C (M, N).
-    version: 1, 2 or 3 (default); split_k: number of K slices (default: automatic).
+    version: 1 to 4 (default 3); split_k: number of K slices (default: automatic).
     """
     layer = "matmul"
     version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer)

@@ -12,16 +12,18 @@ import pytest
 
 from kernels import conv
 from nn import reference as ref
-from tests.kernel_testing import EMU_ORDERS_WITH_RANDOM, assert_close, uniform
+from tests.kernel_testing import EMU_ORDERS_WITH_RANDOM, assert_close, tf32_round, uniform
 
 # These kernels stage tiles through shared memory between barriers: a missing barrier
 # shows under some thread order, so the random one runs too.
 EMU_ORDERS = EMU_ORDERS_WITH_RANDOM
 
-# Every kernel: version 1, and version 2 in both tile heights (its launcher picks one per
-# pass by the product's row count, conv.auto_tile_rows; the tests force each on every case).
-KERNELS = [(1, None)] + [(2, rows) for rows in conv.TILE_HEIGHTS]
-KERNEL_IDS = ["v1"] + [f"v2-{rows}rows" for rows in conv.TILE_HEIGHTS]
+# Every kernel: version 1, and versions 2 and 3 (tensor cores) in both tile heights (the
+# launcher picks one per pass by the product's row count, conv.auto_tile_rows; the tests
+# force each on every case).
+KERNELS = [(1, None)] + [(v, rows) for v in conv.TILED_VERSIONS for rows in conv.TILE_HEIGHTS]
+KERNEL_IDS = ["v1"] + [f"v{v}-{rows}rows" for v in conv.TILED_VERSIONS
+                       for rows in conv.TILE_HEIGHTS]
 
 
 def make_problem(x_shape, k, kh, kw, group, seed):
@@ -32,12 +34,29 @@ def make_problem(x_shape, k, kh, kw, group, seed):
     return x, w, b
 
 
-def reference(x, w, b, dy_seed, stride, pad, group, relu):
-    """(y, dy, dx, dw, db) from nn/conv.py in float64; dy is float32 random."""
-    f64 = [a.astype(np.float64) for a in (x, w, b)]
-    y, cache = ref.conv_forward(*f64, stride=stride, pad=pad, group=group, relu=relu)
+def reference(x, w, b, dy_seed, stride, pad, group, relu, tf32=False, dx_tf32=None):
+    """(y, dy, dx, dw, db) from nn/conv.py in float64; dy is float32 random.
+
+    tf32: the inputs of the products (x, w and the masked dy) rounded to TF32 first, as
+    version 3 rounds them on their way into shared memory; its results must then match to
+    float32 rounding, like the other versions'. db, a plain sum of dy, takes dy unrounded,
+    and so does dx where version 3 computes it by version 1's gather (stride > 1, see
+    conv_backward): dx_tf32 (default: tf32 at stride 1) says whether dx's are rounded."""
+    dx_tf32 = tf32 and stride == 1 if dx_tf32 is None else dx_tf32
+    f64 = lambda a, rounded: (tf32_round(a) if rounded else a).astype(np.float64)  # noqa: E731
+
+    def gradients(xr, wr, dyr):   # (dx, dw, db) of the convolution alone
+        _, cache = ref.conv_forward(xr, wr, b.astype(np.float64), stride=stride, pad=pad,
+                                    group=group)
+        return ref.conv_backward(dyr, cache)
+
+    y, _ = ref.conv_forward(f64(x, tf32), f64(w, tf32), b.astype(np.float64), stride=stride,
+                            pad=pad, group=group, relu=relu)
     dy = uniform(np.random.default_rng(dy_seed), y.shape)
-    dx, dw, db = ref.conv_backward(dy.astype(np.float64), cache)
+    dy_eff = dy * (y > 0) if relu else dy   # what the kernels' bias pass hands on
+    _, dw, db = gradients(f64(x, tf32), f64(w, tf32), f64(dy_eff, tf32))
+    db = dy_eff.sum(axis=(0, 2, 3), dtype=np.float64)
+    dx = gradients(f64(x, False), f64(w, dx_tf32), f64(dy_eff, dx_tf32))[0]
     return y, dy, dx, dw, db
 
 
@@ -45,7 +64,8 @@ def check_conv(runner, x_shape, k, kh, kw, stride, pad, group, relu, version, se
                want=None, tile_rows=None):
     x, w, b = make_problem(x_shape, k, kh, kw, group, seed)
     if want is None:
-        want = reference(x, w, b, seed + 1, stride, pad, group, relu)
+        want = reference(x, w, b, seed + 1, stride, pad, group, relu,
+                         tf32=version == conv.TF32_VERSION)
     y_ref, dy, dx_ref, dw_ref, db_ref = want
     xp = runner.xp
     y, cache = conv.conv_forward(runner, xp.asarray(x), xp.asarray(w), xp.asarray(b),
@@ -83,31 +103,37 @@ def test_conv_matches_reference(emu, case, relu, kernel):
     check_conv(emu, *case, relu=relu, version=version, tile_rows=rows)
 
 
+@pytest.mark.parametrize("version", conv.TILED_VERSIONS)
 @pytest.mark.parametrize("rows", conv.TILE_HEIGHTS)
 @pytest.mark.parametrize("splits", [1, 3, 7])
-def test_conv_weight_grad_split_reduction(emu, splits, rows):
-    """Version 2's weight gradient with its reduction over N*Ho*Wo = 3*7*6 = 126 cut into
-    chunks (multiples of 8, the last one short) summed by gemm_splitk_reduce."""
+def test_conv_weight_grad_split_reduction(emu, splits, rows, version):
+    """The implicit GEMM's weight gradient with its reduction over N*Ho*Wo = 3*7*6 = 126
+    cut into chunks (multiples of 8, the last one short) summed by gemm_splitk_reduce."""
     x_shape, k, kh, kw, stride, pad, group = (3, 4, 9, 8), 6, 3, 3, 1, 0, 2
     x, w, b = make_problem(x_shape, k, kh, kw, group, seed=5)
-    _, dy, _, dw_ref, _ = reference(x, w, b, 6, stride, pad, group, relu=False)
+    tf32 = version == conv.TF32_VERSION
+    _, dy, _, dw_ref, _ = reference(x, w, b, 6, stride, pad, group, relu=False, tf32=tf32)
     _, cache = conv.conv_forward(emu, x, w, b, stride=stride, pad=pad, group=group)
     dw = np.empty_like(w)
-    conv._backward_weights_v2(emu, dy, x, dw, cache["geom"], splits=splits, tile_rows=rows)
+    conv._backward_weights_v2(emu, dy, x, dw, cache["geom"], splits=splits, tile_rows=rows,
+                              tf32=tf32)
     assert_close(dw, dw_ref, f"splits={splits}")
 
 
+@pytest.mark.parametrize("version", conv.TILED_VERSIONS)
 @pytest.mark.parametrize("rows", conv.TILE_HEIGHTS)
 @pytest.mark.parametrize("case", [c for c in CASES if c[4] > 1],
                          ids=[i for c, i in zip(CASES, IDS) if c[4] > 1])
-def test_conv_backward_data_v2_strided(emu, case, rows):
-    """conv_backward dispatches stride > 1 to the v1 gather; the v2 kernel must still be
-    right there (its B operand is zero between strides)."""
+def test_conv_backward_data_v2_strided(emu, case, rows, version):
+    """conv_backward dispatches stride > 1 to the v1 gather; the implicit GEMM must still
+    be right there (its B operand is zero between strides)."""
     x_shape, k, kh, kw, stride, pad, group = case
     x, w, b = make_problem(x_shape, k, kh, kw, group, seed=9)
-    _, dy, dx_ref, _, _ = reference(x, w, b, 10, stride, pad, group, relu=False)
+    tf32 = version == conv.TF32_VERSION   # this path of version 3 does run on tensor cores
+    _, dy, dx_ref, _, _ = reference(x, w, b, 10, stride, pad, group, relu=False, tf32=tf32,
+                                    dx_tf32=tf32)
     _, cache = conv.conv_forward(emu, x, w, b, stride=stride, pad=pad, group=group)
-    dx = conv._backward_data(emu, dy, w, np.empty_like(x), cache["geom"], version=2,
+    dx = conv._backward_data(emu, dy, w, np.empty_like(x), cache["geom"], version=version,
                              tile_rows=rows)
     assert_close(dx, dx_ref, f"{case}")
 
@@ -133,7 +159,7 @@ def test_version_2_refuses_tensors_past_int32_offsets():
     """Version 2 computes offsets in 32 bits; a tensor of 2^31 elements is refused by
     name (checked on the sizes: such arrays do not fit in a test)."""
     conv._check_int32_offsets("conv1", x=2 ** 31 - 1, w=10, y=5)
-    with pytest.raises(ValueError, match=r"conv1: version 2 needs y under 2\^31 elements, "
+    with pytest.raises(ValueError, match=r"conv1: versions 2 and 3 need y under 2\^31 elements, "
                                          r"got 2147483648"):
         conv._check_int32_offsets("conv1", x=3, w=10, y=2 ** 31)
 
@@ -161,9 +187,9 @@ def test_conv_bad_inputs(emu):
     with pytest.raises(ValueError, match=r"conv: kernel 3x3 does not fit"):
         conv.conv_forward(emu, x[:, :, :2, :2].copy(), w, b, group=2)
     with pytest.raises(ValueError, match="conv: version"):
-        conv.conv_forward(emu, x, w, b, group=2, version=3)
+        conv.conv_forward(emu, x, w, b, group=2, version=4)
     with pytest.raises(ValueError, match=r"conv: tile_rows must be None or one of \(128, "
-                                         r"64\) with version 2, got 96 with version 2"):
+                                         r"64\) with version 2 or 3, got 96 with version 2"):
         conv.conv_forward(emu, x, w, b, group=2, tile_rows=96)
     with pytest.raises(ValueError, match=r"got 64 with version 1"):
         conv.conv_forward(emu, x, w, b, group=2, version=1, tile_rows=64)
@@ -184,7 +210,7 @@ CAFFENET_CONVS = {
     "conv4": ((384, 13, 13), 384, 3, 1, 1, 2),
     "conv5": ((384, 13, 13), 256, 3, 1, 1, 2),
 }
-_gpu_reference = {}   # (layer, batch) -> reference results, shared by every kernel
+_gpu_reference = {}   # (layer, batch, tf32) -> reference results, shared by the kernels
 
 
 @pytest.mark.gpu
@@ -195,10 +221,11 @@ _gpu_reference = {}   # (layer, batch) -> reference results, shared by every ker
 def test_conv_gpu_caffenet_shapes(cuda, name, batch, kernel):
     (c, h, w), k, ks, stride, pad, group = CAFFENET_CONVS[name]
     args = ((batch, c, h, w), k, ks, ks, stride, pad, group)
-    key = (name, batch)
+    version, rows = kernel
+    key = (name, batch, version == conv.TF32_VERSION)
     if key not in _gpu_reference:
         x, wt, b = make_problem(args[0], k, ks, ks, group, seed=11)
-        _gpu_reference[key] = reference(x, wt, b, 12, stride, pad, group, relu=True)
-    version, rows = kernel
+        _gpu_reference[key] = reference(x, wt, b, 12, stride, pad, group, relu=True,
+                                        tf32=key[2])
     check_conv(cuda, *args, relu=True, version=version, seed=11, want=_gpu_reference[key],
                tile_rows=rows)

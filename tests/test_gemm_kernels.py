@@ -11,7 +11,7 @@ import pytest
 
 from kernels import gemm
 from nn import reference as ref
-from tests.kernel_testing import EMU_ORDERS_WITH_RANDOM, assert_close, uniform
+from tests.kernel_testing import EMU_ORDERS_WITH_RANDOM, assert_close, tf32_round, uniform
 
 # These kernels stage tiles through shared memory between barriers: a missing barrier
 # shows under some thread order, so the random one runs too.
@@ -22,6 +22,13 @@ VERSIONS = gemm.VERSIONS
 
 def op(a, trans):
     return a.T if trans else a
+
+
+def operand(a, version):
+    """A product's input as the kernel multiplies it, in float64: rounded to TF32 for the
+    tensor-core version (gemm_v4 rounds on the way into shared memory), so that its results
+    must match to float32 rounding like the other versions'."""
+    return (tf32_round(a) if version == gemm.TF32_VERSION else a).astype(np.float64)
 
 
 _matmul_want = {}
@@ -39,10 +46,9 @@ def check_matmul(runner, m, n, k, trans_a, trans_b, version, seed=0, split_k=Non
         b = uniform(rng, (np.prod(b_shape) + 1,))[1:].reshape(b_shape)
     else:
         a, b = uniform(rng, a_shape), uniform(rng, b_shape)
-    key = (m, n, k, trans_a, trans_b, seed, misalign)
+    key = (m, n, k, trans_a, trans_b, seed, misalign, version == gemm.TF32_VERSION)
     if key not in _matmul_want:  # memoised: the GPU test reuses fc6-sized products
-        _matmul_want[key] = op(a.astype(np.float64), trans_a) @ op(b.astype(np.float64),
-                                                                  trans_b)
+        _matmul_want[key] = op(operand(a, version), trans_a) @ op(operand(b, version), trans_b)
     want = _matmul_want[key]
     got = gemm.matmul(runner, runner.xp.asarray(a), runner.xp.asarray(b), trans_a=trans_a,
                       trans_b=trans_b, version=version, split_k=split_k)
@@ -68,9 +74,10 @@ def test_matmul_split_k(emu, version):
     check_matmul(emu, 9, 11, 37, False, True, version, seed=1, split_k=3)
 
 
+@pytest.mark.parametrize("version", [3, 4])
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["NN", "NT", "TN", "TT"])
-def test_matmul_v3_misaligned(emu, layout):
-    check_matmul(emu, 12, 16, 24, *layout, 3, seed=2, misalign=True)
+def test_matmul_v3_misaligned(emu, layout, version):
+    check_matmul(emu, 12, 16, 24, *layout, version, seed=2, misalign=True)
 
 
 def test_split_k_rule():
@@ -92,9 +99,12 @@ def check_inner_product(runner, x_shape, o, relu, version, seed=0):
     w = uniform(rng, (o, d))
     b = uniform(rng, (o,))
     dy = uniform(rng, (x_shape[0], o))
-    y_ref, cache_ref = ref.inner_product_forward(x.astype(np.float64), w.astype(np.float64),
+    y_ref, cache_ref = ref.inner_product_forward(operand(x, version), operand(w, version),
                                                  b.astype(np.float64), relu=relu)
-    dx_ref, dw_ref, db_ref = ref.inner_product_backward(dy.astype(np.float64), cache_ref)
+    # The products take the masked dy rounded; the bias gradient sums it unrounded.
+    dy_eff = dy * (y_ref > 0) if relu else dy
+    dx_ref, dw_ref, _ = ref.inner_product_backward(operand(dy_eff, version), cache_ref)
+    db_ref = dy_eff.sum(axis=0, dtype=np.float64)
     xp = runner.xp
     y, cache = gemm.inner_product_forward(runner, xp.asarray(x), xp.asarray(w), xp.asarray(b),
                                           relu=relu, version=version)
@@ -134,7 +144,7 @@ def test_inner_product_bad_inputs(emu):
     with pytest.raises(ValueError, match=r"fc: x must be C-contiguous"):
         gemm.inner_product_forward(emu, np.ones((6, 2), np.float32).T, w, b)
     with pytest.raises(ValueError, match="fc: version"):
-        gemm.inner_product_forward(emu, x, w, b, version=4)
+        gemm.inner_product_forward(emu, x, w, b, version=5)
     _, cache = gemm.inner_product_forward(emu, x, w, b, layer="fc7")
     with pytest.raises(ValueError, match=r"fc7 \(backward\): dy .*\(2, 4\)"):
         gemm.inner_product_backward(emu, np.ones((4, 2), np.float32), cache)

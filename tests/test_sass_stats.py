@@ -50,7 +50,12 @@ def test_main_loop_is_the_loop_with_most_ffma():
     instructions = sass_stats.parse_sass(SASS)
     assert len(instructions) == 13 and instructions[4] == (0x40, '@!P0 FFMA.FTZ R6, R7, R9, R6')
     assert sass_stats.main_loop(instructions) == {
-        'instructions': 11, 'ffma': 4, 'ffma_share': 4 / 11, 'start': 0x10, 'end': 0xb0}
+        'instructions': 11, 'opcode': 'FFMA', 'count': 4, 'share': 4 / 11, 'start': 0x10,
+        'end': 0xb0}
+    assert sass_stats.main_loop(instructions, 'LDS') == {
+        'instructions': 5, 'opcode': 'LDS', 'count': 1, 'share': 1 / 5, 'start': 0x30,
+        'end': 0x70}
+    assert sass_stats.main_loop(instructions, 'HMMA') is None
     inner_only = [ins for ins in instructions if ins[0] != 0x10]   # outer's own FFMA gone
     assert sass_stats.main_loop(inner_only)['start'] == 0x30       # a tie: the innermost
     assert sass_stats.main_loop(instructions[:3]) is None           # no loop

@@ -10,7 +10,8 @@ bytes, static shared memory). When cuobjdump is installed (any CUDA toolkit, or
 `pip install nvidia-cuda-cuobjdump`; never a project requirement) the cubin's machine code
 (SASS) is read too: the "main loop" of a kernel is its loop with the most FFMA
 instructions, innermost if several tie, and the table gives that loop's length and its
-FFMA share.
+FFMA share; for a kernel with a TF32 path, also the length of its loop with the most HMMA
+(tensor-core) instructions and their count.
 
 Why the FFMA share matters: on sm_90 (H100, H200) a scheduler issues one instruction per
 cycle and has an FMA unit for a whole warp, so every address computation, compare or load
@@ -85,11 +86,11 @@ def _opcode(instruction):
     return word.split('.')[0]
 
 
-def main_loop(instructions):
-    """The kernel's main loop: the body of a backward branch (target .. branch) with the
-    most FFMA instructions, the shortest body among equals (the innermost). Returns
-    {'instructions', 'ffma', 'ffma_share', 'start', 'end'} or None when no loop holds an
-    FFMA."""
+def main_loop(instructions, opcode='FFMA'):
+    """The kernel's main loop for `opcode` ('FFMA': CUDA cores; 'HMMA': tensor cores): the
+    body of a backward branch (target .. branch) with the most such instructions, the
+    shortest body among equals (the innermost). Returns {'instructions', 'opcode', 'count',
+    'share', 'start', 'end'} or None when no loop holds one."""
     best = None
     for address, instruction in instructions:
         m = _BRANCH_RE.search(instruction)
@@ -97,11 +98,11 @@ def main_loop(instructions):
             continue
         start = int(m.group(1), 16)
         body = [ins for a, ins in instructions if start <= a <= address]
-        ffma = sum(_opcode(ins) == 'FFMA' for ins in body)
-        key = (ffma, -len(body))
-        if ffma and (best is None or key > best[0]):
-            best = (key, {'instructions': len(body), 'ffma': ffma,
-                          'ffma_share': ffma / len(body), 'start': start, 'end': address})
+        count = sum(_opcode(ins) == opcode for ins in body)
+        key = (count, -len(body))
+        if count and (best is None or key > best[0]):
+            best = (key, {'instructions': len(body), 'opcode': opcode, 'count': count,
+                          'share': count / len(body), 'start': start, 'end': address})
     return None if best is None else best[1]
 
 
@@ -137,7 +138,11 @@ def file_stats(name, arch, cuobjdump=None):
                 if sass.returncode != 0:   # not to be mistaken for "no FMA loop"
                     raise RuntimeError(f'{cuobjdump} -sass -fun {kernel} failed: '
                                        f'{sass.stderr.strip() or sass.returncode}')
-                stats[kernel]['main_loop'] = main_loop(parse_sass(sass.stdout))
+                code = parse_sass(sass.stdout)
+                stats[kernel]['main_loop'] = main_loop(code)
+                tensor = main_loop(code, 'HMMA')
+                if tensor:   # a TF32 path (kernels/prelude.cuh slab_multiply_tf32)
+                    stats[kernel]['tensor_loop'] = tensor
     return stats
 
 
@@ -149,10 +154,13 @@ def format_table(results, arch):
              f"(instructions, FFMA share), {arch}"]
     for name, kernels in results.items():
         for kernel, s in sorted(kernels.items()):
-            loop = s.get('main_loop')
+            loop, tensor = s.get('main_loop'), s.get('tensor_loop')
             where = ('-' if loop is None else
-                     f"{loop['instructions']:5d} instructions, {loop['ffma']:4d} FFMA "
-                     f"({100 * loop['ffma_share']:.0f}%)") if 'main_loop' in s else ''
+                     f"{loop['instructions']:5d} instructions, {loop['count']:4d} FFMA "
+                     f"({100 * loop['share']:.0f}%)") if 'main_loop' in s else ''
+            if tensor:
+                where += (f"; tensor cores: {tensor['instructions']} instructions, "
+                          f"{tensor['count']} HMMA")
             regs = '?' if s.get('registers') is None else s['registers']
             spills = f"{s.get('spill_stores', 0)}/{s.get('spill_loads', 0)}"
             lines.append(f"{name + ':' + kernel:{width}} {regs:>4} {spills:>11} "
