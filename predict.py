@@ -191,7 +191,7 @@ def resolve_weights(path):
 
 
 # The last model loaded by this process, so that repeated main() calls (tests, notebooks)
-# do not re-read 230 MB: ((real path, inode, size, mtime, device name), Model).
+# do not re-read 230 MB: ((real path, inode, size, mtime, device name, tf32), Model).
 _LAST_MODEL = [None, None]
 
 
@@ -207,7 +207,8 @@ def load_model(path, device):
     """
     try:
         st = os.stat(path)
-        key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, device.name)
+        key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, device.name,
+               device.tf32)
     except OSError:
         key = None                              # load_weights reports the missing file
     if key is not None and _LAST_MODEL[0] == key:
@@ -395,7 +396,7 @@ def main(argv=None, out=None, err=None):
     try:
         from nn.device import DeviceError, get_device
         try:
-            device = get_device(args.device)
+            device = get_device(args.device, tf32=args.tf32)
         except DeviceError as exc:
             raise SetupError(str(exc)) from None
         model = load_model(resolve_weights(args.weights), device)

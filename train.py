@@ -332,12 +332,13 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
                     batch_size=args.batch_size, iter_size=args.iter_size,
                     base_lr=args.base_lr, momentum=args.momentum,
                     weight_decay=args.weight_decay, gamma=args.gamma, stepsize=stepsize,
-                    max_iter=max_iter, device=device.name, n_train=len(train),
+                    max_iter=max_iter, device=device.name, tf32=device.tf32,
+                    n_train=len(train),
                     n_test=len(test), weights=args.weights if args.init == "imagenet" else None)
     checkpoint = os.path.join(args.out_dir, "checkpoints", name + ".h5")
     say(f"[{name}] {len(train)} training / {len(test)} test images; {max_iter} SGD steps of "
         f"{args.batch_size} x {args.iter_size} images, lr {args.base_lr:g} x {args.gamma:g} "
-        f"every {stepsize} steps; device {device.name}")
+        f"every {stepsize} steps; device {device.name}{' (TF32)' if device.tf32 else ''}")
 
     net = build_net(args, device, say)
     solver = SGDSolver(net, args.base_lr, momentum=args.momentum,
@@ -467,7 +468,7 @@ def run(args, say, stop_at):
         check_weights_file(args)
         from nn.device import DeviceError, get_device
         try:
-            device = get_device(args.device)
+            device = get_device(args.device, tf32=args.tf32)
         except DeviceError as e:
             raise TrainError(str(e)) from e
         data_dir = resolve_data_dir(args, say)

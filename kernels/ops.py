@@ -60,19 +60,30 @@ def _deferred(exc):
     return op
 
 
-def make_ops(runner, partial=False):
+# The ops whose launcher has a TF32 (tensor-core) version, chosen in the forward and
+# followed by the backward (the version is kept in the cache).
+TF32_OPS = ("conv_forward", "inner_product_forward")
+
+
+def make_ops(runner, partial=False, tf32=False):
     """Bind every op of the op set to `runner` (an EmuRunner or CupyRunner).
 
     Returns a types.SimpleNamespace with one attribute per name in OP_NAMES, each
     `functools.partial(launcher, runner)`. Raises ImportError naming the op and the
     launcher file when a launcher is missing; with partial=True that op instead raises
     the ImportError when called, so the others stay usable (bench.py times the kernels
-    that exist).
+    that exist). tf32=True: the convolutions and fully connected layers run their
+    launchers' TF32_VERSION, on tensor cores (about 1e-3 relative error, see
+    kernels/conv.py).
     """
     bound = {}
     for op, family in OP_FAMILIES.items():
         try:
-            bound[op] = functools.partial(_launcher(op, family), runner)
+            launcher = _launcher(op, family)
+            extra = {}
+            if tf32 and op in TF32_OPS:
+                extra["version"] = importlib.import_module(f"kernels.{family}").TF32_VERSION
+            bound[op] = functools.partial(launcher, runner, **extra)
         except ImportError as exc:
             if not partial:
                 raise

@@ -22,14 +22,16 @@ class DeviceError(RuntimeError):
 class Device:
     """A backend: `name`, array module `xp`, op namespace `ops` and array helpers.
 
-    runner is the KernelRunner behind `ops` for emu/cuda, None for cpu.
+    runner is the KernelRunner behind `ops` for emu/cuda, None for cpu; tf32 says whether
+    the ops run convolutions and fc layers on tensor cores (get_device's tf32).
     """
 
-    def __init__(self, name, xp, ops, runner=None):
+    def __init__(self, name, xp, ops, runner=None, tf32=False):
         self.name = name
         self.xp = xp
         self.ops = ops
         self.runner = runner
+        self.tf32 = tf32
 
     def asarray(self, a, dtype=np.float32):
         """`a` (NumPy, CuPy or a list) as a C-contiguous array of `dtype` on this device."""
@@ -48,7 +50,7 @@ class Device:
 
     def with_ops(self, ops):
         """This device (same name, arrays and runner) running another op namespace."""
-        return Device(self.name, self.xp, ops, self.runner)
+        return Device(self.name, self.xp, ops, self.runner, self.tf32)
 
     def __repr__(self):
         return f"Device({self.name!r})"
@@ -91,48 +93,56 @@ def cuda_available():
         return False
 
 
-def _kernel_device(name, xp, partial=False):
+def _kernel_device(name, xp, partial=False, tf32=False):
     """emu or cuda: the kernel op namespace on that backend's runner (kernels/ops.py's
-    make_ops, `partial` as there)."""
+    make_ops, `partial` and `tf32` as there)."""
     from kernels.ops import make_ops
     from kernels.runner import get_runner
     runner = get_runner(name)
-    return Device(name, xp, make_ops(runner, partial), runner)
+    return Device(name, xp, make_ops(runner, partial, tf32), runner, tf32)
 
 
-def get_device(name=None, partial=False):
+def get_device(name=None, partial=False, tf32=False):
     """The Device called `name` ('cpu', 'emu', 'cuda'; None or 'auto' picks one).
 
     A Device passed in is returned unchanged, so functions can take either.
     partial=True: on emu/cuda an op whose launcher is missing raises ImportError only when
     called, instead of get_device raising it (kernels/ops.py's make_ops).
-    Raises DeviceError for 'cuda' without CuPy or a GPU, ValueError for unknown names.
+    tf32=True: convolutions and fully connected layers on tensor cores in TF32 (emu, cuda).
+    Raises DeviceError for 'cuda' without CuPy or a GPU, or for tf32 on the cpu device;
+    ValueError for unknown names.
     """
     if isinstance(name, Device):
         return name
     if name is None or name == "auto":
         name = "cuda" if cuda_available() else "cpu"
+    if tf32 and name == "cpu":
+        raise DeviceError("TF32 (tensor cores) is a kernel path: use --device cuda (or emu "
+                          "to check it on the CPU emulator)")
     if name == "cpu":
         from nn import reference
         from nn.memory import keep_freed_memory
         keep_freed_memory()   # the NumPy layers reuse large buffers without page faults
         return Device("cpu", np, reference)
     if name == "emu":
-        return _kernel_device("emu", np, partial)
+        return _kernel_device("emu", np, partial, tf32)
     if name == "cuda":
-        return _kernel_device("cuda", _import_cupy_with_gpu(), partial)
+        return _kernel_device("cuda", _import_cupy_with_gpu(), partial, tf32)
     raise ValueError(f"unknown device {name!r}: expected one of {', '.join(DEVICE_NAMES)} "
                      "or None/'auto'")
 
 
 def add_device_argument(parser):
-    """Add the shared `--device {auto,cuda,cpu,emu}` option to an argparse parser.
-
-    The parsed value goes straight to get_device (auto: cuda when a GPU is usable, else cpu).
-    """
+    """Add the shared `--device {auto,cuda,cpu,emu}` and `--tf32` options to an argparse
+    parser. The parsed values go straight to get_device(args.device, tf32=args.tf32)
+    (auto: cuda when a GPU is usable, else cpu)."""
     parser.add_argument(
         "--device", choices=("auto",) + DEVICE_NAMES, default="auto",
         help="where to run: cuda (GPU kernels via CuPy), cpu (NumPy reference), "
              "emu (the CUDA kernels on the CPU emulator, slow); default auto = cuda "
              "when a GPU is usable, else cpu")
+    parser.add_argument(
+        "--tf32", action="store_true",
+        help="convolutions and fully connected layers on the GPU's tensor cores in TF32 "
+             "(10-bit mantissas, about 1e-3 relative error; cuda or emu only)")
     return parser

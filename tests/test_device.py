@@ -90,6 +90,20 @@ def test_make_ops_binds_every_op_to_the_runner(monkeypatch):
     assert ops.accuracy("s", "l")[1] == "accuracy"
 
 
+def test_tf32_binds_the_tensor_core_versions():
+    """tf32=True: the convolutions and fc layers run their launchers' TF32_VERSION (the
+    backward follows the forward's version, kept in the cache); nothing else changes."""
+    from kernels import conv, gemm
+    plain, tf32 = get_device("emu"), get_device("emu", tf32=True)
+    assert tf32.ops.conv_forward.keywords == {"version": conv.TF32_VERSION}
+    assert tf32.ops.inner_product_forward.keywords == {"version": gemm.TF32_VERSION}
+    assert plain.ops.conv_forward.keywords == {}
+    assert all(getattr(tf32.ops, op).keywords == {} for op in OP_NAMES
+               if op not in ("conv_forward", "inner_product_forward"))
+    with pytest.raises(DeviceError, match="TF32 .* is a kernel path: use --device cuda"):
+        get_device("cpu", tf32=True)
+
+
 def test_make_ops_names_a_missing_launcher(monkeypatch):
     _fake_launchers(monkeypatch)
     monkeypatch.setitem(sys.modules, "kernels.sgd", None)  # import fails
@@ -163,6 +177,33 @@ def test_cuda_device_runs_the_net_like_the_reference():
     dev = get_device("cuda")
     assert isinstance(dev, Device) and dev.xp.__name__ == "cupy"
     _assert_same_run(_run_tiny(dev), _run_tiny("cpu"))
+
+
+def _assert_close_to_tf32(got, want, tol=2e-2):
+    """The tiny net's run on tensor cores against the float32 reference: every result
+    within `tol` of its largest value (TF32 keeps 10 mantissa bits; a wrong index or a
+    lost term would be off by far more)."""
+    def close(a, b, what):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max(), err_msg=what)
+    close(got["probs"], want["probs"], "probs")
+    close(got["scores"], want["scores"], "scores")
+    assert got["loss"] == pytest.approx(want["loss"], rel=tol)
+    for name, blobs in want["grads"].items():
+        for blob in blobs:
+            close(got["grads"][name][blob], want["grads"][name][blob], f"grad {name} {blob}")
+            close(got["params"][name][blob], want["params"][name][blob], f"{name} {blob}")
+
+
+def test_emu_tf32_device_runs_the_net_close_to_the_reference():
+    got, want = _run_tiny(get_device("emu", tf32=True)), _run_tiny("cpu")
+    _assert_close_to_tf32(got, want)
+    # ... and really in TF32: the scores differ from float32's by more than rounding.
+    assert np.abs(got["scores"] - want["scores"]).max() > 1e-5 * np.abs(want["scores"]).max()
+
+
+@pytest.mark.gpu
+def test_cuda_tf32_device_runs_the_net_close_to_the_reference():
+    _assert_close_to_tf32(_run_tiny(get_device("cuda", tf32=True)), _run_tiny("cpu"))
 
 
 def test_auto_device_without_driver_does_not_import_cupy(monkeypatch):
