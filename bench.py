@@ -40,6 +40,9 @@ from nn.atomic import atomic_write
 
 CHECK_IMAGES = 2        # images compared with the float64 reference: first and last
 TOLERANCE = 1e-4        # max |result - reference| / max |reference|: float32 against float64
+# The same for the tensor-core (TF32) versions: TF32 keeps 10 of float32's 23 mantissa bits,
+# about 5e-4 relative per operand, which long sums add up; a wrong index is off by O(1).
+TF32_TOLERANCE = 1e-2
 FLUSH_BYTES = 256 << 20  # written between GPU runs: several times any GPU's L2 cache
 GPU_BATCHES = (256, 1)
 CPU_BATCH = 16
@@ -368,8 +371,9 @@ class Library:
         return {n: self.to_lib(a) for n, a in inputs.items()}
 
 
-def gate(case, run_fn, lib, inputs, full_outputs=None):
-    """Compare a result with the float64 NumPy reference; returns (ok, max_rel_error).
+def gate(case, run_fn, lib, inputs, full_outputs=None, tolerance=TOLERANCE):
+    """Compare a result with the float64 NumPy reference; returns (ok, max_rel_error),
+    ok when the error is at most `tolerance`.
 
     run_fn(lib_inputs) -> outputs runs the subject on inputs converted by `lib`. It is run
     on the check rows (the first and last image; the whole batch for case.check_all) and
@@ -391,7 +395,7 @@ def gate(case, run_fn, lib, inputs, full_outputs=None):
             if per_sample:
                 errors.append(max_rel_error(lib.to_numpy(g[rows]), t))  # rows on device
     worst = max(errors)
-    return bool(worst <= TOLERANCE), worst
+    return bool(worst <= tolerance), worst
 
 
 # ------------------------------------------------------------------------------ vendors
@@ -554,14 +558,17 @@ def _missing(why):
     return op
 
 
-def open_device(name):
+def open_device(name, tf32=False):
     """(Device, timer, array Library) for 'cpu', 'emu', 'cuda' or 'auto' (nn/device.py's
     choice); BenchError when impossible. On emu/cuda a missing kernel launcher fails only
-    the cases that call it: the kernels that exist are still timed."""
+    the cases that call it: the kernels that exist are still timed. tf32: the device's
+    convolutions and fully connected layers on tensor cores (nn/device.py)."""
     from nn.device import DeviceError, get_device
     try:
-        device = get_device(name, partial=True)
+        device = get_device(name, partial=True, tf32=tf32)
     except DeviceError as exc:
+        if tf32:
+            raise BenchError(f'--tf32: {exc}') from exc
         raise BenchError(f'--device cuda needs an NVIDIA GPU: {exc}. GPU figures need '
                          'a GPU; `python bench.py --device cpu` times the CPU path.') from exc
     # cpu, or emu (the CUDA kernels on the CPU emulator: checks the kernel path) time on
@@ -647,12 +654,12 @@ def _timed(timer, fn, args, images=None):
     return _summary(timer.measure(fn, args.warmup, args.repeats), images)
 
 
-def _time_checked(case, run_fn, lib, inputs, timer, args):
+def _time_checked(case, run_fn, lib, inputs, timer, args, tolerance=TOLERANCE):
     """Gate, then time: {'status', 'max_rel_error', 'time_s', 'times_s'} (+ 'error')."""
     try:
         state_inputs = lib.convert(inputs)
         full = run_fn(state_inputs, keep=True)
-        ok, err = gate(case, lambda t: run_fn(t, keep=False), lib, inputs, full)
+        ok, err = gate(case, lambda t: run_fn(t, keep=False), lib, inputs, full, tolerance)
         out = {'status': 'ok' if ok else 'WRONG', 'max_rel_error': err}
         if ok:
             out.update(_timed(timer, run_fn.timed, args))
@@ -674,9 +681,9 @@ class _Runner:
         return self.run(state)
 
 
-def _checked_row(case, runner, lib, inputs, timer, args, peaks):
+def _checked_row(case, runner, lib, inputs, timer, args, peaks, tolerance=TOLERANCE):
     """_time_checked plus the rates when it was timed."""
-    row = _time_checked(case, runner, lib, inputs, timer, args)
+    row = _time_checked(case, runner, lib, inputs, timer, args, tolerance)
     if 'time_s' in row:
         row.update(_rates(case.counts, row['time_s'], peaks))
     return row
@@ -691,10 +698,10 @@ def bench_case(case, layer, ops, lib, timer, vendor, args, batch, peaks, version
     row.update(_checked_row(case, ours, lib, inputs, timer, args, peaks))
     if versions:
         row['versions'] = []
-        for label, vops in versions:
+        for label, vops, tolerance in versions:
             r = _Runner(lambda t, o=vops: case.prepare(o, t), lambda s, o=vops: case.run(o, s))
-            row['versions'].append(
-                {'version': label, **_checked_row(case, r, lib, inputs, timer, args, peaks)})
+            row['versions'].append({'version': label, **_checked_row(
+                case, r, lib, inputs, timer, args, peaks, tolerance)})
     make = vendor.runner(case, layer) if vendor is not None else None
     if make is not None:
         r = _Runner(make, lambda fn: fn())
@@ -707,7 +714,7 @@ def bench_case(case, layer, ops, lib, timer, vendor, args, batch, peaks, version
 
 
 def reference_algorithms(device, case, layer):
-    """[(label, ops)] for the CPU path: the reference's convolution algorithms
+    """[(label, ops, tolerance)] for the CPU path: the reference's convolution algorithms
     (nn.conv.conv_algorithm) where more than one applies (3x3 at stride 1: im2col and
     Winograd); [] for every other case. The backward follows its forward's algorithm (it
     is in the cache), so the forward op is the one bound."""
@@ -722,14 +729,15 @@ def reference_algorithms(device, case, layer):
     for algorithm in ('im2col', 'winograd'):
         ops = subject_ops(device)
         ops.conv_forward = functools.partial(device.ops.conv_forward, algorithm=algorithm)
-        out.append((algorithm, ops))
+        out.append((algorithm, ops, TOLERANCE))
     return out
 
 
 def kernel_versions(device, case, layer=None):
-    """[(label, ops)] for each kept version of the kernel `case` times (kernel devices;
-    on the CPU path, reference_algorithms: the convolution algorithms). A launcher whose
-    TILED_VERSION can force its tile height (conv) adds that version at each height.
+    """[(label, ops, tolerance)] for each kept version of the kernel `case` times (kernel
+    devices; on the CPU path, reference_algorithms: the convolution algorithms). A
+    launcher whose TILED_VERSIONS can force their tile height (conv) adds those at each
+    height; its TF32_VERSION (tensor cores) is held to TF32_TOLERANCE.
 
     The launcher module's VERSIONS tuple lists them. A backward that takes no `version=`
     follows its forward's (kernels/conv.py and gemm.py keep it in the cache), so the
@@ -749,15 +757,17 @@ def kernel_versions(device, case, layer=None):
             return []
     out = []
     for v in module.VERSIONS:
-        variants = [(str(v), {})]
-        if v == getattr(module, 'TILED_VERSION', None):   # conv: each tile height too
-            variants += [(f'{v}, {h}-row tiles', {'tile_rows': h})
+        tf32 = v == getattr(module, 'TF32_VERSION', None)
+        name = f'{v} (TF32)' if tf32 else str(v)
+        variants = [(name, {})]
+        if v in getattr(module, 'TILED_VERSIONS', ()):   # conv: each tile height too
+            variants += [(f'{name}, {h}-row tiles', {'tile_rows': h})
                          for h in module.TILE_HEIGHTS]
         for label, extra in variants:
             ops = subject_ops(device)
             setattr(ops, target, functools.partial(getattr(module, target), device.runner,
                                                    version=v, **extra))
-            out.append((label, ops))
+            out.append((label, ops, TF32_TOLERANCE if tf32 else TOLERANCE))
     return out
 
 
@@ -830,11 +840,13 @@ def _torch_sgd(torch, model):
                            lr=lr, momentum=SGD_ARGS['momentum'])
 
 
-def bench_network(device, sub_device, timer, torch, args, batch):
+def bench_network(device, sub_device, timer, torch, args, batch, tolerance=TOLERANCE,
+                  label=''):
     """Whole-network figures at `batch`: inference, training step, and batch-1 latency.
 
     Checked first: scores (test mode), and loss plus every gradient (train mode, the
-    same dropout masks) against the float64 reference network with the same weights.
+    same dropout masks) against the float64 reference network with the same weights,
+    within `tolerance`. label: appended to the rows' names ('net.inference' + label).
     """
     from nn.caffenet import CaffeNet
     from nn.solver import SGDSolver
@@ -874,7 +886,7 @@ def bench_network(device, sub_device, timer, torch, args, batch):
                 errs.append(max_rel_error(device.to_numpy(grads[name][blob]),
                                           t_grads[name][blob]))
     err = max(errs)
-    status = 'ok' if err <= TOLERANCE else 'WRONG'
+    status = 'ok' if err <= tolerance else 'WRONG'
 
     plan = [('inference', batch, lambda: net.predict(x))]
     plan.append(('training_step', batch, lambda: solver.step(net.loss_and_grads(x, labels)[1])))
@@ -890,7 +902,7 @@ def bench_network(device, sub_device, timer, torch, args, batch):
                        'error': f'{type(exc).__name__}: {exc}'}, None, None)
     report = []
     for what, n, fn in plan:
-        row = {'name': f'net.{what}', 'batch': n, 'status': status, 'max_rel_error': err,
+        row = {'name': f'net.{what}{label}', 'batch': n, 'status': status, 'max_rel_error': err,
                'flops': flops.network_counts(layers, n, train=(what == 'training_step')).flops}
         t = dict(theirs[0]) if theirs else None
         if status == 'ok' and t and t['status'] == 'ok':
@@ -1063,7 +1075,8 @@ def parse_args(argv):
                    help='untimed runs first (default 3 GPU, 1 CPU)')
     p.add_argument('--only', default=None,
                    help="time only these (comma-separated): a layer 'conv3', a case "
-                        "'conv3.backward', 'sgd', or 'net' for the whole network only")
+                        "'conv3.backward', 'sgd', 'kernels' for every kernel case, or "
+                        "'net' for the whole network")
     p.add_argument('--versions', action='store_true',
                    help="also time every kept version of each kernel (GPU: the launchers' "
                         'version=; CPU: the two convolution algorithms of conv3-conv5)')
@@ -1071,6 +1084,11 @@ def parse_args(argv):
     p.add_argument('--classes', type=int, default=1000,
                    help='classes of the last layer (default 1000, ImageNet CaffeNet)')
     p.add_argument('--no-torch', action='store_true', help='skip the PyTorch comparisons')
+    p.add_argument('--tf32', action='store_true',
+                   help='also time the whole network with its convolutions and fully '
+                        'connected layers on tensor cores in TF32 (cuda, or emu to check '
+                        'it), checked within a TF32 tolerance; the kernels\' TF32 '
+                        'versions are in --versions')
     p.add_argument('--seed', type=int, default=0, help='seed of the random inputs')
     args = p.parse_args(argv)
     for name in ('batch', 'repeats', 'warmup'):
@@ -1089,6 +1107,9 @@ def run(args):
         os.environ['CUPY_TF32'] = '0'
         os.environ['NVIDIA_TF32_OVERRIDE'] = '0'
     device, timer, lib = open_device(args.device)
+    if args.tf32 and device.runner is None:
+        raise BenchError('--tf32 needs the kernels: --device cuda (or emu to check the TF32 '
+                         'path on the CPU emulator)')
     gpu = device.name == 'cuda'
     batches = args.batch or (list(GPU_BATCHES) if gpu else [CPU_BATCH])
     args.repeats = args.repeats or (20 if gpu else 3)
@@ -1115,16 +1136,17 @@ def run(args):
     layers = flops.caffenet_layers(num_classes=args.classes)
     by_name = {l.name: l for l in layers}
     only = args.only
-    want_net = not only or 'net' in [w.strip() for w in only.split(',')]
-    kernel_only = None if not only else ','.join(
-        w for w in only.split(',') if w.strip() and w.strip() != 'net')
-    if only and kernel_only:
+    words = [w.strip() for w in only.split(',') if w.strip()] if only else []
+    want_net = not only or 'net' in words
+    all_kernels = not only or 'kernels' in words
+    kernel_only = None if all_kernels else ','.join(w for w in words if w != 'net')
+    if kernel_only:
         known = build_cases(layers, 1)
         if not select(known, kernel_only):
             names = sorted({c.layer for c in known} | {c.name for c in known})
-            raise BenchError(f"--only {only!r} names no case; choose from 'net', "
+            raise BenchError(f"--only {only!r} names no case; choose from 'net', 'kernels', "
                              + ', '.join(names))
-    run_kernels = not only or bool(kernel_only)
+    run_kernels = all_kernels or bool(kernel_only)
 
     peaks = measure_peaks(device, timer, torch)
     vendors = []
@@ -1165,18 +1187,33 @@ def run(args):
             write_json(args.json, report(partial=True))
 
     if want_net:
-        try:
-            network.extend(bench_network(device, device.with_ops(ops), timer, torch, args,
-                                         max(batches)))
-        except Exception as exc:  # keep the kernel figures; say what broke
-            network.append({'name': 'net', 'batch': max(batches), 'status': 'ERROR',
-                            'error': f'{type(exc).__name__}: {exc}'})
+        nets = [('net', ops, torch, TOLERANCE, '')]
+        if args.tf32:   # the same network on tensor cores; PyTorch is compared in FP32 only
+            nets.append(('net (TF32)', subject_ops(open_device(device.name, tf32=True)[0]),
+                         None, TF32_TOLERANCE, ' (TF32)'))
+        for name, net_ops, net_torch, tolerance, label in nets:
+            try:
+                network.extend(bench_network(device, device.with_ops(net_ops), timer,
+                                             net_torch, args, max(batches), tolerance, label))
+            except Exception as exc:  # keep the kernel figures; say what broke
+                network.append({'name': name, 'batch': max(batches), 'status': 'ERROR',
+                                'error': f'{type(exc).__name__}: {exc}'})
+        if args.tf32:
+            notes.extend(_tf32_speedups(network))
 
     wrong = [r['name'] for r in kernels + network
              if r['status'] != 'ok' or r.get('vendor', {}).get('status', 'ok') != 'ok']
     if wrong:
         notes.append('not timed (WRONG or ERROR): ' + ', '.join(wrong))
     return report(partial=False)
+
+
+def _tf32_speedups(network):
+    """Notes giving each network figure's FP32 time over its TF32 time (the issue's
+    target: the TF32 training step at most half the FP32 one)."""
+    times = {r['name']: r['time_s'] for r in network if 'time_s' in r}
+    return [f'TF32: {name} FP32/TF32 time = {times[name] / times[name + " (TF32)"]:.2f}'
+            for name in times if name + ' (TF32)' in times]
 
 
 def _progress(what, row):
@@ -1201,6 +1238,7 @@ def _report(args, device, machine, torch, gpu, timer, batches, peaks, kernels, n
                      'statistic': 'median of the timed runs (peaks: best run)',
                      'cache_flush_bytes': FLUSH_BYTES if gpu else cpu_flush_bytes(),
                      'check_images': CHECK_IMAGES, 'tolerance_max_rel_error': TOLERANCE,
+                     'tf32': args.tf32, 'tf32_tolerance_max_rel_error': TF32_TOLERANCE,
                      'cupy_tf32': os.environ.get('CUPY_TF32') if gpu else None,
                      'nvidia_tf32_override': os.environ.get('NVIDIA_TF32_OVERRIDE') if gpu else None,
                      'torch_allow_tf32': False if (torch is not None and gpu) else None,

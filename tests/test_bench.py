@@ -90,6 +90,16 @@ def test_json_is_rewritten_after_every_case(tmp_path, monkeypatch, capsys):
     assert f'bench.py: 4/4 {names[3]} (batch 2): ok, ' in err
 
 
+def test_only_kernels_times_every_kernel_case_and_no_network(tmp_path, monkeypatch):
+    real = bench.build_cases
+    monkeypatch.setattr(bench, 'build_cases', lambda *a, **k: [
+        c for c in real(*a, **k) if c.layer in ('relu5', 'pool5')])
+    rc, report = _run(tmp_path, '--batch', '2', '--only', 'kernels')
+    assert rc == 0 and report['network'] == []
+    assert sorted(r['name'] for r in report['kernels']) == [
+        'pool5.backward', 'pool5.forward', 'relu5.backward', 'relu5.forward']
+
+
 def test_wrong_layer_is_reported_not_timed(tmp_path, monkeypatch, capsys):
     # Off by a little in the last element only (the last image): the check rows must
     # include the end of the batch, not just its start.
@@ -192,20 +202,24 @@ def test_versions_bind_the_launchers():
     device = get_device('emu')
     cases = {c.name: c for c in bench.build_cases(flops.caffenet_layers(), 1)}
     versions = bench.kernel_versions(device, cases['conv2.backward'])
-    assert [v for v, _ in versions] == ['1', '2', '2, 128-row tiles', '2, 64-row tiles']
+    assert [v for v, _, _ in versions] == [
+        '1', '2', '2, 128-row tiles', '2, 64-row tiles',
+        '3 (TF32)', '3 (TF32), 128-row tiles', '3 (TF32), 64-row tiles']
     # The backward follows its forward (version and tile height are in the cache).
-    assert [ops.conv_forward.keywords for _, ops in versions] == [
+    assert [ops.conv_forward.keywords for _, ops, _ in versions] == [
         {'version': 1}, {'version': 2}, {'version': 2, 'tile_rows': 128},
-        {'version': 2, 'tile_rows': 64}]
-    labels = [v for v, _ in bench.kernel_versions(device, cases['fc6.gemm_forward'])]
-    assert labels == ['1', '2', '3']
+        {'version': 2, 'tile_rows': 64}, {'version': 3}, {'version': 3, 'tile_rows': 128},
+        {'version': 3, 'tile_rows': 64}]
+    assert [t for _, _, t in versions] == [bench.TOLERANCE] * 4 + [bench.TF32_TOLERANCE] * 3
+    versions = bench.kernel_versions(device, cases['fc6.gemm_forward'])
+    assert [v for v, _, _ in versions] == ['1', '2', '3', '4 (TF32)']
     layers = {l.name: l for l in flops.caffenet_layers()}
     cpu = get_device('cpu')
     assert bench.kernel_versions(cpu, cases['conv2.forward'], layers['conv2']) == []
     assert bench.kernel_versions(cpu, cases['fc6.forward'], layers['fc6']) == []
     versions = bench.kernel_versions(cpu, cases['conv4.backward'], layers['conv4'])
-    assert [v for v, _ in versions] == ['im2col', 'winograd']
-    assert [ops.conv_forward.keywords for _, ops in versions] == [
+    assert [v for v, _, _ in versions] == ['im2col', 'winograd']
+    assert [ops.conv_forward.keywords for _, ops, _ in versions] == [
         {'algorithm': 'im2col'}, {'algorithm': 'winograd'}]
 
 
@@ -327,3 +341,31 @@ def test_torch_that_fails_to_import_is_skipped_with_the_reason(monkeypatch):
     torch, why = bench.import_torch(False, 'cuda')
     assert torch is None
     assert why == 'PyTorch failed to import (OSError: libcudnn.so.9: cannot open shared object file)'
+
+
+# ---- the TF32 (tensor-core) versions ------------------------------------------------------
+
+def test_emulated_tf32_versions_are_checked_within_their_tolerance(tmp_path):
+    rc, report = _run(tmp_path, '--device', 'emu', '--batch', '1', '--only', 'fc8',
+                      '--versions', '--classes', '2')
+    assert rc == 0 and report['settings']['tf32'] is False
+    for row in report['kernels']:
+        by_label = {v['version']: v for v in row['versions']}
+        assert by_label['3']['max_rel_error'] <= bench.TOLERANCE
+        tf32 = by_label['4 (TF32)']
+        # Rounded operands: a real, reported error, inside the TF32 tolerance.
+        assert tf32['status'] == 'ok', row['name']
+        assert bench.TOLERANCE < tf32['max_rel_error'] <= bench.TF32_TOLERANCE, row['name']
+
+
+def test_tf32_needs_the_kernels(capsys):
+    assert bench.main(['--device', 'cpu', '--tf32', '--only', 'net', '--no-torch']) == 2
+    assert '--tf32 needs the kernels' in capsys.readouterr().err
+
+
+def test_tf32_speedup_notes():
+    network = [{'name': 'net.training_step', 'time_s': 0.3},
+               {'name': 'net.training_step (TF32)', 'time_s': 0.1},
+               {'name': 'net.inference', 'time_s': 0.2},
+               {'name': 'net.inference (TF32)', 'status': 'WRONG'}]
+    assert bench._tf32_speedups(network) == ['TF32: net.training_step FP32/TF32 time = 3.00']

@@ -7,10 +7,12 @@
 # optional, for bench.py's comparisons). GPU time is scarce, so every step is bounded, and
 # all of them together stay under 10 minutes (one command's limit on the GPU machines):
 #
-#   1. env.txt          nvidia-smi, versions, the GPUs, a smoke test, the commit (<= 60 s)
-#   2. gpu_tests.log    timeout 250 python -m pytest -q -m gpu               (<= 260 s)
-#   3. bench.json/.log  timeout 220 python bench.py --device cuda ...        (<= 230 s)
-#   4. summary.txt      each step's exit status, wall time and result line
+#   1. env.txt          nvidia-smi, versions, the GPUs, a smoke test, the commit (<= 45 s)
+#   2. gpu_tests.log    timeout 220 python -m pytest -q -m gpu               (<= 230 s)
+#   3. net.json/.log    timeout 100 python bench.py --only net --tf32 ...    (<= 110 s)
+#                       the whole network, FP32 against PyTorch and on TF32 tensor cores
+#   4. bench.json/.log  timeout 150 python bench.py --only kernels ...       (<= 160 s)
+#   5. summary.txt      each step's exit status, wall time and result line
 #
 # Whatever happens the script writes summary.txt (again after every step, so even a kill
 # leaves it) and exits 0: the exit statuses are in the summary (124 = the step ran out of
@@ -18,18 +20,22 @@
 # why; GPU_CHECK_FORCE=1 runs them anyway (to try the script on a CPU-only machine: the
 # gpu tests are then skipped and bench.py exits 2).
 # Variables: OUT (default /tmp/gpu_check_out), PYTHON (default python),
-# TEST_TIMEOUT (250), BENCH_TIMEOUT (220), BENCH_ARGS (the bench options below).
+# TEST_TIMEOUT (220), NET_TIMEOUT (100), BENCH_TIMEOUT (150), NET_ARGS and BENCH_ARGS (the
+# bench options below).
 set -u
 
 OUT=${OUT:-/tmp/gpu_check_out}
 PYTHON=${PYTHON:-python}
-TEST_TIMEOUT=${TEST_TIMEOUT:-250}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-220}
+TEST_TIMEOUT=${TEST_TIMEOUT:-220}
+NET_TIMEOUT=${NET_TIMEOUT:-100}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
 # bench.py's defaults are batch 256 and 1 with 20 timed runs; 10 runs after 2 warm-ups
-# keep the medians and leave room in the time limit. bench.py rewrites its JSON after
-# every case ("partial": true until the end), so a run cut off by the timeout still
-# leaves the figures it measured, and bench.log shows a progress line per case.
-BENCH_ARGS=${BENCH_ARGS:---batch 256 1 --repeats 10 --warmup 2}
+# keep the medians and leave room in the time limits. The network goes first: its
+# figures (the step time against PyTorch, TF32 against FP32) matter most. bench.py
+# rewrites its JSON after every case ("partial": true until the end), so a run cut off by
+# its timeout still leaves the figures it measured; the .log shows a line per case.
+NET_ARGS=${NET_ARGS:---only net --tf32 --batch 256 --repeats 10 --warmup 2}
+BENCH_ARGS=${BENCH_ARGS:---only kernels --batch 256 1 --repeats 10 --warmup 2}
 
 mkdir -p "$OUT" || { echo "gpu_check: cannot create OUT=$OUT" >&2; exit 0; }
 OUT=$(cd "$OUT" && pwd)   # absolute: the script changes directory next
@@ -70,7 +76,7 @@ COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "unknown (no git)")
         echo "nvidia-smi: not found"
     fi
     echo "== GPUs, versions, smoke test"
-    timeout 40 "$PYTHON" - <<'EOF' 2>&1
+    timeout 30 "$PYTHON" - <<'EOF' 2>&1
 import importlib
 import platform
 import sys
@@ -125,6 +131,7 @@ record env 0 $((SECONDS - start)) "env.txt"
 
 if [ "$GPU_NAME" = "none visible to CuPy" ] && [ "${GPU_CHECK_FORCE:-0}" != 1 ]; then
     record gpu_tests skipped 0 "no GPU visible to CuPy (see env.txt); GPU_CHECK_FORCE=1 runs it anyway"
+    record net skipped 0 "no GPU visible to CuPy"
     record bench skipped 0 "no GPU visible to CuPy"
     exit 0
 fi
@@ -143,16 +150,17 @@ rc=${PIPESTATUS[0]}
 tally=$(grep -E '(passed|failed|error|skipped|no tests ran)' "$OUT/gpu_tests.log" | tail -n1)
 record gpu_tests "$rc" $((SECONDS - start)) "${tally:-no pytest tally, see gpu_tests.log}"
 
-# ---------------------------------------------------------------- 3. benchmark
-start=$SECONDS
-rm -f "$OUT/bench.json"   # an older run's figures must not pass for this run's
-# shellcheck disable=SC2086  # BENCH_ARGS is a list of options
-timeout -k 10 "$BENCH_TIMEOUT" "$PYTHON" bench.py --device cuda $BENCH_ARGS \
-    --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
-rc=${PIPESTATUS[0]}
-result="bench.py $BENCH_ARGS"
-if [ -f "$OUT/bench.json" ]; then
-    result="$result; $(timeout 20 "$PYTHON" - "$OUT/bench.json" <<'EOF' 2>&1
+# ---------------------------------------------------------------- 3, 4. benchmark
+bench_step() {  # bench_step NAME TIMEOUT ARGS: bench.py into $OUT/NAME.json and NAME.log
+    local name=$1 limit=$2 args=$3 start=$SECONDS result rc
+    rm -f "$OUT/$name.json"   # an older run's figures must not pass for this run's
+    # shellcheck disable=SC2086  # args is a list of options
+    timeout -k 10 "$limit" "$PYTHON" bench.py --device cuda $args \
+        --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log"
+    rc=${PIPESTATUS[0]}
+    result="bench.py $args"
+    if [ -f "$OUT/$name.json" ]; then
+        result="$result; $(timeout 15 "$PYTHON" - "$OUT/$name.json" <<'EOF' 2>&1
 import json
 import sys
 
@@ -163,8 +171,12 @@ print(f"{len(rows)} cases, {len(bad)} not ok" + (f": {', '.join(bad[:10])}" if b
       + (" (partial: the run did not finish)" if report.get("partial") else ""))
 EOF
 )"
-else
-    result="$result; no bench.json"
-fi
-record bench "$rc" $((SECONDS - start)) "$result"
+    else
+        result="$result; no $name.json"
+    fi
+    record "$name" "$rc" $((SECONDS - start)) "$result"
+}
+
+bench_step net "$NET_TIMEOUT" "$NET_ARGS"
+bench_step bench "$BENCH_TIMEOUT" "$BENCH_ARGS"
 exit 0
