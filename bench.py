@@ -876,7 +876,7 @@ def bench_network(device, sub_device, timer, torch, args, batch, tolerance=TOLER
     want = truth.forward(x_check.astype(np.float64))
     errs = [max_rel_error(device.to_numpy(net.forward(device.asarray(x_check))), want),
             max_rel_error(device.to_numpy(net.forward(x))[rows], want)]
-    if max(errs) <= TOLERANCE:  # (a wrong forward needs no gradient check)
+    if max(errs) <= tolerance:  # (a wrong forward needs no gradient check)
         loss, grads, _ = net.loss_and_grads(device.asarray(x_check),
                                             device.asarray(labels_check, np.int32))
         t_loss, t_grads, _ = truth.loss_and_grads(x_check.astype(np.float64), labels_check)
@@ -1187,17 +1187,21 @@ def run(args):
             write_json(args.json, report(partial=True))
 
     if want_net:
-        nets = [('net', ops, torch, TOLERANCE, '')]
+        nets = [('net', lambda: device.with_ops(ops), torch, TOLERANCE, '')]
         if args.tf32:   # the same network on tensor cores; PyTorch is compared in FP32 only
-            nets.append(('net (TF32)', subject_ops(open_device(device.name, tf32=True)[0]),
-                         None, TF32_TOLERANCE, ' (TF32)'))
-        for name, net_ops, net_torch, tolerance, label in nets:
+            def tf32_device():
+                tf32 = open_device(device.name, tf32=True)[0]
+                return tf32.with_ops(subject_ops(tf32))
+            nets.append(('net (TF32)', tf32_device, None, TF32_TOLERANCE, ' (TF32)'))
+        for name, sub_device, net_torch, tolerance, label in nets:
             try:
-                network.extend(bench_network(device, device.with_ops(net_ops), timer,
-                                             net_torch, args, max(batches), tolerance, label))
+                network.extend(bench_network(device, sub_device(), timer, net_torch, args,
+                                             max(batches), tolerance, label))
             except Exception as exc:  # keep the kernel figures; say what broke
                 network.append({'name': name, 'batch': max(batches), 'status': 'ERROR',
                                 'error': f'{type(exc).__name__}: {exc}'})
+            if args.json:   # the FP32 figures survive a time limit hit in the TF32 run
+                write_json(args.json, report(partial=True))
         if args.tf32:
             notes.extend(_tf32_speedups(network))
 

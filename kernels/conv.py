@@ -7,8 +7,8 @@ Same signatures as nn/conv.py with a leading `runner` (kernels/runner.py) and an
        (conv_*_v2 and conv_*_v2_m64, default; auto_tile_rows picks the height per pass,
        tile_rows=128 or 64 forces one for a layer's forward and backward)
     3  version 2's kernels with tf32 = 1: the same tiles, their products on tensor cores
-       in TF32 (inputs rounded to 10 mantissa bits, sums in float32; about 1e-3 relative
-       error against float32, see tests/test_conv_kernels.py)
+       in TF32 (inputs rounded to 10 mantissa bits, sums in float32: about 5e-4 of a
+       result's largest value against float64; needs compute capability 8.0)
 The version chosen in the forward is kept in the cache and used by the backward, except
 that versions 2 and 3 compute dx with version 1's gather kernel when stride > 1 (see
 conv_backward).
@@ -87,7 +87,7 @@ def conv_forward(runner, x, w, b, stride=1, pad=0, group=1, relu=False, layer='c
     references y, so do not modify y in place before conv_backward. tile_rows: see the
     module docstring (None: each pass picks its own).
     """
-    version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer)
+    version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer, runner, TF32_VERSION)
     if tile_rows is not None and (version not in TILED_VERSIONS or type(tile_rows) is not int
                                   or tile_rows not in TILE_HEIGHTS):
         fail(layer, f"tile_rows must be None or one of {TILE_HEIGHTS} with version 2 or 3, "

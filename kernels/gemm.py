@@ -6,7 +6,7 @@ optional `version`:
     2  16 x 16 shared-memory tiles (gemm_v2)
     3  128 x 128 register-blocked tiles, float4 loads, double buffering (gemm_v3, default)
     4  version 3 on tensor cores in TF32 (gemm_v4: inputs rounded to 10 mantissa bits,
-       sums in float32)
+       sums in float32; needs compute capability 8.0)
 `matmul` exposes the bare product so the benchmark can time it against cuBLAS. The layer's
 shapes are checked by nn.inner_product.check_inner_product_shapes, shared with the reference.
 
@@ -84,7 +84,7 @@ def matmul(runner, a, b, trans_a=False, trans_b=False, version=None, split_k=Non
     version: 1 to 4 (default 3); split_k: number of K slices (default: automatic).
     """
     layer = "matmul"
-    version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer)
+    version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer, runner, TF32_VERSION)
     check_array(runner, a, "a", layer, "(K, M)" if trans_a else "(M, K)", ndim=2)
     check_array(runner, b, "b", layer, "(N, K)" if trans_b else "(K, N)", ndim=2)
     m, k = a.shape[::-1] if trans_a else a.shape
@@ -103,7 +103,7 @@ def inner_product_forward(runner, x, w, b, relu=False, layer='fc', version=None)
     relu=True applies ReLU in the kernel's epilogue. Returns (y, cache); with relu=True the
     cache references y, so do not modify y in place before inner_product_backward.
     """
-    version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer)
+    version = pick_version(version, VERSIONS, DEFAULT_VERSION, layer, runner, TF32_VERSION)
     check_array(runner, w, "w", layer, "(O, D)", ndim=2)
     o, d = w.shape
     check_array(runner, x, "x", layer, f"(N, {d}) or (N, ...) with {d} elements per sample")

@@ -58,14 +58,26 @@ def check_upstream_grad(runner, dy, shape, layer):
 VECTOR_VERSIONS = (1, 2)
 
 
-def pick_version(version, available, default, layer):
+def pick_version(version, available, default, layer, runner=None, tf32_version=None):
     """Return `version` (or `default` when None) after checking it is one of `available`,
-    the launcher module's VERSIONS tuple."""
+    the launcher module's VERSIONS tuple, and, when it is the module's TF32 version
+    (tf32_version), that `runner`'s GPU can run it (check_tf32)."""
     if version is None:
-        return default
+        version = default
     if version not in available:
         fail(layer, f"version must be one of {sorted(available)} or None, got {version!r}")
+    if version == tf32_version:
+        check_tf32(runner, version, layer)
     return version
+
+
+def check_tf32(runner, version, layer):
+    """A TF32 (tensor-core) version needs compute capability 8.0 (sm_80, A100) or newer:
+    refuse it by name on an older GPU, where its kernels would trap."""
+    cc = runner.compute_capability
+    if cc is not None and cc < 80:
+        fail(layer, f"version {version} (TF32 tensor cores) needs a GPU of compute "
+                    f"capability 8.0 or newer; this one is {cc // 10}.{cc % 10}")
 
 
 def cdiv(a, b):

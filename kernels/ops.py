@@ -73,7 +73,7 @@ def make_ops(runner, partial=False, tf32=False):
     launcher file when a launcher is missing; with partial=True that op instead raises
     the ImportError when called, so the others stay usable (bench.py times the kernels
     that exist). tf32=True: the convolutions and fully connected layers run their
-    launchers' TF32_VERSION, on tensor cores (about 1e-3 relative error, see
+    launchers' TF32_VERSION, on tensor cores (about 5e-4 relative error, see
     kernels/conv.py).
     """
     bound = {}

@@ -132,7 +132,11 @@ __device__ __forceinline__ void slab_multiply(const float* As, const float* Bs, 
 //     b[0] B[q][g]     b[1] B[q+4][g]
 //     d[0] D[g][2q]    d[1] D[g][2q+1]    d[2] D[g+8][2q]    d[3] D[g+8][2q+1]
 // The emulator computes the same (kernels/emulator/shim.h), but synchronises the whole block
-// to do it: every thread of a block must call mma_m16n8k8_tf32 together.
+// to do it: every thread of a block must call mma_m16n8k8_tf32 together. Tensor cores with
+// TF32 came with sm_80 (A100); compiled for an older GPU these functions trap, and the
+// launchers refuse the TF32 versions there (launch_utils.check_tf32).
+// Measured error of the TF32 versions: about 5e-4 of a result's largest value against
+// float64 (float32: about 1e-7), see docs/benchmarks.md.
 
 // x rounded to TF32, to nearest with ties away from zero (cvt.rna.tf32.f32): the products'
 // TF32 versions round each operand once, when it goes into shared memory.
@@ -141,10 +145,13 @@ __device__ __forceinline__ float tf32_round(float x) {
     unsigned int u = __float_as_uint(x);
     if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;  // not inf/NaN
     return __uint_as_float(u);
-#else
+#elif __CUDA_ARCH__ >= 800
     unsigned int u;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
     return __uint_as_float(u);
+#else   // no TF32 before sm_80: the launchers refuse the TF32 versions there (tf32_capable)
+    __trap();
+    return x;
 #endif
 }
 
@@ -152,13 +159,15 @@ __device__ __forceinline__ float tf32_round(float x) {
 __device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const float a[4], const float b[2]) {
 #ifdef CAFFENET_EMU
     emu_mma_m16n8k8_tf32(d, a, b);
-#else
+#elif __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(__float_as_uint(a[0])), "r"(__float_as_uint(a[1])), "r"(__float_as_uint(a[2])),
           "r"(__float_as_uint(a[3])), "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
+#else
+    __trap();
 #endif
 }
 

@@ -324,10 +324,13 @@ class KernelRunner:
     Subclasses provide `_array_type` (the array class launches accept) and
     `_load(path, display, name) -> (KernelInfo, run)`, where `run(grid3, block3, args,
     shared_mem)` starts the kernel once the arguments have been checked.
+    compute_capability: the GPU's, as 80 for sm_80 (None on the emulator, which has all
+    features).
     """
     name = None
     xp = None
     _array_type = None
+    compute_capability = None
 
     def __init__(self):
         self._kernels = {}  # (file, name) -> launcher
@@ -475,6 +478,7 @@ class CupyRunner(KernelRunner):
                                'emulator (EmuRunner) instead')
         self.xp = cupy
         self._array_type = cupy.ndarray
+        self.compute_capability = int(cupy.cuda.Device().compute_capability)
 
     def _module(self, path, display):
         entry = self._modules.get(path)

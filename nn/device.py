@@ -113,6 +113,9 @@ def get_device(name=None, partial=False, tf32=False):
     ValueError for unknown names.
     """
     if isinstance(name, Device):
+        if tf32 and not name.tf32:
+            raise ValueError(f"get_device: {name!r} was made without tf32; ask for "
+                             "get_device(name, tf32=True)")
         return name
     if name is None or name == "auto":
         name = "cuda" if cuda_available() else "cpu"
@@ -144,5 +147,6 @@ def add_device_argument(parser):
     parser.add_argument(
         "--tf32", action="store_true",
         help="convolutions and fully connected layers on the GPU's tensor cores in TF32 "
-             "(10-bit mantissas, about 1e-3 relative error; cuda or emu only)")
+             "(10-bit mantissas, about 5e-4 relative error; cuda with compute capability "
+             ">= 8.0, or emu)")
     return parser

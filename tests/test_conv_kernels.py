@@ -45,18 +45,20 @@ def reference(x, w, b, dy_seed, stride, pad, group, relu, tf32=False, dx_tf32=No
     dx_tf32 = tf32 and stride == 1 if dx_tf32 is None else dx_tf32
     f64 = lambda a, rounded: (tf32_round(a) if rounded else a).astype(np.float64)  # noqa: E731
 
-    def gradients(xr, wr, dyr):   # (dx, dw, db) of the convolution alone
-        _, cache = ref.conv_forward(xr, wr, b.astype(np.float64), stride=stride, pad=pad,
-                                    group=group)
-        return ref.conv_backward(dyr, cache)
+    def linear(xr, wr):   # the convolution without its ReLU: (y, cache)
+        return ref.conv_forward(xr, wr, b.astype(np.float64), stride=stride, pad=pad,
+                                group=group)
 
-    y, _ = ref.conv_forward(f64(x, tf32), f64(w, tf32), b.astype(np.float64), stride=stride,
-                            pad=pad, group=group, relu=relu)
+    y, cache = linear(f64(x, tf32), f64(w, tf32))
+    if relu:
+        y = np.maximum(y, 0)
     dy = uniform(np.random.default_rng(dy_seed), y.shape)
     dy_eff = dy * (y > 0) if relu else dy   # what the kernels' bias pass hands on
-    _, dw, db = gradients(f64(x, tf32), f64(w, tf32), f64(dy_eff, tf32))
+    dx, dw, _ = ref.conv_backward(f64(dy_eff, tf32), cache)
     db = dy_eff.sum(axis=(0, 2, 3), dtype=np.float64)
-    dx = gradients(f64(x, False), f64(w, dx_tf32), f64(dy_eff, dx_tf32))[0]
+    if dx_tf32 != tf32:   # dx from other inputs than dw (one more pass, only then)
+        _, dx_cache = linear(f64(x, False), f64(w, dx_tf32))
+        dx = ref.conv_backward(f64(dy_eff, dx_tf32), dx_cache)[0]
     return y, dy, dx, dw, db
 
 
@@ -153,6 +155,17 @@ def test_weight_grad_split_rule():
     assert conv._weight_grad_split(300, 1) == (304, 1)
     chunk, count = conv._weight_grad_split(126, 4, 3)
     assert chunk % 8 == 0 and (count - 1) * chunk < 126 <= count * chunk
+
+
+def test_tf32_version_is_refused_on_gpus_before_sm_80():
+    """A GPU of compute capability 7.5 has no TF32 tensor cores: version 3 is refused by
+    name there (checked with a stand-in runner: the check runs before any launch)."""
+    from types import SimpleNamespace
+    x, w, b = make_problem((1, 2, 5, 5), 3, 3, 3, 1, seed=7)
+    old_gpu = SimpleNamespace(compute_capability=75)
+    with pytest.raises(ValueError, match=r"conv4: version 3 \(TF32 tensor cores\) needs a GPU "
+                                         r"of compute capability 8.0 or newer; this one is 7.5"):
+        conv.conv_forward(old_gpu, x, w, b, version=3, layer="conv4")
 
 
 def test_version_2_refuses_tensors_past_int32_offsets():

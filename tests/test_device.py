@@ -102,6 +102,9 @@ def test_tf32_binds_the_tensor_core_versions():
                if op not in ("conv_forward", "inner_product_forward"))
     with pytest.raises(DeviceError, match="TF32 .* is a kernel path: use --device cuda"):
         get_device("cpu", tf32=True)
+    assert get_device(tf32, tf32=True) is tf32
+    with pytest.raises(ValueError, match="was made without tf32"):
+        get_device(plain, tf32=True)
 
 
 def test_make_ops_names_a_missing_launcher(monkeypatch):

@@ -131,6 +131,16 @@ def test_inner_product_default_is_v3(emu):
     assert cache[4] == 3
 
 
+def test_tf32_version_is_refused_on_gpus_before_sm_80():
+    from types import SimpleNamespace
+    old_gpu = SimpleNamespace(compute_capability=75)
+    x, w, b = np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), np.ones(4, np.float32)
+    with pytest.raises(ValueError, match=r"fc6: version 4 \(TF32 tensor cores\) needs .* 7.5"):
+        gemm.inner_product_forward(old_gpu, x, w, b, layer="fc6", version=4)
+    with pytest.raises(ValueError, match=r"matmul: version 4 \(TF32"):
+        gemm.matmul(old_gpu, x, w, trans_b=True, version=4)
+
+
 def test_inner_product_bad_inputs(emu):
     x = np.ones((2, 6), np.float32)
     w = np.ones((4, 6), np.float32)

@@ -11,7 +11,9 @@ import pytest
 from kernels.runner import (KernelCompileError, assemble_source, find_kernels, load_nvrtc,
                             nvrtc_cubin, project_kernel_files, read_text, resolve_source)
 
-ARCHS = ('sm_80', 'sm_90')
+# sm_75 (T4) too: the TF32 code must compile there as a trap (prelude.cuh), so the
+# kernels' FP32 versions still run on GPUs without TF32 tensor cores.
+ARCHS = ('sm_75', 'sm_80', 'sm_90')
 
 
 @pytest.fixture(scope='module')

@@ -7,11 +7,12 @@
 # optional, for bench.py's comparisons). GPU time is scarce, so every step is bounded, and
 # all of them together stay under 10 minutes (one command's limit on the GPU machines):
 #
-#   1. env.txt          nvidia-smi, versions, the GPUs, a smoke test, the commit (<= 45 s)
+#   1. env.txt          nvidia-smi, versions, the GPUs, a smoke test, the commit (<= 55 s)
 #   2. gpu_tests.log    timeout 220 python -m pytest -q -m gpu               (<= 230 s)
-#   3. net.json/.log    timeout 100 python bench.py --only net --tf32 ...    (<= 110 s)
+#   3. net.json/.log    timeout 100 python bench.py --only net --tf32 ...    (<= 125 s)
 #                       the whole network, FP32 against PyTorch and on TF32 tensor cores
-#   4. bench.json/.log  timeout 150 python bench.py --only kernels ...       (<= 160 s)
+#   4. bench.json/.log  timeout 150 python bench.py --only kernels ...       (<= 175 s)
+#   (3 and 4 include up to 15 s to summarise their JSON; 585 s at the very worst)
 #   5. summary.txt      each step's exit status, wall time and result line
 #
 # Whatever happens the script writes summary.txt (again after every step, so even a kill
@@ -71,12 +72,12 @@ COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "unknown (no git)")
     echo "== date: $(date -u '+%Y-%m-%dT%H:%M:%SZ')   commit: $COMMIT"
     echo "== nvidia-smi"
     if command -v nvidia-smi >/dev/null 2>&1; then
-        timeout 15 nvidia-smi 2>&1
+        timeout -k 5 15 nvidia-smi 2>&1
     else
         echo "nvidia-smi: not found"
     fi
     echo "== GPUs, versions, smoke test"
-    timeout 30 "$PYTHON" - <<'EOF' 2>&1
+    timeout -k 5 30 "$PYTHON" - <<'EOF' 2>&1
 import importlib
 import platform
 import sys

@@ -150,10 +150,13 @@ static inline int __mulhi(int a, int b) { return (int)(((long long)a * b) >> 32)
 //     d[0] D[g][2q]    d[1] D[g][2q+1]    d[2] D[g+8][2q]    d[3] D[g+8][2q+1]
 // Emulated: every thread leaves its fragments in a buffer (blocks run one after another on
 // an OS thread, so one buffer per library serves them all), the block synchronises, each
-// thread gathers its warp's A and B from it and computes its 4 elements of D, reading every
-// input as the tensor core does (the low 13 mantissa bits ignored: TF32), and the block
+// thread gathers its warp's A and B from it and computes its 4 elements of D, and the block
 // synchronises again. So every thread of the block must call it, together and in the
-// same order: stricter than the GPU, where the warp's 32 threads must.
+// same order: stricter than the GPU, where the warp's 32 threads must. Inputs are cut to
+// TF32 (the low 13 mantissa bits dropped; what the hardware does with unrounded inputs is
+// unspecified, and the kernels round every input with tf32_round first). The 8 products
+// are exact in float32 and summed in order in IEEE float; the tensor core's accumulation
+// may differ in the last bits, which the tests' float32 tolerances absorb.
 static float emu_mma_a[1024][4], emu_mma_b[1024][2];
 
 static inline float emu_tf32_read(float x) { return __uint_as_float(__float_as_uint(x) & 0xffffe000u); }
