@@ -38,8 +38,8 @@
  *   with gemm_v3).  Each pass also has a narrow kernel (_m64) whose tiles have 64 rows,
  *   4 x 8 per thread: CaffeNet's M = 48 (conv2's dx) would leave 80 of a 128-row tile's
  *   rows idle, and M = 192 (conv4, conv5) a quarter of its rows; the launcher picks the
- *   height (kernels/conv.py auto_tile_rows).  With 128-row tiles alone, 24% of the tile work
- *   of a CaffeNet training step is padding; choosing per pass leaves 9%.
+ *   height (kernels/conv.py auto_tile_rows).  With 128-row tiles alone, 24% of the tile
+ *   work of a CaffeNet training step is padding; choosing per pass leaves 9%.
  *   Grid (ceil(Ncol / 128), ceil(M / BM), G * S), BM = 128 or 64: z is
  *   (split s, group g) = (z / G, z % G).  Only backward weights uses S > 1 splits: its
  *   R = N P is long (193600 for conv1 at batch 64) while its output is small, so the R
@@ -50,9 +50,9 @@
  *   its columns' parts once, and per step one reduction index's part, counted forward
  *   rather than divided (IgDigits); an element then costs a few adds and compares, in
  *   32-bit offsets (the launcher keeps every tensor under 2^31 elements).  The main
- *   loop's body (512 FMAs per step) went from 838 to 664 instructions (forward), 884 to
- *   682 (backward weights) and 1279 to 667 (backward data, whose old loop also held the
- *   stride > 1 code): FMAs are 75-77% of it, up from 40-61% (`python -m
+ *   loop's body (512 FMAs per step) went from 838 to 657 instructions (forward), 884 to
+ *   669 (backward weights) and 1279 to 665 (backward data, whose old loop also held the
+ *   stride > 1 code): FMAs are 77-78% of it, up from 40-61% (`python -m
  *   tools.sass_stats conv.cu`, sm_90 as CuPy compiles it; counted, not timed).
  *   With stride > 1 most of backward data's B operand is zero (between strides) and not
  *   separable, so the launcher uses the v1 gather there.
@@ -65,7 +65,7 @@
  *   cores (python -m tools.sass_stats conv.cu).  Shared rows are then padded by 8, so that
  *   a warp's fragment reads hit 32 different banks.
  *
- * Shared by both versions: conv_bias_grad, db[k] = sum over (n, oh, ow) of dy, one block
+ * Shared by all versions: conv_bias_grad, db[k] = sum over (n, oh, ow) of dy, one block
  * per filter with a shared-memory tree reduction; with a fused ReLU it also writes the
  * masked gradient dy * (y > 0) that the other passes then use.
  */

@@ -43,7 +43,7 @@ def auto_tile_rows(m):
     """Version 2's tile height for a product with m rows: 64 where 64-row tiles leave fewer
     rows idle than 128-row ones (m = 48: 64 rows computed instead of 128; m = 192: 192
     instead of 256), else 128. A 128-row tile issues more of its instructions as FMAs
-    (75-77% of its main loop against 63-66%: python -m tools.sass_stats conv.cu), so ties
+    (77-78% of its main loop against 64-67%: python -m tools.sass_stats conv.cu), so ties
     go to it (m = 96). Not weighed: how many blocks a pass gets (conv1's forward at
     batch 1 has 24 tiles of 128 rows for 132 multiprocessors); the first GPU run's
     bench.py --versions times both heights."""
