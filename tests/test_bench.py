@@ -369,3 +369,27 @@ def test_tf32_speedup_notes():
                {'name': 'net.inference', 'time_s': 0.2},
                {'name': 'net.inference (TF32)', 'status': 'WRONG'}]
     assert bench._tf32_speedups(network) == ['TF32: net.training_step FP32/TF32 time = 3.00']
+
+
+def test_network_gate_checks_gradients_at_its_own_tolerance():
+    """A network whose scores are off by 3e-4 (inside a TF32 tolerance of 1e-2) and whose
+    fc6 weight gradient is off by 10% is WRONG: the gradients are checked whenever the
+    forward passes the tolerance in force, not only the FP32 one."""
+    args = bench.parse_args(['--device', 'cpu', '--repeats', '1', '--warmup', '0',
+                             '--no-torch'])
+    device, timer, _ = bench.open_device('cpu')
+    ops = bench.subject_ops(device)
+    real_fc_forward, real_fc_backward = ops.inner_product_forward, ops.inner_product_backward
+
+    def fc_forward(x, w, b, **kwargs):
+        y, cache = real_fc_forward(x, w, b, **kwargs)
+        return y * (1 + 3e-4) if kwargs.get('layer') == 'fc8' else y, cache
+
+    def fc_backward(dy, cache):
+        dx, dw, db = real_fc_backward(dy, cache)
+        return dx, (dw * 1.1 if dw.shape[1] == 9216 else dw), db   # fc6's weights
+    ops.inner_product_forward, ops.inner_product_backward = fc_forward, fc_backward
+    rows = bench.bench_network(device, device.with_ops(ops), timer, None, args, 1,
+                               tolerance=1e-2, label=' (test)')
+    assert {r['name'] for r in rows} == {'net.inference (test)', 'net.training_step (test)'}
+    assert all(r['status'] == 'WRONG' and r['max_rel_error'] > 0.05 for r in rows)
