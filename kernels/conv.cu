@@ -333,10 +333,10 @@ struct IgPart { int lin, y, x; };
 
 __device__ __forceinline__ IgPart ig_col_part(int mode, const ConvGeom& g, int grp, int col,
                                               int Ncol) {
-    int mid, inner;
-    ig_col_radix(mode, g, &mid, &inner);
     IgPart p;
     if (col >= Ncol) { p.lin = 0; p.y = IG_OFF_IMAGE; p.x = 0; return p; }
+    int mid, inner;
+    ig_col_radix(mode, g, &mid, &inner);
     IgDigits d = ig_digits(col, mid, inner);
     if (mode == IG_FORWARD) {
         p.y = d.d1 * g.stride - g.pad;
