@@ -55,6 +55,17 @@ def _height(forced, m):
     return forced or auto_tile_rows(m)
 
 
+def _pass_kernel(runner, pass_name, version, tile_rows, count, m, ncol, group):
+    """(kernel, grid, trailing arguments) of a forward or backward-data pass: version 1's
+    kernel over `count` outputs, one thread each; or the implicit GEMM's (versions 2, 3)
+    over a product of m rows and ncol columns per group, with its `tf32` argument."""
+    if version == 1:
+        return runner.kernel("conv.cu", f"conv_{pass_name}_v1"), (cdiv(count, BLOCK), 1, 1), ()
+    rows = _height(tile_rows, m)
+    return (_v2_kernel(runner, pass_name, rows), (cdiv(ncol, TILE), cdiv(m, rows), group),
+            (np.int32(version == TF32_VERSION),))
+
+
 def _v2_kernel(runner, pass_name, rows):
     """The implicit-GEMM kernel (versions 2 and 3) for a pass ('forward', 'backward_data',
     'backward_weights') and tile height."""
@@ -98,13 +109,8 @@ def conv_forward(runner, x, w, b, stride=1, pad=0, group=1, relu=False, layer='c
         _check_int32_offsets(layer, x=x.size, w=w.size, y=n * k * ho * wo)
     geom = _geometry(x.shape, w.shape, stride, pad, group, ho, wo)
     y = runner.xp.empty((n, k, ho, wo), dtype=np.float32)
-    if version == 1:
-        kernel, grid = runner.kernel("conv.cu", "conv_forward_v1"), (cdiv(y.size, BLOCK), 1, 1)
-    else:
-        rows = _height(tile_rows, k // group)
-        kernel = _v2_kernel(runner, "forward", rows)
-        grid = (cdiv(n * ho * wo, TILE), cdiv(k // group, rows), group)
-    tf32 = (np.int32(version == TF32_VERSION),) if version != 1 else ()
+    kernel, grid, tf32 = _pass_kernel(runner, "forward", version, tile_rows, y.size,
+                                      k // group, n * ho * wo, group)
     kernel(grid, (BLOCK, 1, 1), (x, w, b, y) + geom + (np.int32(relu),) + tf32)
     cache = dict(x=x, w=w, y=y if relu else None, geom=geom, version=version, layer=layer,
                  tile_rows=tile_rows)
@@ -166,14 +172,8 @@ def _backward_data(runner, dy_eff, w, dx, geom, version, tile_rows=None):
     """dx (N, C, H, W) from the (ReLU-masked) dy by version 1's gather or the implicit
     GEMM of versions 2 and 3 (tiles of tile_rows rows, None for auto_tile_rows)."""
     n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)
-    if version == 1:
-        kernel = runner.kernel("conv.cu", "conv_backward_data_v1")
-        grid = (cdiv(dx.size, BLOCK), 1, 1)
-    else:
-        rows = _height(tile_rows, c // group)
-        kernel = _v2_kernel(runner, "backward_data", rows)
-        grid = (cdiv(n * h * wid, TILE), cdiv(c // group, rows), group)
-    tf32 = (np.int32(version == TF32_VERSION),) if version != 1 else ()
+    kernel, grid, tf32 = _pass_kernel(runner, "backward_data", version, tile_rows, dx.size,
+                                      c // group, n * h * wid, group)
     kernel(grid, (BLOCK, 1, 1), (dy_eff, w, dx) + geom + tf32)
     return dx
 
@@ -188,10 +188,10 @@ def _weight_grad_split(reduction, tiles, splits=None):
 def _backward_weights_v2(runner, dy_eff, x, dw, geom, splits=None, tile_rows=None,
                          tf32=False):
     """dw (K, Cg, kh, kw) by conv_backward_weights_v2 (on tensor cores with tf32=True,
-    version 3), with the reduction over N * Ho * Wo
-    split into chunks (partial sums in a (chunks, K, Cg, kh, kw) buffer, then
-    gemm_splitk_reduce, the fully connected layers' split-K sum) when there are few
-    output tiles. splits: see _weight_grad_split; tile_rows: None for auto_tile_rows."""
+    version 3), with the reduction over N * Ho * Wo split into chunks (partial sums in a
+    (chunks, K, Cg, kh, kw) buffer, then gemm_splitk_reduce, the fully connected layers'
+    split-K sum) when there are few output tiles. splits: see _weight_grad_split;
+    tile_rows: None for auto_tile_rows."""
     n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)
     cols, rows = (c // group) * kh * kw, k // group
     height = _height(tile_rows, rows)
