@@ -49,9 +49,8 @@ def _gemm(runner, a, b, c, bias, m, n, k, trans_a, trans_b, bias_mode, relu, ver
     """c (m, n) = op(a) @ op(b), then the epilogue (bias, ReLU); see gemm.cu for layouts.
 
     Arrays are already checked. split_k: None (automatic for versions 3 and 4, none
-    otherwise) or
-    the number of K slices; with more than one slice the partial products go to a
-    temporary (slices, m, n) buffer and gemm_splitk_reduce adds them up.
+    otherwise) or the number of K slices; with more than one slice the partial products
+    go to a temporary (slices, m, n) buffer and gemm_splitk_reduce adds them up.
     """
     tile = _TILE[version]
     grid_xy = (cdiv(n, tile), cdiv(m, tile))
