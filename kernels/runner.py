@@ -466,16 +466,10 @@ class CupyRunner(KernelRunner):
     def __init__(self):
         super().__init__()
         load_nvrtc()
-        import cupy
-        # Fail here with a clear message, not at the first compile deep inside CuPy.
-        try:
-            count = cupy.cuda.runtime.getDeviceCount()
-        except Exception as e:  # noqa: BLE001 - no driver: CUDARuntimeError
-            raise RuntimeError(f'CupyRunner needs an NVIDIA GPU and driver, and CuPy sees '
-                               f'none ({e}); use the emulator (EmuRunner) instead') from e
-        if count < 1:
-            raise RuntimeError('CupyRunner needs an NVIDIA GPU, and CuPy sees none; use the '
-                               'emulator (EmuRunner) instead')
+        from nn.device import import_cupy_with_gpu
+        # Fail here with a clear message (DeviceError, a RuntimeError), not at the first
+        # compile deep inside CuPy.
+        cupy = import_cupy_with_gpu()
         self.xp = cupy
         self._array_type = cupy.ndarray
         self.compute_capability = int(cupy.cuda.Device().compute_capability)

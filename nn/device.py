@@ -56,7 +56,7 @@ class Device:
         return f"Device({self.name!r})"
 
 
-def _import_cupy_with_gpu():
+def import_cupy_with_gpu():
     """CuPy if it imports and sees at least one GPU, else raise DeviceError saying why."""
     try:
         import cupy
@@ -87,7 +87,7 @@ def cuda_available():
     if _no_nvidia_driver():
         return False
     try:
-        _import_cupy_with_gpu()
+        import_cupy_with_gpu()
         return True
     except DeviceError:
         return False
@@ -130,7 +130,7 @@ def get_device(name=None, partial=False, tf32=False):
     if name == "emu":
         return _kernel_device("emu", np, partial, tf32)
     if name == "cuda":
-        return _kernel_device("cuda", _import_cupy_with_gpu(), partial, tf32)
+        return _kernel_device("cuda", import_cupy_with_gpu(), partial, tf32)
     raise ValueError(f"unknown device {name!r}: expected one of {', '.join(DEVICE_NAMES)} "
                      "or None/'auto'")
 
