@@ -1165,6 +1165,11 @@ def run(args):
         return _report(args, device, machine, torch, gpu, timer, batches, peaks, kernels,
                        network, notes, partial)
 
+    def save_partial():
+        """Write what is measured so far: a run cut off by a time limit keeps it."""
+        if args.json:
+            write_json(args.json, report(partial=True))
+
     todo = [(batch, case) for batch in (batches if run_kernels else [])
             for case in select(build_cases(layers, batch, sgd=batch == batches[0]),
                                kernel_only)]
@@ -1183,8 +1188,7 @@ def run(args):
         if gpu:
             device.xp.get_default_memory_pool().free_all_blocks()
         _progress(f'{done}/{len(todo)} {case.name} (batch {batch})', kernels[-1])
-        if args.json:   # a run cut off by a time limit still leaves what it measured
-            write_json(args.json, report(partial=True))
+        save_partial()
 
     if want_net:
         nets = [('net', lambda: device.with_ops(ops), torch, TOLERANCE, '')]
@@ -1200,8 +1204,7 @@ def run(args):
             except Exception as exc:  # keep the kernel figures; say what broke
                 network.append({'name': name, 'batch': max(batches), 'status': 'ERROR',
                                 'error': f'{type(exc).__name__}: {exc}'})
-            if args.json:   # the FP32 figures survive a time limit hit in the TF32 run
-                write_json(args.json, report(partial=True))
+            save_partial()   # the FP32 figures survive a time limit hit in the TF32 run
         if args.tf32:
             notes.extend(_tf32_speedups(network))
 
