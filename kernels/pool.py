@@ -8,7 +8,7 @@ nn.pool.check_pool_params, shared with the reference.
 import numpy as np
 
 from nn.checks import fail
-from nn.pool import check_pool_params
+from nn.pool import check_pool_cache, check_pool_params
 from kernels.launch_utils import (BLOCK, cdiv, check_array, check_upstream_grad, grid_1d,
                                   pick_version)
 from kernels.runner import MAX_GRID_DIMS, MAX_SHARED_BYTES
@@ -28,11 +28,14 @@ def _v2_shared_bytes(kernel, stride):
     return ((TILE_H - 1) * stride + kernel) * ((TILE_W - 1) * stride + kernel) * 4
 
 
-def max_pool_forward(runner, x, kernel, stride, pad=0, layer='pool', version=None):
+def max_pool_forward(runner, x, kernel, stride, pad=0, layer='pool', version=None,
+                     need_argmax=True):
     """x (N, C, H, W) float32 -> y (N, C, Ho, Wo), Caffe's ceil output size.
 
     Returns (y, cache); cache['argmax'] (N, C, Ho, Wo) int32 holds the flat index
     h * W + w of each window's maximum within its (H, W) plane (first maximum on ties).
+    need_argmax=False returns cache None, as the reference does; the kernels write the
+    argmax all the same (one int per output, a small part of their traffic).
     """
     check_array(runner, x, "x", layer, "(N, C, H, W)", ndim=4)
     kernel, stride, pad, ho, wo = check_pool_params(x.shape, kernel, stride, pad, layer)
@@ -52,6 +55,8 @@ def max_pool_forward(runner, x, kernel, stride, pad=0, layer='pool', version=Non
         grid = (cdiv(wo, TILE_W), cdiv(ho, TILE_H), max(1, min(n * c, MAX_GRID_Z)))
         runner.kernel("pool.cu", "max_pool_forward_v2")(grid, (TILE_W, TILE_H), args,
                                                         shared_mem=shared)
+    if not need_argmax:
+        return y, None
     cache = {"argmax": argmax, "x_shape": (n, c, h, w), "kernel": kernel, "stride": stride,
              "pad": pad}
     return y, cache
@@ -61,6 +66,7 @@ def max_pool_backward(runner, dy, cache):
     """dy (N, C, Ho, Wo) -> dx (N, C, H, W): every input gathers dy from the windows whose
     argmax it is (deterministic, no atomics)."""
     layer = "max_pool_backward"
+    check_pool_cache(cache, layer)
     argmax = cache["argmax"]
     n, c, h, w = cache["x_shape"]
     ho, wo = argmax.shape[2:]

@@ -305,10 +305,11 @@ class CaffeNet:
     def _dropout_seed(self, index):
         return _mix32(self.dropout_seed, self.dropout_iter, index)
 
-    def forward(self, x, train=False):
+    def forward(self, x, train=False, for_backward=True):
         """Scores for x (N, C_in, H, W): (N, num_classes), or (N, num_classes, h, w) when
         fully convolutional. train=True turns dropout on (a fresh mask per call). Keeps
-        the caches that `backward` needs."""
+        the caches that `backward` needs; for_backward=False keeps none, and pooling then
+        skips its argmax (inference: 10 of 190 ms at batch 16 on 2 CPU cores)."""
         x = self._check_input(x)
         ops, caches = self.ops, []
         for index, layer in enumerate(self.spec):
@@ -325,7 +326,8 @@ class CaffeNet:
                                                          relu=layer.get("relu", False), layer=name)
             elif kind == "pool":
                 x, cache = ops.max_pool_forward(x, layer["kernel"], layer["stride"],
-                                                pad=layer.get("pad", 0), layer=name)
+                                                pad=layer.get("pad", 0), layer=name,
+                                                need_argmax=for_backward)
             elif kind == "lrn":
                 x, cache = ops.lrn_forward(x, local_size=layer["local_size"],
                                            alpha=layer["alpha"], beta=layer["beta"],
@@ -337,10 +339,11 @@ class CaffeNet:
                                                train=True)
             else:
                 cache = None  # test-mode dropout is the identity
-            caches.append(cache)
+            if for_backward:
+                caches.append(cache)
         if train:
             self.dropout_iter += 1
-        self._caches = caches
+        self._caches = caches if for_backward else None
         return x
 
     def backward(self, dscores):
@@ -348,8 +351,8 @@ class CaffeNet:
         (same shape as the scores). Returns {layer: {'weight': dW, 'bias': db}} shaped
         like params."""
         if self._caches is None:
-            raise RuntimeError("CaffeNet.backward needs a forward() first (predict() "
-                               "drops its caches)")
+            raise RuntimeError("CaffeNet.backward needs a forward() with for_backward=True "
+                               "first (predict() keeps no caches)")
         ops, grads, d = self.ops, {}, dscores
         first = self.param_layers[0]  # below it no gradient is needed, not even dx
         for layer, cache in zip(reversed(self.spec), reversed(self._caches)):
@@ -389,8 +392,7 @@ class CaffeNet:
     def predict(self, x):
         """Class probabilities (NumPy), test mode: (N, num_classes), or
         (N, num_classes, h, w) when fully convolutional."""
-        probs = self.ops.softmax(self.forward(x, train=False))
-        self._caches = None  # free the activations: nothing will call backward
+        probs = self.ops.softmax(self.forward(x, train=False, for_backward=False))
         return self.device.to_numpy(probs)
 
     # --------------------------------------------------------------------- weights I/O

@@ -60,6 +60,14 @@ def check_pool_params(x_shape, kernel, stride, pad, layer):
     return kernel, stride, pad, ho, wo
 
 
+def check_pool_cache(cache, layer):
+    """A max_pool_backward cache must come from a forward that kept its argmax; shared
+    with kernels/pool.py."""
+    if cache is None:
+        fail(layer, "the forward ran with need_argmax=False and kept nothing to route the "
+                    "gradient by; run it with need_argmax=True")
+
+
 def _padded_extent(size, kernel, stride, pad, out):
     """Length of the padded axis that holds every window, clipped ones included."""
     return max(size + 2 * pad, (out - 1) * stride + kernel)
@@ -71,12 +79,13 @@ def _offset_dtype(kernel):
 
 
 def _pool_planes(x, kernel, stride, pad, padded, y, argmax):
-    """Forward for some images: x (m, C, H, W) -> y, argmax (m, C, Ho, Wo)."""
+    """Forward for some images: x (m, C, H, W) -> y, argmax (m, C, Ho, Wo). argmax=None
+    finds the maxima only, which takes about half the passes."""
     m, c, h, w = x.shape
     ho, wo = y.shape[2:]
     hp, wp = padded
-    offset = np.empty(y.shape, dtype=_offset_dtype(kernel))  # i * kernel + j of the max
-    dt, off = x.dtype.type, offset.dtype.type
+    track = argmax is not None
+    dt = x.dtype.type
     if (hp, wp) == (h, w):
         xp = x  # every window lies inside the image (CaffeNet's case): no copy needed
     else:
@@ -92,27 +101,35 @@ def _pool_planes(x, kernel, stride, pad, padded, y, argmax):
     # Pass 1, along each row: r = max(-FLT_MAX, x[.., q*stride + j] for j < kernel) and
     # rj = the first j reaching it. np.fmax skips NaN, so r is never NaN.
     r = np.fmax(cols(xp, 0), dt(-FLT_MAX))
-    rj = np.zeros(r.shape, dtype=offset.dtype)
-    better = np.empty(r.shape, dtype=bool)
-    candidate = np.empty(r.shape, dtype=offset.dtype)
+    if track:
+        offset = np.empty(y.shape, dtype=_offset_dtype(kernel))  # i * kernel + j of the max
+        off = offset.dtype.type
+        rj = np.zeros(r.shape, dtype=offset.dtype)
+        better = np.empty(r.shape, dtype=bool)
+        candidate = np.empty(r.shape, dtype=offset.dtype)
     for j in range(1, kernel):
         v = cols(xp, j)
-        np.greater(v, r, out=better)  # strict: ties stay with the earlier column
-        np.multiply(better, off(j), out=candidate)
-        np.maximum(rj, candidate, out=rj)
-        np.fmax(r, v, out=r)          # equals v exactly where better, else keeps r
+        if track:
+            np.greater(v, r, out=better)  # strict: ties stay with the earlier column
+            np.multiply(better, off(j), out=candidate)
+            np.maximum(rj, candidate, out=rj)
+        np.fmax(r, v, out=r)              # equals v exactly where better, else keeps r
 
     # Pass 2, down the window rows: y = max of r, offset = i * kernel + rj of the first.
     y[...] = rows(r, 0)
-    offset[...] = rows(rj, 0)
-    better, candidate = better[..., :ho, :], candidate[..., :ho, :]
+    if track:
+        offset[...] = rows(rj, 0)
+        better, candidate = better[..., :ho, :], candidate[..., :ho, :]
     for i in range(1, kernel):
         v = rows(r, i)
-        np.greater(v, y, out=better)
-        np.add(rows(rj, i), off(i * kernel), out=candidate)
-        candidate *= better           # row i's offsets exceed all of rows < i
-        np.maximum(offset, candidate, out=offset)
+        if track:
+            np.greater(v, y, out=better)
+            np.add(rows(rj, i), off(i * kernel), out=candidate)
+            candidate *= better           # row i's offsets exceed all of rows < i
+            np.maximum(offset, candidate, out=offset)
         np.maximum(y, v, out=y)
+    if not track:
+        return
 
     # Flat argmax within the unpadded plane: (ho*stride - pad + i) * W + wo*stride - pad + j,
     # looked up per offset; windows that found nothing get -1.
@@ -125,12 +142,13 @@ def _pool_planes(x, kernel, stride, pad, padded, y, argmax):
     argmax[y == dt(-FLT_MAX)] = -1
 
 
-def max_pool_forward(x, kernel, stride, pad=0, layer='pool'):
+def max_pool_forward(x, kernel, stride, pad=0, layer='pool', need_argmax=True):
     """x (N, C, H, W) -> y (N, C, Ho, Wo), square kernel/stride/pad, Caffe's ceil sizes.
 
     Returns (y, cache); cache['argmax'] (N, C, Ho, Wo) int32 holds the flat index
     h * W + w of each window's maximum within its (H, W) plane, -1 where the window has
-    no value above -FLT_MAX (y is -FLT_MAX there).
+    no value above -FLT_MAX (y is -FLT_MAX there). need_argmax=False (inference, no
+    backward to follow) skips the argmax and returns cache None; y is the same.
     """
     check_float_array(x, "x", layer, ndim=4, expected="(N, C, H, W)")
     kernel, stride, pad, ho, wo = check_pool_params(x.shape, kernel, stride, pad, layer)
@@ -138,9 +156,11 @@ def max_pool_forward(x, kernel, stride, pad=0, layer='pool'):
     padded = (_padded_extent(h, kernel, stride, pad, ho),
               _padded_extent(w, kernel, stride, pad, wo))
     y = np.empty((n, c, ho, wo), dtype=x.dtype)
-    argmax = np.empty((n, c, ho, wo), dtype=np.int32)
-    run_split(n, lambda lo, hi: _pool_planes(x[lo:hi], kernel, stride, pad, padded,
-                                             y[lo:hi], argmax[lo:hi]))
+    argmax = np.empty((n, c, ho, wo), dtype=np.int32) if need_argmax else None
+    run_split(n, lambda lo, hi: _pool_planes(x[lo:hi], kernel, stride, pad, padded, y[lo:hi],
+                                             None if argmax is None else argmax[lo:hi]))
+    if argmax is None:
+        return y, None
     cache = {'argmax': argmax, 'x_shape': x.shape, 'dtype': x.dtype}
     return y, cache
 
@@ -149,6 +169,7 @@ def max_pool_backward(dy, cache):
     """dy (N, C, Ho, Wo) -> dx (N, C, H, W): each dy goes to its window's argmax,
     accumulating where overlapping windows share a maximum; windows with argmax -1 pass
     nothing."""
+    check_pool_cache(cache, "max_pool_backward")
     argmax = cache['argmax']
     check_upstream_grad(dy, argmax.shape, cache['dtype'], "max_pool_backward")
     n, c, h, w = cache['x_shape']

@@ -169,6 +169,17 @@ def test_fully_conv_tiny_map_size_by_hand():
     assert net.forward(random_input(1, 21)).shape == (1, 3, 2, 2)
 
 
+def test_forward_without_caches_is_the_same_forward():
+    # for_backward=False (predict) skips pooling's argmax and keeps no caches: the same
+    # scores, and backward then says why it cannot run.
+    net = tiny_net()
+    x = random_input(2, TINY_SIZE, seed=3)
+    scores = net.forward(x)
+    np.testing.assert_array_equal(net.forward(x, for_backward=False), scores)
+    with pytest.raises(RuntimeError, match="for_backward=True"):
+        net.backward(np.ones_like(scores))
+
+
 def test_dropout_masks_fresh_per_iteration_and_reproducible():
     net = tiny_net()
     x = random_input(2, TINY_SIZE)

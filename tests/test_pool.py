@@ -113,6 +113,7 @@ def test_hand_worked_nothing_above_lowest_and_nan():
     y, cache = max_pool_forward(x, 2, 2)
     np.testing.assert_array_equal(y[0, 0], [[lowest, 2.0]])
     np.testing.assert_array_equal(cache['argmax'][0, 0], [[-1, 2]])
+    np.testing.assert_array_equal(max_pool_forward(x, 2, 2, need_argmax=False)[0], y)
     dx = max_pool_backward(np.array([[[[5.0, 7.0]]]], np.float32), cache)
     np.testing.assert_array_equal(dx[0, 0], [[0, 0, 7, 0], [0, 0, 0, 0]])
     ey, earg = caffe_pool(x, 2, 2, 0)
@@ -149,6 +150,9 @@ def test_matches_caffe_loops(n, c, h, w, kernel, stride, pad, dtype):
     ey, earg = caffe_pool(x, kernel, stride, pad)
     np.testing.assert_array_equal(y, ey)
     np.testing.assert_array_equal(cache['argmax'], earg)
+    y_only, no_cache = max_pool_forward(x, kernel, stride, pad, need_argmax=False)
+    np.testing.assert_array_equal(y_only, ey)
+    assert no_cache is None
     assert ((earg == -1).any()) == ((n, c, h, w, kernel, stride, pad) in OUTSIDE_CASES)
     dy = rng.standard_normal(y.shape).astype(dtype)
     np.testing.assert_allclose(max_pool_backward(dy, cache),
@@ -175,3 +179,7 @@ def test_bad_input(shape, kw, match):
     _, cache = max_pool_forward(np.ones((1, 2, 5, 5)), 3, 2)
     with pytest.raises(ValueError, match=r"dy must have shape \(1, 2, 2, 2\)"):
         max_pool_backward(np.ones((1, 2, 2, 3)), cache)
+    _, cache = max_pool_forward(np.ones((1, 2, 5, 5)), 3, 2, need_argmax=False)
+    with pytest.raises(ValueError, match="max_pool_backward: the forward ran with "
+                                         "need_argmax=False"):
+        max_pool_backward(np.ones((1, 2, 2, 2)), cache)

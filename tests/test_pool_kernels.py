@@ -28,6 +28,10 @@ def check_pool(runner, shape, kernel, stride, pad, version, ties=False, seed=0):
     y, cache = pool.max_pool_forward(runner, runner.xp.asarray(x), kernel, stride, pad,
                                      version=version)
     dx = pool.max_pool_backward(runner, runner.xp.asarray(dy), cache)
+    y_only, no_cache = pool.max_pool_forward(runner, runner.xp.asarray(x), kernel, stride,
+                                             pad, version=version, need_argmax=False)
+    assert no_cache is None
+    np.testing.assert_array_equal(to_host(y_only), y_ref)
     np.testing.assert_array_equal(to_host(y), y_ref)          # a max is exact
     np.testing.assert_array_equal(to_host(cache["argmax"]), cache_ref["argmax"])
     np.testing.assert_allclose(to_host(dx), dx_ref, rtol=1e-6, atol=1e-6)
@@ -133,6 +137,8 @@ def test_pool_bad_inputs(emu):
     _, cache = pool.max_pool_forward(emu, x, 3, 2)
     with pytest.raises(ValueError, match=r"max_pool_backward: dy .*\(1, 2, 2, 2\)"):
         pool.max_pool_backward(emu, np.ones((1, 2, 3, 3), np.float32), cache)
+    with pytest.raises(ValueError, match="max_pool_backward: the forward ran with need_argmax"):
+        pool.max_pool_backward(emu, np.ones((1, 2, 2, 2), np.float32), None)
 
 
 # CaffeNet's pooling layers: pool1 on (96, 55, 55), pool2 on (256, 27, 27), pool5 on
