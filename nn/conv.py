@@ -16,6 +16,7 @@ fewer multiplications; conv_algorithm says which, and algorithm= can ask for eit
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from nn.relu import add_bias_relu
 from nn.threads import run_split
 from nn.winograd import winograd_applies, winograd_backward, winograd_forward
 from nn.checks import (check_float_array, check_int, check_same_dtype, check_upstream_grad,
@@ -129,9 +130,9 @@ def conv_algorithm(kernel_shape, stride, algorithm=None, layer='conv'):
     return algorithm
 
 
-def _im2col_forward(x, w, b, stride, pad, group, ho, wo):
-    """y (N, K, Ho, Wo) = one matrix product per group with the column matrix; returns
-    (y, cols)."""
+def _im2col_forward(x, w, b, stride, pad, group, ho, wo, relu):
+    """y (N, K, Ho, Wo) = one matrix product per group with the column matrix, bias added
+    (and ReLU applied when relu); returns (y, cols)."""
     n = x.shape[0]
     k, cg, kh, kw = w.shape
     cols = im2col(x, kh, kw, stride, pad, group)
@@ -141,7 +142,8 @@ def _im2col_forward(x, w, b, stride, pad, group, ho, wo):
         np.matmul(wg[g], cols[g], out=yg[g])
     # (K, N, Ho, Wo) -> NCHW while adding the bias: one pass instead of copy + add.
     y = np.empty((n, k, ho, wo), dtype=x.dtype)
-    np.add(yg.reshape(k, n, ho, wo).transpose(1, 0, 2, 3), b.reshape(1, k, 1, 1), out=y)
+    yt = yg.reshape(k, n, ho, wo).transpose(1, 0, 2, 3)
+    run_split(n, lambda lo, hi: add_bias_relu(yt[lo:hi], b, y[lo:hi], relu))
     return y, cols
 
 
@@ -179,11 +181,9 @@ def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv',
     stride, pad, group, ho, wo = _check_conv_args(x, w, b, stride, pad, group, layer)
     algorithm = conv_algorithm(w.shape[2:], stride, algorithm, layer)
     if algorithm == 'winograd':
-        y, saved = winograd_forward(x, w, b, pad, group)
+        y, saved = winograd_forward(x, w, b, pad, group, relu)
     else:
-        y, saved = _im2col_forward(x, w, b, stride, pad, group, ho, wo)
-    if relu:
-        np.maximum(y, 0, out=y)
+        y, saved = _im2col_forward(x, w, b, stride, pad, group, ho, wo, relu)
     # saved: im2col's column matrix, or winograd_forward's (V, U).
     cache = dict(algorithm=algorithm, saved=saved, x_shape=x.shape, w=w, stride=stride,
                  pad=pad, group=group, y_shape=y.shape, y=y if relu else None)

@@ -6,7 +6,7 @@ import numpy as np
 from nn import threads
 from nn.checks import (check_float_array, check_same_dtype, check_upstream_grad, expect_shape,
                        fail)
-from nn.relu import relu_grad
+from nn.relu import add_bias_relu, relu_grad
 
 ROW_BLOCK = 64   # the forward product splits W's rows over threads in blocks of this many
 
@@ -56,9 +56,8 @@ def inner_product_forward(x, w, b, relu=False, layer='fc'):
         np.matmul(w[lo:hi], x2.T, out=yt[lo:hi])
 
     threads.run_split(-(-rows // ROW_BLOCK), product, parts=1 if n == 1 else None)
-    y = np.add(yt.T, b, out=np.empty((n, w.shape[0]), dtype=x.dtype))
-    if relu:
-        np.maximum(y, 0, out=y)
+    y = np.empty((n, rows), dtype=x.dtype)
+    add_bias_relu(yt.T, b, y, relu)
     return y, (x.shape, x2, w, y if relu else None)
 
 

@@ -4,9 +4,9 @@ NumPy releases the GIL inside copies and ufuncs on large arrays, so plain Python
 run them truly in parallel. `run_split` cuts a range into contiguous chunks, one per
 thread; each thread writes only its own chunk of the outputs, so no locking is needed.
 What is split: max-pool forward and LRN (images, nn/pool.py, nn/lrn.py), im2col and
-col2im (channels, nn/conv.py), Winograd's transforms (images, nn/winograd.py), the SGD
-update (blocks, nn/sgd.py) and the fully connected forward (rows of W,
-nn/inner_product.py).
+col2im (channels, nn/conv.py), the bias and ReLU after im2col's products (images),
+Winograd's transforms (images, nn/winograd.py), the SGD update (blocks, nn/sgd.py) and
+the fully connected forward (rows of W, nn/inner_product.py).
 
 Matrix products are mostly left to the BLAS library's own threads: on the 2-core
 machine, splitting conv products over our threads was slower than one large product on

@@ -38,6 +38,7 @@ even sizes); NumPy's passes over the transformed arrays take back part of that.
 """
 import numpy as np
 
+from nn.relu import add_bias_relu
 from nn.threads import run_split
 
 B_T = np.array([[1, 0, -1, 0],
@@ -116,9 +117,9 @@ def _input_transform_adjoint(dv, pad, dx):
     dx[...] = dxs[pad:pad + h, pad:pad + wd].transpose(2, 3, 0, 1)
 
 
-def _output_transform(m, b, y):
+def _output_transform(m, b, y, relu):
     """m (4, 4, Th, Tw, n, K) -> y (n, K, Ho, Wo) = A^T M A of every tile, plus the bias
-    b (K,)."""
+    b (K,), ReLU applied when relu."""
     th, tw, n, k = m.shape[2:]
     ho, wo = y.shape[2:]
     rows = np.empty((2, 4, th, tw, n, k), dtype=m.dtype)
@@ -127,7 +128,7 @@ def _output_transform(m, b, y):
     for r in range(2):
         _combine(A_T, rows[r], [ys[:, r, :, s] for s in range(2)])
     ys = ys.reshape(2 * th, 2 * tw, n, k)[:ho, :wo]
-    np.add(ys.transpose(2, 3, 0, 1), b.reshape(1, k, 1, 1), out=y)   # NCHW, bias added
+    add_bias_relu(ys.transpose(2, 3, 0, 1), b, y, relu)   # NCHW, bias added
 
 
 def _output_transform_adjoint(dy, dm):
@@ -157,8 +158,8 @@ def _group_slices(group, cg, kg):
     return [(slice(g * cg, (g + 1) * cg), slice(g * kg, (g + 1) * kg)) for g in range(group)]
 
 
-def winograd_forward(x, w, b, pad, group):
-    """Convolution with 3x3 filters at stride 1 by F(2x2, 3x3).
+def winograd_forward(x, w, b, pad, group, relu=False):
+    """Convolution with 3x3 filters at stride 1 by F(2x2, 3x3), ReLU applied when relu.
 
     x (N, C, H, W), w (K, C // group, 3, 3), b (K,) -> y (N, K, Ho, Wo), Ho = H + 2*pad - 2
     (the caller, nn/conv.py, has checked the arguments). Returns (y, (V, U)), the
@@ -176,7 +177,7 @@ def winograd_forward(x, w, b, pad, group):
     for cs, ks in _group_slices(group, cg, k // group):
         np.matmul(v[:, :, cs], u[:, ks].transpose(0, 2, 1), out=m[:, :, ks])
     y = np.empty((n, k, ho, wo), dtype=x.dtype)
-    _split_images(n, lambda mi, yi: _output_transform(mi, b, yi),
+    _split_images(n, lambda mi, yi: _output_transform(mi, b, yi, relu),
                   m.reshape(4, 4, th, tw, n, k), y)
     return y, (v, u)
 
