@@ -78,6 +78,21 @@ def _combine(matrix, parts, out):
             (np.add if c == 1 else np.subtract)(out[i], p, out=out[i])
 
 
+def _to_nchw(src, out, b=None, relu=False):
+    """out (n, C, H, W) = src (H, W, n, C), a view, plus the bias b (C,) and ReLU when
+    given. In two steps: the outer axes to (n, H, W, C), where runs of C stay contiguous,
+    then one (H*W, C) -> (C, H*W) transpose per image. One transposing copy, reading src
+    with a stride of n*C floats, took 3.7x as long (conv3's output at batch 8: 1.77 ms
+    against 0.47)."""
+    n, c, h, w = out.shape
+    nhwc = np.empty((n, h, w, c), dtype=out.dtype)
+    if b is None:
+        np.copyto(nhwc, src.transpose(2, 0, 1, 3))
+    else:
+        add_bias_relu(src.transpose(2, 0, 1, 3), b, nhwc, relu, axis=3)
+    out.reshape(n, c, h * w)[...] = nhwc.reshape(n, h * w, c).transpose(0, 2, 1)
+
+
 def _every_other(a, start, count, axis):
     """View of a[start + 2*t] for t < count along axis 0 or 1: one row (column) of every
     tile."""
@@ -114,7 +129,7 @@ def _input_transform_adjoint(dv, pad, dx):
     dxs = np.zeros((2 * th + 2, 2 * tw + 2, n, c), dtype=dv.dtype)
     for i in range(4):
         _every_other(dxs, i, th, 0)[...] += row[i]
-    dx[...] = dxs[pad:pad + h, pad:pad + wd].transpose(2, 3, 0, 1)
+    _to_nchw(dxs[pad:pad + h, pad:pad + wd], dx)
 
 
 def _output_transform(m, b, y, relu):
@@ -127,8 +142,7 @@ def _output_transform(m, b, y, relu):
     ys = np.empty((th, 2, tw, 2, n, k), dtype=m.dtype)
     for r in range(2):
         _combine(A_T, rows[r], [ys[:, r, :, s] for s in range(2)])
-    ys = ys.reshape(2 * th, 2 * tw, n, k)[:ho, :wo]
-    add_bias_relu(ys.transpose(2, 3, 0, 1), b, y, relu)   # NCHW, bias added
+    _to_nchw(ys.reshape(2 * th, 2 * tw, n, k)[:ho, :wo], y, b, relu)
 
 
 def _output_transform_adjoint(dy, dm):
