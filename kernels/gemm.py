@@ -111,7 +111,8 @@ def inner_product_forward(runner, x, w, b, relu=False, layer='fc', version=None)
     x2 = x.reshape(n, d)
     y = runner.xp.empty((n, o), dtype=np.float32)
     _gemm(runner, x2, w, y, b, n, o, d, False, True, _BIAS_PER_COLUMN, relu, version)
-    return y, (x.shape, x2, w, y if relu else None, version, layer)
+    return y, dict(x_shape=x.shape, x2=x2, w=w, y=y if relu else None, version=version,
+                   layer=layer)
 
 
 def inner_product_backward(runner, dy, cache):
@@ -119,7 +120,8 @@ def inner_product_backward(runner, dy, cache):
 
     The ReLU gradient is included when the forward had relu=True.
     """
-    x_shape, x2, w, y, version, layer = cache
+    x_shape, x2, w, y, version, layer = (cache[k] for k in (
+        "x_shape", "x2", "w", "y", "version", "layer"))
     n, d = x2.shape
     o = w.shape[0]
     check_upstream_grad(runner, dy, (n, o), f"{layer} (backward)")

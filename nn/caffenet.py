@@ -375,9 +375,10 @@ class CaffeNet:
                 d = ops.dropout_backward(d, cache)
         return {name: grads[name] for name in self.param_layers}
 
-    def loss_and_grads(self, x, labels):
-        """Train-mode forward (dropout on), SoftmaxWithLoss (mean over the batch) and
-        backward. x (N, C_in, H, W), labels (N,) ints. Returns (loss float, grads, scores)."""
+    def forward_loss(self, x, labels):
+        """Train-mode forward (dropout on) and SoftmaxWithLoss (mean over the batch).
+        x (N, C_in, H, W), labels (N,) ints. Returns (loss float, dscores, scores), the
+        caches kept for backward(dscores)."""
         scores = self.forward(x, train=True)
         n = scores.shape[0]
         if scores.ndim == 4 and scores.shape[2:] != (1, 1):
@@ -387,7 +388,57 @@ class CaffeNet:
         labels = self._check_labels(labels, n)
         loss, cache = self.ops.softmax_loss_forward(scores.reshape(n, -1), labels)
         dscores = self.ops.softmax_loss_backward(cache).reshape(scores.shape)
+        return loss, dscores, scores
+
+    def loss_and_grads(self, x, labels):
+        """forward_loss and backward: x (N, C_in, H, W), labels (N,) ints. Returns
+        (loss float, grads, scores)."""
+        loss, dscores, scores = self.forward_loss(x, labels)
         return loss, self.backward(dscores), scores
+
+    def adopt_routing(self, other):
+        """Make this net's pending backward route its gradient as `other`'s would: take
+        the ReLU masks (conv and fc outputs, which backward reads only as y > 0) and the
+        pooling argmaxes of other's last forward, a forward of the same spec on the same
+        input (on any device). Returns {layer: (elements whose route changed, elements)}.
+
+        For comparing two implementations: where rounding puts a pre-ReLU value on the
+        other side of 0, or lets the other of two nearly equal values win a pooling
+        window, the nets send a whole gradient term to different places; at batch 64
+        that happens at a few of millions of elements, and can move conv1's weight
+        gradient by 1e-3. With the routing shared, the gradients differ by rounding only,
+        and the number of changed routes says how often the two disagreed.
+        """
+        if self._caches is None or other._caches is None:
+            raise RuntimeError("CaffeNet.adopt_routing needs a forward() with "
+                               "for_backward=True on both nets first")
+        changes = {}
+        for index, layer in enumerate(self.spec):
+            kind, mine, theirs = layer["type"], self._caches[index], other._caches[index]
+            # What routes the gradient (docs/design.md, "The op set"): the argmax of a
+            # pooling cache, the y of a conv or fc cache (None without ReLU), a ReLU's
+            # whole cache (its output).
+            if kind == "pool":
+                key = "argmax"
+            elif kind in PARAM_TYPES and layer.get("relu", False):
+                key = "y"
+            elif kind == "relu":
+                key = None
+            else:
+                continue
+            own = np.asarray(self.device.to_numpy(mine if key is None else mine[key]))
+            new = np.asarray(other.device.to_numpy(theirs if key is None else theirs[key]))
+            if kind == "pool":
+                changed = np.count_nonzero(new != own)
+            else:
+                changed = np.count_nonzero((new > 0) != (own > 0))
+            changes[layer["name"]] = (int(changed), own.size)
+            routed = self.device.asarray(np.array(new, dtype=own.dtype), own.dtype)  # a copy
+            if key is None:
+                self._caches[index] = routed
+            else:
+                mine[key] = routed
+        return changes
 
     def predict(self, x):
         """Class probabilities (NumPy), test mode: (N, num_classes), or

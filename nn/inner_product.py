@@ -58,7 +58,7 @@ def inner_product_forward(x, w, b, relu=False, layer='fc'):
     threads.run_split(-(-rows // ROW_BLOCK), product, parts=1 if n == 1 else None)
     y = np.empty((n, rows), dtype=x.dtype)
     add_bias_relu(yt.T, b, y, relu)
-    return y, (x.shape, x2, w, y if relu else None)
+    return y, dict(x_shape=x.shape, x2=x2, w=w, y=y if relu else None)
 
 
 def inner_product_backward(dy, cache):
@@ -66,7 +66,7 @@ def inner_product_backward(dy, cache):
 
     The ReLU gradient is included when the forward had relu=True.
     """
-    x_shape, x2, w, y = cache
+    x_shape, x2, w, y = (cache[k] for k in ("x_shape", "x2", "w", "y"))
     check_upstream_grad(dy, (x2.shape[0], w.shape[0]), w.dtype, "inner_product_backward")
     if y is not None:
         dy = relu_grad(dy, y, "inner_product_backward")

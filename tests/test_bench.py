@@ -146,6 +146,7 @@ def test_whole_network_cpu(tmp_path):
     for name, train in (('net.inference', False), ('net.training_step', True)):
         r = rows[name]
         assert r['status'] == 'ok' and r['max_rel_error'] <= bench.TOLERANCE
+        assert 0 <= r['routes_differing'] <= bench.ROUTING_TOLERANCE
         assert r['images_per_s'] == pytest.approx(1 / r['time_s'])
         assert r['flops'] == flops.network_counts(layers, 1, train=train).flops
 
@@ -155,6 +156,31 @@ def test_wrong_network_is_reported(tmp_path, monkeypatch):
     rc, report = _run(tmp_path, '--batch', '1', '--only', 'net', '--classes', '3')
     assert rc == 1
     assert all(r['status'] == 'WRONG' and 'time_s' not in r for r in report['network'])
+
+
+def test_network_routing_its_gradient_wrongly_is_reported(monkeypatch, capsys):
+    """The reference's backward takes the subject's pooling argmaxes (so that near-ties
+    decided differently do not count as errors); a pooling that routes every gradient to
+    the first pixel of its plane then matches the gradients, and is WRONG by its routes."""
+    args = bench.parse_args(['--device', 'cpu', '--repeats', '1', '--warmup', '0',
+                             '--no-torch', '--classes', '3'])
+    device, timer, _ = bench.open_device('cpu')
+    ops = bench.subject_ops(device)
+    real_pool = ops.max_pool_forward
+
+    def pool_to_first_pixel(*a, **kw):
+        y, cache = real_pool(*a, **kw)
+        if cache is not None:
+            cache['argmax'] = np.zeros_like(cache['argmax'])
+        return y, cache
+    ops.max_pool_forward = pool_to_first_pixel
+    rows = bench.bench_network(device, device.with_ops(ops), timer, None, args, 1)
+    assert all(r['status'] == 'WRONG' and r['routes_differing'] > 0.1 for r in rows)
+    assert all(r['max_rel_error'] <= bench.TOLERANCE for r in rows)   # gradients agree
+    bench.print_table({'peaks': {'fp32_GFLOPs': None, 'bandwidth_GBps': 1.0},
+                       'machine': {'device_name': 'cpu'}, 'kernels': [], 'network': rows,
+                       'notes': []})
+    assert "ReLU/pooling routes differing" in capsys.readouterr().out
 
 
 def test_gate_helpers():

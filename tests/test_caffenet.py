@@ -180,6 +180,36 @@ def test_forward_without_caches_is_the_same_forward():
         net.backward(np.ones_like(scores))
 
 
+def test_adopt_routing_takes_the_other_nets_masks_and_argmaxes():
+    net32 = tiny_net()
+    net64 = tiny_net(dtype=np.float64)
+    net64.load_params(net32.to_numpy_params(), strict=True)
+    x, labels = random_input(2, TINY_SIZE), np.array([0, 2])
+    _, grads, _ = net64.loss_and_grads(x.astype(np.float64), labels)
+    net64.dropout_iter = 0                       # the same dropout masks again
+    net32.forward_loss(x, labels)
+    _, dscores, _ = net64.forward_loss(x.astype(np.float64), labels)
+    changes = net64.adopt_routing(net32)
+    assert changes == {"conv1": (0, 2 * 4 * 7 * 7), "pool1": (0, 2 * 4 * 3 * 3),
+                       "conv2": (0, 2 * 6 * 3 * 3), "pool2": (0, 2 * 6 * 2 * 2),
+                       "fc6": (0, 2 * 5)}
+    routed = net64.backward(dscores)             # the same routes: the same gradients
+    for name in grads:
+        np.testing.assert_array_equal(routed[name]["weight"], grads[name]["weight"])
+    # One ReLU output and one argmax of the other net changed: adopted and counted.
+    y2 = net32._caches[3]["y"]
+    y2.flat[np.flatnonzero(y2 > 0)[0]] = 0
+    argmax = net32._caches[1]["argmax"]
+    argmax.flat[0] = (argmax.flat[0] + 1) % (7 * 7)
+    changes = net64.adopt_routing(net32)
+    assert changes["conv2"][0] == 1 and changes["pool1"][0] == 1
+    assert sum(c for c, _ in changes.values()) == 2
+    rerouted = net64.backward(dscores)
+    assert not np.allclose(rerouted["conv2"]["weight"], grads["conv2"]["weight"])
+    assert not np.allclose(rerouted["conv1"]["weight"], grads["conv1"]["weight"])
+    np.testing.assert_array_equal(rerouted["fc6"]["weight"], grads["fc6"]["weight"])
+
+
 def test_dropout_masks_fresh_per_iteration_and_reproducible():
     net = tiny_net()
     x = random_input(2, TINY_SIZE)

@@ -12,7 +12,10 @@ of a chosen (dropout_seed, dropout_iter).
 
 The reference is the cpu net in float64 holding the very same float32 weights (the
 init draws float32 numbers, so the copy is exact) and input, so it does not depend on
-any float32 summation order. Every comparison is elementwise with a tolerance scaled by
+any float32 summation order. Its backward takes the device's ReLU masks and pooling
+argmaxes (CaffeNet.adopt_routing), which must agree with its own but for near-ties, so that a
+rounding-sized difference at a ReLU's kink or between two nearly equal maxima cannot move
+a whole gradient term. Every comparison is elementwise with a tolerance scaled by
 the blob's magnitude, |got - want| <= 1e-4 * (|want| + max |want|): float32 kernels land
 near 1e-6, while a wrong index, a lost term or a wrong multiplier is far above 1e-4.
 """
@@ -121,8 +124,11 @@ def training_step(device, batch):
     out["dev_loss"], out["dev_scores"] = loss, to_numpy(scores)
     out["dev_grads"] = {layer: {blob: np.array(to_numpy(g)) for blob, g in blobs.items()}
                         for layer, blobs in grads.items()}
-    out["ref_loss"], ref_grads, out["ref_scores"] = reference.loss_and_grads(
+    # The reference's iteration, its backward routed as the device's (adopt_routing).
+    out["ref_loss"], dscores, out["ref_scores"] = reference.forward_loss(
         x.astype(np.float64), labels)
+    out["routing_changes"] = reference.adopt_routing(net)
+    ref_grads = reference.backward(dscores)
     out["ref_grads"] = ref_grads
 
     # One step from the same history with the same gradients (the reference's, as float32
@@ -153,6 +159,16 @@ def test_scores_and_loss(step):
     assert step["dev_scores"].shape == (len(step["x"]), NUM_CLASSES)
     assert_close(step["dev_scores"], step["ref_scores"], "train-mode scores")
     assert step["dev_loss"] == pytest.approx(step["ref_loss"], rel=RTOL)
+
+
+def test_routing_agrees(step):
+    """The device's ReLU masks and pooling argmaxes are the reference's but for near-ties
+    (at most one element in 100,000), and every ReLU and pooling layer was compared."""
+    changes = step["routing_changes"]
+    assert sorted(changes) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7",
+                               "pool1", "pool2", "pool5"]
+    for name, (changed, size) in changes.items():
+        assert changed <= 1e-5 * size, f"{name}: {changed} of {size} routes differ"
 
 
 @pytest.mark.parametrize("layer,blob", BLOBS, ids=[f"{l}.{b}" for l, b in BLOBS])

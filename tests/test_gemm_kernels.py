@@ -128,7 +128,7 @@ def test_inner_product_default_is_v3(emu):
     x = np.ones((2, 3), np.float32)
     _, cache = gemm.inner_product_forward(emu, x, np.ones((4, 3), np.float32),
                                           np.ones(4, np.float32))
-    assert cache[4] == 3
+    assert cache["version"] == 3
 
 
 def test_tf32_version_is_refused_on_gpus_before_sm_80():
