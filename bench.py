@@ -48,6 +48,11 @@ TF32_TOLERANCE = 1e-2
 # in float32 and one in 6,000 in TF32 (simulated on the CPU); a wrong kernel far more.
 ROUTING_TOLERANCE = 1e-3
 FLUSH_BYTES = 256 << 20  # written between GPU runs: several times any GPU's L2 cache
+# The GPU flush is written this many times: about 0.2 ms of GPU work on an H200, queued
+# before the start event, while the host queues the timed launches behind it. Otherwise the
+# GPU would reach the start event and then wait on Python (the launchers' checks, tens of
+# microseconds a launch), and that wait would count as kernel time in the small cases.
+GPU_FLUSH_PASSES = 4
 GPU_BATCHES = (256, 1)
 CPU_BATCH = 16
 SGD_LAYER = 'fc6'       # the SGD update is timed on the largest blob, fc6's weights
@@ -139,11 +144,13 @@ class GpuTimer(_Timer):
         return self.m.cuda.Event(enable_timing=True)
 
     def flush(self):
-        # Writing a buffer larger than L2 evicts what the previous run left in it.
-        if self.lib == 'cupy':
-            self.flush_buf.fill(0)
-        else:
-            self.flush_buf.zero_()
+        # Writing a buffer larger than L2 evicts what the previous run left in it; the
+        # repeats keep the GPU busy while the timed launches are queued (GPU_FLUSH_PASSES).
+        for _ in range(GPU_FLUSH_PASSES):
+            if self.lib == 'cupy':
+                self.flush_buf.fill(0)
+            else:
+                self.flush_buf.zero_()
 
     def time_once(self, fn):
         start, end = self._event(), self._event()
@@ -997,6 +1004,7 @@ def machine_info(device, torch):
                     cupy=cp.__version__,
                     cuda_driver_api=cp.cuda.runtime.driverGetVersion(),
                     cuda_runtime=cp.cuda.runtime.runtimeGetVersion(),
+                    nvrtc='.'.join(map(str, cp.cuda.nvrtc.getVersion())),
                     l2_cache_bytes=int(props.get('l2CacheSize', 0)))
         try:
             info['driver'] = subprocess.run(
@@ -1262,6 +1270,7 @@ def _report(args, device, machine, torch, gpu, timer, batches, peaks, kernels, n
                      'classes': args.classes, 'seed': args.seed, 'timer': timer.name,
                      'statistic': 'median of the timed runs (peaks: best run)',
                      'cache_flush_bytes': FLUSH_BYTES if gpu else cpu_flush_bytes(),
+                     'gpu_flush_passes': GPU_FLUSH_PASSES if gpu else None,
                      'check_images': CHECK_IMAGES, 'tolerance_max_rel_error': TOLERANCE,
                      'tf32': args.tf32, 'tf32_tolerance_max_rel_error': TF32_TOLERANCE,
                      'routing_tolerance': ROUTING_TOLERANCE,
@@ -1274,6 +1283,12 @@ def _report(args, device, machine, torch, gpu, timer, batches, peaks, kernels, n
         'kernels': kernels,
         'network': network,
         'notes': notes,
+        # What the compiler made of each kernel run so far (registers and spilled local
+        # bytes per thread are known on the GPU only; NVRTC versions differ in both).
+        'compiled_kernels': None if device.runner is None else [
+            {'file': k.file, 'name': k.name, 'registers': k.registers,
+             'local_bytes': k.local_bytes, 'static_shared_bytes': k.static_shared}
+            for k in device.runner.loaded_kernels()],
     }
 
 

@@ -308,11 +308,15 @@ def check_args(kernel, params, args, array_type, array_module):
 # Runners.
 
 class KernelInfo:
-    """What the launch checks need to know about one kernel (`launch.kernel` of a launcher)."""
+    """What the launch checks need to know about one kernel (`launch.kernel` of a launcher),
+    and, on the GPU, what the compiler made of it: registers per thread and local memory
+    bytes per thread (register spills; None on the emulator)."""
 
-    def __init__(self, name, file, params, static_shared, max_threads=MAX_THREADS_PER_BLOCK):
+    def __init__(self, name, file, params, static_shared, max_threads=MAX_THREADS_PER_BLOCK,
+                 registers=None, local_bytes=None):
         self.name, self.file, self.params = name, file, params
         self.static_shared, self.max_threads = static_shared, max_threads
+        self.registers, self.local_bytes = registers, local_bytes
 
     def __repr__(self):
         return f'<kernel {self.name} from {self.file}>'
@@ -347,6 +351,10 @@ class KernelRunner:
             info, run = self._load(path, display, name)
             launch = self._kernels[file, name] = self._launcher(info, run)
         return launch
+
+    def loaded_kernels(self):
+        """KernelInfo of every kernel this runner has loaded so far, in load order."""
+        return [launch.kernel for launch in self._kernels.values()]
 
     def _launcher(self, info, run):
         array_type, array_module = self._array_type, self.xp.__name__
@@ -493,8 +501,10 @@ class CupyRunner(KernelRunner):
         fn = module.get_function(name)
         attrs = fn.attributes
         # Registers may limit a kernel to fewer than 1024 threads per block.
+        optional = [attrs.get(key) for key in ('num_regs', 'local_size_bytes')]  # reports only
         info = KernelInfo(name, display, sigs[name], int(attrs['shared_size_bytes']),
-                          min(MAX_THREADS_PER_BLOCK, int(attrs['max_threads_per_block'])))
+                          min(MAX_THREADS_PER_BLOCK, int(attrs['max_threads_per_block'])),
+                          *(None if v is None else int(v) for v in optional))
 
         def run(grid3, block3, args, shared_mem):
             fn(grid3, block3, args, shared_mem=shared_mem)

@@ -61,7 +61,8 @@ def import_cupy_with_gpu():
     try:
         import cupy
     except Exception as exc:  # ImportError, or a CUDA library failing to load
-        raise DeviceError(f"device 'cuda' needs CuPy (pip install cupy-cuda12x), which "
+        raise DeviceError(f"device 'cuda' needs CuPy (pip install cupy-cuda12x; "
+                          f"cupy-cuda13x with a CUDA 13 driver, never both), which "
                           f"failed to import: {exc}; use --device cpu or emu") from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()

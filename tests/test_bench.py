@@ -267,6 +267,10 @@ def test_emulated_kernel_path(tmp_path):
     assert rows['relu7.forward']['status'] == 'ok'
     assert [v['version'] for v in rows['relu7.forward']['versions']] == ['1', '2']
     assert all(v['status'] == 'ok' for r in rows.values() for v in r['versions'])
+    # The kernels run are listed; registers and spills are known on a GPU only.
+    compiled = {k['name']: k for k in report['compiled_kernels']}
+    assert {'relu_forward_v1', 'relu_forward_v2', 'softmax_loss_v1'} <= set(compiled)
+    assert all(k['registers'] is None and k['local_bytes'] is None for k in compiled.values())
 
 
 def test_torch_comparison_when_installed(tmp_path):

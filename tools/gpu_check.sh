@@ -38,6 +38,9 @@ BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
 NET_ARGS=${NET_ARGS:---only net --tf32 --batch 256 --repeats 10 --warmup 2}
 BENCH_ARGS=${BENCH_ARGS:---only kernels --batch 256 1 --repeats 10 --warmup 2}
 
+# CuPy caches compiled kernels under $HOME; where that is not writable every compile fails.
+export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/caffenet_cupy_cache}
+
 mkdir -p "$OUT" || { echo "gpu_check: cannot create OUT=$OUT" >&2; exit 0; }
 OUT=$(cd "$OUT" && pwd)   # absolute: the script changes directory next
 cd "$(dirname "$0")/.." || exit 0
@@ -76,6 +79,9 @@ COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "unknown (no git)")
     else
         echo "nvidia-smi: not found"
     fi
+    echo "== installed packages (the ones this project uses)"
+    timeout -k 5 20 "$PYTHON" -m pip list 2>/dev/null \
+        | grep -i -E '^(cupy|numpy|h5py|pillow|pytest|torch|nvidia-cuda)' || echo "pip list: none"
     echo "== GPUs, versions, smoke test"
     timeout -k 5 30 "$PYTHON" - <<'EOF' 2>&1
 import importlib
@@ -143,9 +149,11 @@ start=$SECONDS
 # at some later synchronisation, blamed on whatever runs then, and the fault breaks every
 # later test in the process; CUDA_LAUNCH_BLOCKING=1 makes it surface at the faulting launch
 # so the first failure names the right kernel (the tests' time is mostly NumPy's anyway).
-# SIGINT at the time limit: pytest then still prints the tally of what it ran.
+# SIGINT at the time limit: pytest then still prints the tally of what it ran. A test
+# module that fails to import (a package missing on the machine) must not stop the others.
 CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 "$TEST_TIMEOUT" "$PYTHON" -m pytest -q -m gpu -rs \
-    --durations=25 -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
+    --continue-on-collection-errors --durations=25 -p no:cacheprovider 2>&1 \
+    | tee "$OUT/gpu_tests.log"
 rc=${PIPESTATUS[0]}
 # pytest's last line is its tally ("70 passed, 3 skipped in 81.2s"); none if cut off.
 tally=$(grep -E '(passed|failed|error|skipped|no tests ran)' "$OUT/gpu_tests.log" | tail -n1)
