@@ -12,7 +12,8 @@ import pytest
 
 from kernels import conv
 from nn import reference as ref
-from tests.kernel_testing import EMU_ORDERS_WITH_RANDOM, assert_close, tf32_round, uniform
+from tests.kernel_testing import (EMU_ORDERS_WITH_RANDOM, assert_close, tf32_round, uniform,
+                                  zero_dy_near_relu_kink)
 
 # These kernels stage tiles through shared memory between barriers: a missing barrier
 # shows under some thread order, so the random one runs too.
@@ -24,9 +25,6 @@ EMU_ORDERS = EMU_ORDERS_WITH_RANDOM
 KERNELS = [(1, None)] + [(v, rows) for v in conv.TILED_VERSIONS for rows in conv.TILE_HEIGHTS]
 KERNEL_IDS = ["v1"] + [f"v{v}-{rows}rows" for v in conv.TILED_VERSIONS
                        for rows in conv.TILE_HEIGHTS]
-
-
-RELU_MARGIN = 1e-4   # relative to max |y|: pre-ReLU outputs this close to 0 get dy = 0
 
 
 def make_problem(x_shape, k, kh, kw, group, seed):
@@ -55,12 +53,7 @@ def reference(x, w, b, dy_seed, stride, pad, group, relu, tf32=False, dx_tf32=No
     y, cache = linear(f64(x, tf32), f64(w, tf32))
     dy = uniform(np.random.default_rng(dy_seed), y.shape)
     if relu:
-        # The kernels mask dy by the sign of their own float32 y. Where y is within
-        # rounding of 0 that sign may differ from float64's, and one flip (about one in
-        # millions at CaffeNet's shapes, batch 64) moves a whole dy term into dx, dw and
-        # db. dy is 0 there, so both masks agree. The margin is ~50x the largest float32
-        # error of y measured at those shapes.
-        dy[np.abs(y) <= RELU_MARGIN * np.abs(y).max()] = 0
+        zero_dy_near_relu_kink(dy, y)
         y = np.maximum(y, 0)
     dy_eff = dy * (y > 0) if relu else dy   # what the kernels' bias pass hands on
     dx, dw, _ = ref.conv_backward(f64(dy_eff, tf32), cache)

@@ -11,7 +11,8 @@ import pytest
 
 from kernels import gemm
 from nn import reference as ref
-from tests.kernel_testing import EMU_ORDERS_WITH_RANDOM, assert_close, tf32_round, uniform
+from tests.kernel_testing import (EMU_ORDERS_WITH_RANDOM, assert_close, tf32_round, uniform,
+                                  zero_dy_near_relu_kink)
 
 # These kernels stage tiles through shared memory between barriers: a missing barrier
 # shows under some thread order, so the random one runs too.
@@ -101,6 +102,10 @@ def check_inner_product(runner, x_shape, o, relu, version, seed=0):
     dy = uniform(rng, (x_shape[0], o))
     y_ref, cache_ref = ref.inner_product_forward(operand(x, version), operand(w, version),
                                                  b.astype(np.float64), relu=relu)
+    if relu:
+        y_pre, _ = ref.inner_product_forward(operand(x, version), operand(w, version),
+                                             b.astype(np.float64))
+        zero_dy_near_relu_kink(dy, y_pre)
     # The products take the masked dy rounded; the bias gradient sums it unrounded.
     dy_eff = dy * (y_ref > 0) if relu else dy
     dx_ref, dw_ref, _ = ref.inner_product_backward(operand(dy_eff, version), cache_ref)
