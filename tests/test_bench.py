@@ -423,3 +423,32 @@ def test_network_gate_checks_gradients_at_its_own_tolerance():
                                tolerance=1e-2, label=' (test)')
     assert {r['name'] for r in rows} == {'net.inference (test)', 'net.training_step (test)'}
     assert all(r['status'] == 'WRONG' and r['max_rel_error'] > 0.05 for r in rows)
+
+
+def test_gpu_path_on_a_stand_in_for_cupy(tmp_path, monkeypatch, capsys):
+    """bench.py's GPU-only code (CUDA-event timer with its flush, the device properties,
+    the peaks, cuBLAS through cupy.matmul as the vendor, the compiled kernels' registers)
+    on tests/fake_cupy.py's stand-in, whose kernels run on the emulator and whose cuBLAS
+    is NumPy: the run must complete and report every field a real GPU run would."""
+    from tests import fake_cupy
+    fake_cupy.install(monkeypatch)
+    monkeypatch.setattr(bench, 'GPU_PEAK_SIZES', (1 << 16, 64, 2))
+    monkeypatch.setattr(bench, 'FLUSH_BYTES', 1 << 16)
+    path = tmp_path / 'gpu.json'
+    rc = bench.main(['--device', 'cuda', '--batch', '1', '--only', 'relu7,fc8',
+                     '--repeats', '1', '--warmup', '0', '--no-torch', '--json', str(path)])
+    assert rc == 0
+    report = json.loads(path.read_text())
+    machine, settings = report['machine'], report['settings']
+    assert machine['device_name'] == 'stand-in GPU (the emulator)'
+    assert (machine['nvrtc'], machine['cuda_runtime']) == ('13.0', 13000)
+    assert settings['timer'] == 'CUDA events (cupy), L2 flushed'
+    assert settings['gpu_flush_passes'] == bench.GPU_FLUSH_PASSES
+    assert report['peaks']['fp32_GFLOPs'] > 0 and report['peaks']['bandwidth_GBps'] > 0
+    rows = {r['name']: r for r in report['kernels']}
+    assert all(r['status'] == 'ok' and r['time_s'] > 0 for r in rows.values())
+    assert rows['fc8.gemm_forward']['vendor']['name'].startswith('cuBLAS (CuPy stand-in')
+    assert rows['fc8.gemm_forward']['vendor']['status'] == 'ok'
+    compiled = report['compiled_kernels']
+    assert compiled and all(k['registers'] == fake_cupy.FAKE_REGISTERS for k in compiled)
+    assert 'stand-in GPU' in capsys.readouterr().out

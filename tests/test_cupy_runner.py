@@ -1,95 +1,25 @@
-"""CupyRunner's glue, without a GPU: a stand-in for CuPy whose compiled functions run on
-the emulator.
+"""CupyRunner's glue, without a GPU, on tests/fake_cupy.py's stand-in for CuPy (its
+compiled functions run on the emulator).
 
 CupyRunner's own code (compiling each file once with RawModule, reading a function's
 attributes into KernelInfo, the checks before a launch, passing grid, block, arguments and
-shared memory to the function) otherwise runs only on a GPU, where time is scarce. The
-stand-in keeps NumPy arrays (its `ndarray` is NumPy's) and answers `RawModule` with
-functions that run the named kernel on the emulator, so the tiny network going through
-CupyRunner must compute what the reference computes.
+shared memory to the function) otherwise runs only on a GPU, where time is scarce; the
+tiny network going through it must compute what the reference computes.
 """
-import os
-import re
-import types
-
 import numpy as np
 import pytest
 
-import nn.device
 from kernels import runner as runner_module
-from kernels.runner import CupyRunner, EmuRunner, resolve_source
 from nn.device import Device
+from tests import fake_cupy
+from tests.fake_cupy import FAKE_LOCAL_BYTES, FAKE_REGISTERS, FakeRawModule
 from tests.test_device import _assert_same_run, _run_tiny
-
-FAKE_REGISTERS, FAKE_LOCAL_BYTES = 40, 8   # what the stand-in reports for every kernel
-
-
-class FakeCompileError(Exception):
-    """Plays cupy.cuda.compiler.CompileException."""
-
-
-class FakeFunction:
-    """Plays the function RawModule.get_function returns: `attributes` and a call."""
-
-    def __init__(self, info, run, calls):
-        self.attributes = {'shared_size_bytes': info.static_shared,
-                           'max_threads_per_block': 1024, 'num_regs': FAKE_REGISTERS,
-                           'local_size_bytes': FAKE_LOCAL_BYTES}
-        self._run, self._calls, self._name = run, calls, info.name
-
-    def __call__(self, grid, block, args, shared_mem=0):
-        self._calls.append((self._name, grid, block, shared_mem))
-        self._run(grid, block, args, shared_mem)
-
-
-class FakeRawModule:
-    """Plays cupy.RawModule: compiled once; its functions run on the emulator."""
-    emu = EmuRunner()
-    compiled, calls = [], []
-
-    def __init__(self, code, options):
-        # The assembled source names its file in a '#line 1 "<file>"' directive.
-        self.display = re.findall(r'#line 1 "([^"]+)"', code)[-1]
-        self.options = options
-
-    def compile(self):
-        if 'broken' in self.display:
-            raise FakeCompileError(f'{self.display}(3): error: expected a ";"')
-        FakeRawModule.compiled.append(os.path.basename(self.display))
-
-    def get_function(self, name):
-        path, display = resolve_source(os.path.basename(self.display))   # kernels/<file>
-        info, run = self.emu._load(path, display, name)
-        return FakeFunction(info, run, FakeRawModule.calls)
-
-
-class FakeCupy(types.ModuleType):
-    """Plays the cupy module: what CupyRunner and the launchers use, the rest NumPy's."""
-
-    def __init__(self):
-        super().__init__('cupy')
-        self.ndarray = np.ndarray
-        self.RawModule = FakeRawModule
-        self.asnumpy = np.asarray
-        self.cuda = types.SimpleNamespace(
-            Device=lambda: types.SimpleNamespace(compute_capability='90'),
-            compiler=types.SimpleNamespace(CompileException=FakeCompileError),
-            get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None))
-
-    def __getattr__(self, name):
-        return getattr(np, name)
 
 
 @pytest.fixture
 def fake_runner(monkeypatch):
-    """A CupyRunner on the stand-in, with its own module cache (the class keeps one for
-    the process, which a real GPU run must not inherit)."""
-    monkeypatch.setattr(nn.device, 'import_cupy_with_gpu', FakeCupy)
-    monkeypatch.setattr(runner_module, 'load_nvrtc', lambda: None)
-    monkeypatch.setattr(CupyRunner, '_modules', {})
-    FakeRawModule.compiled.clear()
-    FakeRawModule.calls.clear()
-    return CupyRunner()
+    """A CupyRunner on the stand-in for CuPy."""
+    return fake_cupy.install(monkeypatch)
 
 
 def test_the_tiny_net_through_cupy_runner_matches_the_reference(fake_runner):
