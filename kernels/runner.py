@@ -323,7 +323,8 @@ class KernelInfo:
 
 
 class KernelRunner:
-    """Base class: `xp`, `name`, `kernel(file, name)` and `synchronize()`.
+    """Base class: `xp`, `name`, `kernel(file, name)`, `loaded_kernels()` and
+    `synchronize()`.
 
     Subclasses provide `_array_type` (the array class launches accept) and
     `_load(path, display, name) -> (KernelInfo, run)`, where `run(grid3, block3, args,
@@ -501,10 +502,11 @@ class CupyRunner(KernelRunner):
         fn = module.get_function(name)
         attrs = fn.attributes
         # Registers may limit a kernel to fewer than 1024 threads per block.
-        optional = [attrs.get(key) for key in ('num_regs', 'local_size_bytes')]  # reports only
+        registers, local_bytes = attrs.get('num_regs'), attrs.get('local_size_bytes')
         info = KernelInfo(name, display, sigs[name], int(attrs['shared_size_bytes']),
                           min(MAX_THREADS_PER_BLOCK, int(attrs['max_threads_per_block'])),
-                          *(None if v is None else int(v) for v in optional))
+                          registers=None if registers is None else int(registers),
+                          local_bytes=None if local_bytes is None else int(local_bytes))
 
         def run(grid3, block3, args, shared_mem):
             fn(grid3, block3, args, shared_mem=shared_mem)

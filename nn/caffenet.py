@@ -412,6 +412,9 @@ class CaffeNet:
         if self._caches is None or other._caches is None:
             raise RuntimeError("CaffeNet.adopt_routing needs a forward() with "
                                "for_backward=True on both nets first")
+        if other.spec != self.spec or other.fully_conv != self.fully_conv:
+            raise ValueError("CaffeNet.adopt_routing: the other net must have the same layers "
+                             "(spec) and the same fully_conv setting")
         changes = {}
         for index, layer in enumerate(self.spec):
             kind, mine, theirs = layer["type"], self._caches[index], other._caches[index]
@@ -428,6 +431,10 @@ class CaffeNet:
                 continue
             own = np.asarray(self.device.to_numpy(mine if key is None else mine[key]))
             new = np.asarray(other.device.to_numpy(theirs if key is None else theirs[key]))
+            if new.shape != own.shape:
+                raise ValueError(f"CaffeNet.adopt_routing: {layer['name']}'s routes have shape "
+                                 f"{new.shape} in the other net, {own.shape} here (a "
+                                 "forward on a different input?)")
             if kind == "pool":
                 changed = np.count_nonzero(new != own)
             else:

@@ -31,10 +31,14 @@ class FakeFunction:
         self.attributes = {'shared_size_bytes': info.static_shared,
                            'max_threads_per_block': 1024, 'num_regs': FAKE_REGISTERS,
                            'local_size_bytes': FAKE_LOCAL_BYTES}
-        self._run, self._calls, self._name = run, calls, info.name
+        self._run, self._calls, self._info = run, calls, info
 
     def __call__(self, grid, block, args, shared_mem=0):
-        self._calls.append((self._name, grid, block, shared_mem))
+        info = self._info
+        self._calls.append((info.name, grid, block, shared_mem))
+        # A GPU refuses a bad launch; the emulator would crash the process on one.
+        runner_module.check_launch(info.name, grid, block, shared_mem, info.static_shared,
+                                   info.max_threads)
         self._run(grid, block, args, shared_mem)
 
 

@@ -210,6 +210,52 @@ def test_adopt_routing_takes_the_other_nets_masks_and_argmaxes():
     np.testing.assert_array_equal(rerouted["fc6"]["weight"], grads["fc6"]["weight"])
 
 
+def test_adopt_routing_of_a_stand_alone_relu_and_of_pooling_alone():
+    # conv1 without its fused ReLU, then a ReLU layer (whose cache is its output).
+    spec = tiny_spec()
+    spec[0] = dict(spec[0], relu=False)
+    spec.insert(1, dict(type="relu", name="relu1"))
+    nets = [CaffeNet(spec=spec, input_size=TINY_SIZE, device="cpu", seed=0, dtype=dtype)
+            for dtype in (np.float32, np.float64)]
+    nets[1].load_params(nets[0].to_numpy_params(), strict=True)
+    x, labels = random_input(2, TINY_SIZE), np.array([0, 2])
+    other, net = nets
+    other.forward_loss(x, labels)
+    _, dscores, _ = net.forward_loss(x.astype(np.float64), labels)
+    assert net.adopt_routing(other) == {"relu1": (0, 2 * 4 * 7 * 7), "pool1": (0, 2 * 4 * 3 * 3),
+                                        "conv2": (0, 2 * 6 * 3 * 3),
+                                        "pool2": (0, 2 * 6 * 2 * 2), "fc6": (0, 2 * 5)}
+    before = net.backward(dscores)
+    relu_out = other._caches[1]
+    relu_out.flat[np.flatnonzero(relu_out > 0)[0]] = 0
+    assert net.adopt_routing(other)["relu1"][0] == 1
+    np.testing.assert_array_equal(net._caches[1], relu_out)
+    # Only an argmax of pool2 changed: the gradients below it move, fc6's do not.
+    net.adopt_routing(other)
+    argmax = other._caches[5]["argmax"]
+    argmax.flat[0] = 1 - argmax.flat[0] if argmax.flat[0] in (0, 1) else 0
+    changes = net.adopt_routing(other)
+    assert changes["pool2"][0] == 1 and sum(c for c, _ in changes.values()) == 1
+    after = net.backward(dscores)
+    assert not np.allclose(after["conv2"]["weight"], before["conv2"]["weight"])
+    np.testing.assert_array_equal(after["fc6"]["weight"], before["fc6"]["weight"])
+
+
+def test_adopt_routing_needs_the_same_net_on_the_same_input():
+    a, b = tiny_net(), tiny_net()
+    with pytest.raises(RuntimeError, match="needs a forward"):
+        a.adopt_routing(b)
+    a.forward(random_input(2, TINY_SIZE))
+    b.forward(random_input(3, TINY_SIZE))
+    with pytest.raises(ValueError, match=r"conv1's routes have shape \(3, 4, 7, 7\) in the "
+                                         r"other net, \(2, 4, 7, 7\) here"):
+        a.adopt_routing(b)
+    c = tiny_net(fully_conv=True)
+    c.forward(random_input(2, TINY_SIZE))
+    with pytest.raises(ValueError, match="same layers .* fully_conv"):
+        a.adopt_routing(c)
+
+
 def test_dropout_masks_fresh_per_iteration_and_reproducible():
     net = tiny_net()
     x = random_input(2, TINY_SIZE)
