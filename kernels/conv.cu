@@ -45,7 +45,8 @@
  *   R = N P is long (193600 for conv1 at batch 64) while its output is small, so the R
  *   range is cut into S chunks whose partial dw go to a (S, K, Cg KK) buffer, added in a
  *   fixed order by gemm.cu's gemm_splitk_reduce (deterministic, no atomics).
- *   Loading: per step a thread loads 4 elements of each slab.  Both operands are
+ *   Loading: per step a thread loads 4 elements of each slab (2 of A's in the 64-row
+ *   kernels, whose A slab is half as tall).  Both operands are
  *   separable, element = src[part(r) + part(col)] (see IgPart), so each thread computes
  *   its columns' parts once, and per step one reduction index's part, counted forward
  *   rather than divided (IgDigits); an element then costs a few adds and compares, in

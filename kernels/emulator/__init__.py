@@ -24,21 +24,9 @@ reach raises KernelLaunchError("divergent barrier ..."); a failed device assert,
 invalid memory access, raises KernelLaunchError with kernel, place, block and thread instead
 of killing Python.
 
-Rules for kernel authors (also in RULES.md)
--------------------------------------------
-1. Every launched kernel is `extern "C" __global__ void name(...)`; parameters are
-   float*, int*, unsigned int* (const or not), int, unsigned int or float.
-2. No #include: what the kernels share is in kernels/prelude.cuh.
-3. Every thread of a block reaches every `__syncthreads()` (the same call, the same number
-   of times): no barrier inside a branch or loop that depends on the thread, no early
-   `return` before a barrier.
-4. No spin-waits on other threads or blocks (flags, locks): threads run one at a time here
-   and blocks one after another, so such a wait never ends.
-5. No warp shuffles, votes or warp-synchronous code (relying on 32 threads in lock-step);
-   reduce through shared memory with `__syncthreads()` between the steps.
-6. Dynamic shared memory only via `EXTERN_SHARED(type, name);` in the kernel body.
-7. Never read shared memory before writing it in the same block (the emulator poisons it).
-8. Scalars are passed as np.int32 / np.uint32 / np.float32, arrays C-contiguous.
+The rules kernel authors follow so that a kernel behaves the same here and on a GPU (every
+thread reaches every barrier, no spin-waits, no warp-synchronous code but the one
+tensor-core instruction, explicit np.int32/np.float32 scalars, ...) are in RULES.md.
 """
 import ctypes
 import hashlib
