@@ -266,37 +266,56 @@ def _product_cases(layer, batch):
     return cases
 
 
+def _conv_backward_cases(layer, counts, make, fwd):
+    """A convolution's two backward passes, each its own Case: backward_data (dx) and
+    backward_weights (dw and db), through conv_backward's need_dw / need_dx."""
+    def prepare(ops, t):
+        return fwd(ops, t)[1], t['dy']
+    passes = {'backward_data': (dict(need_dw=False), slice(0, 1), (True,)),
+              'backward_weights': (dict(need_dx=False), slice(1, 3), (False, False))}
+    return [Case(f'{layer.name}.{pass_}', layer.name, 'conv_backward', counts[pass_], make,
+                 prepare, lambda ops, s, kw=kw, keep=keep: tuple(
+                     ops.conv_backward(s[1], s[0], **kw)[keep]),
+                 per_sample, ('conv', pass_))
+            for pass_, (kw, keep, per_sample) in passes.items()]
+
+
 def _layer_cases(layer, batch):
-    """The two Cases of one flops.Layer at `batch`: forward, and backward (for conv and
-    fc: the data and weight gradients together, as the op set's backward returns them)."""
+    """The Cases of one flops.Layer at `batch`: forward, and backward (conv: its data
+    and weight gradients apart; fc: together, as the op set's backward returns them, with
+    the three bare products as cases of their own)."""
     counts = flops.layer_counts(layer, batch)
     op, fwd = _forward_fn(layer)
     make, name, kind = _make_inputs(layer), layer.name, layer.kind
+    check_all = kind in ('dropout', 'loss')
+    forward = Case(f'{name}.forward', name, f'{op}_forward', counts['forward'], make,
+                   lambda ops, t: t, lambda ops, t: (fwd(ops, t)[0],),
+                   (kind != 'loss',),   # the loss is a batch mean, no row per image
+                   (kind, 'forward'), check_all)
+    if kind == 'conv':
+        return [forward] + _conv_backward_cases(layer, counts, make, fwd)
     bwd_op = f'{op}_backward'
     if kind == 'loss':
         bwd_prepare = lambda ops, t: fwd(ops, t)[1]                        # noqa: E731
         bwd_run = lambda ops, cache: (ops.softmax_loss_backward(cache),)  # noqa: E731
-        per_sample = ((False,), (False,))  # a batch mean; dscores carries 1/N
+        bwd_per_sample = (False,)  # dscores carries 1/N
     else:
         bwd_prepare = lambda ops, t: (fwd(ops, t)[1], t['dy'])            # noqa: E731
 
         def bwd_run(ops, s):
             out = getattr(ops, bwd_op)(s[1], s[0])
             return tuple(out) if isinstance(out, tuple) else (out,)
-        # conv/fc return (dx, dw, db): only dx has a row per image.
-        per_sample = ((True,), (True, False, False) if kind in ('conv', 'fc') else (True,))
-    if kind in ('conv', 'fc'):
+        # fc returns (dx, dw, db): only dx has a row per image.
+        bwd_per_sample = (True, False, False) if kind == 'fc' else (True,)
+    if kind == 'fc':
         bwd_counts = counts['backward_data'] + counts['backward_weights']
     else:
         bwd_counts = counts['backward']
-    check_all = kind in ('dropout', 'loss')
     products = _product_cases(layer, batch) if kind == 'fc' else []
     return products + [
-        Case(f'{name}.forward', name, f'{op}_forward', counts['forward'], make,
-             lambda ops, t: t, lambda ops, t: (fwd(ops, t)[0],), per_sample[0],
-             (kind, 'forward'), check_all),
+        forward,
         Case(f'{name}.backward', name, bwd_op, bwd_counts, make, bwd_prepare, bwd_run,
-             per_sample[1], (kind, 'backward'), check_all),
+             bwd_per_sample, (kind, 'backward'), check_all),
     ]
 
 
@@ -330,7 +349,7 @@ def build_cases(layers, batch, sgd=True):
 
 
 def select(cases, only):
-    """The cases `--only` names: a layer ('conv3'), a case ('conv3.backward') or 'sgd'."""
+    """The cases `--only` names: a layer ('conv3'), a case ('conv3.backward_data') or 'sgd'."""
     if not only:
         return cases
     wanted = [w.strip() for w in only.split(',') if w.strip()]
@@ -423,11 +442,13 @@ def _torch_impls(torch):
         s, pad, g = conv_args(L)
         return lambda: (F.conv2d(T['x'], T['w'], T['b'], s, pad, 1, g),)
 
-    def conv_bwd(T, L):
-        s, pad, g = conv_args(L)
-        return lambda: tuple(aten.convolution_backward(
-            T['dy'], T['x'], T['w'], [T['w'].shape[0]], s, pad, [1, 1], False, [0, 0], g,
-            [True, True, True]))
+    def conv_bwd(mask):   # output_mask: which of (dx, dw, db) to compute
+        def prepare(T, L):
+            s, pad, g = conv_args(L)
+            return lambda: tuple(o for o in aten.convolution_backward(
+                T['dy'], T['x'], T['w'], [T['w'].shape[0]], s, pad, [1, 1], False, [0, 0], g,
+                mask) if o is not None)
+        return prepare
 
     def pool_fwd(T, L):
         p = L.params
@@ -458,7 +479,8 @@ def _torch_impls(torch):
         **_matmul_impls(),
         ('fc', 'forward'): lambda T, L: (lambda: (F.linear(T['x'], T['w'], T['b']),)),
         ('conv', 'forward'): conv_fwd,
-        ('conv', 'backward'): conv_bwd,
+        ('conv', 'backward_data'): conv_bwd([True, False, False]),
+        ('conv', 'backward_weights'): conv_bwd([False, True, True]),
         ('pool', 'forward'): pool_fwd,
         ('pool', 'backward'): pool_bwd,
         ('lrn', 'forward'): lambda T, L: (lambda: (lrn(T['x'], L),)),

@@ -23,7 +23,7 @@ import numpy as np
 from kernels.launch_utils import (cdiv, check_array, check_upstream_grad, pick_version,
                                   split_reduction)
 from nn.checks import fail
-from nn.conv import check_conv_params
+from nn.conv import check_backward_needs, check_conv_params
 
 VERSIONS = (1, 2, 3)
 DEFAULT_VERSION = 2
@@ -127,28 +127,32 @@ def _check_int32_offsets(layer, **sizes):
                         f"use a smaller batch or version=1")
 
 
-def conv_backward(runner, dy, cache, need_dx=True):
+def conv_backward(runner, dy, cache, need_dx=True, need_dw=True):
     """Gradients of conv_forward.
 
     dy (N, K, Ho, Wo) -> (dx (N, C, H, W), dw (K, C // group, kh, kw), db (K,)).
     When the forward had relu=True the ReLU gradient (y > 0) is applied first.
     need_dx=False skips the input-gradient kernel and returns dx = None (a network's
-    first layer needs no gradient for its input).
+    first layer needs no gradient for its input); need_dw=False skips the weight
+    gradient's (and, without ReLU, the bias pass) and returns dw = db = None.
     """
     x, w, y, geom, version, forced = (cache[key] for key in
                                       ("x", "w", "y", "geom", "version", "tile_rows"))
     n, c, h, wid, k, kh, kw, stride, pad, group, ho, wo = (int(v) for v in geom)
     layer = f"{cache['layer']} (backward)"
     check_upstream_grad(runner, dy, (n, k, ho, wo), layer)
+    check_backward_needs(need_dx, need_dw, layer)
     xp = runner.xp
     relu = y is not None
 
-    db = xp.empty((k,), dtype=np.float32)
-    dy_eff = xp.empty_like(dy) if relu else dy
-    runner.kernel("conv.cu", "conv_bias_grad")(
-        (k, 1, 1), (BLOCK, 1, 1),
-        (dy, y if relu else dy, dy_eff, db, np.int32(n), np.int32(k), np.int32(ho * wo),
-         np.int32(relu)))
+    db, dy_eff = None, dy
+    if need_dw or relu:   # the bias pass also applies the ReLU mask for the other passes
+        db = xp.empty((k,), dtype=np.float32)
+        dy_eff = xp.empty_like(dy) if relu else dy
+        runner.kernel("conv.cu", "conv_bias_grad")(
+            (k, 1, 1), (BLOCK, 1, 1),
+            (dy, y if relu else dy, dy_eff, db, np.int32(n), np.int32(k), np.int32(ho * wo),
+             np.int32(relu)))
 
     # The implicit GEMM (versions 2, 3) for dx pays for every (output, tap) pair, but with
     # stride s only 1 in s*s of them reaches a pixel; the gather of version 1 visits just
@@ -158,6 +162,8 @@ def conv_backward(runner, dy, cache, need_dx=True):
     if need_dx:
         dx = _backward_data(runner, dy_eff, w, xp.empty_like(x), geom,
                             1 if stride > 1 else version, forced)
+    if not need_dw:
+        return dx, None, None
     dw = xp.empty_like(w)
     if version == 1:
         runner.kernel("conv.cu", "conv_backward_weights_v1")(

@@ -147,24 +147,27 @@ def _im2col_forward(x, w, b, stride, pad, group, ho, wo, relu):
     return y, cols
 
 
-def _im2col_backward(dy, x_shape, w, cols, stride, pad, group, need_dx):
-    """Gradients from the column matrix: dw = dy cols^T and dx = col2im(W^T dy) per group."""
+def _im2col_backward(dy, x_shape, w, cols, stride, pad, group, need_dx, need_dw):
+    """Gradients from the column matrix: dw = dy cols^T and dx = col2im(W^T dy) per group
+    (each None unless needed; db comes with dw)."""
     k, cg, kh, kw = w.shape
     # Channel-major gradient (group, K/group, N*Ho*Wo), matching the cols layout.
     dyt = np.empty((group, k // group, cols.shape[2]), dtype=dy.dtype)
     dyt.reshape((k,) + dy.shape[:1] + dy.shape[2:])[...] = dy.transpose(1, 0, 2, 3)
-    db = dyt.sum(axis=2).reshape(k)
     wg = w.reshape(group, k // group, cg * kh * kw)
-    dw = np.empty_like(wg)
-    for g in range(group):
-        np.matmul(dyt[g], cols[g].T, out=dw[g])
-    dx = None
+    dx = dw = db = None
+    if need_dw:
+        db = dyt.sum(axis=2).reshape(k)
+        dw = np.empty_like(wg)
+        for g in range(group):
+            np.matmul(dyt[g], cols[g].T, out=dw[g])
+        dw = dw.reshape(w.shape)
     if need_dx:
         dcols = np.empty_like(cols)
         for g in range(group):
             np.matmul(wg[g].T, dyt[g], out=dcols[g])
         dx = col2im(dcols, x_shape, kh, kw, stride, pad)
-    return dx, dw.reshape(w.shape), db
+    return dx, dw, db
 
 
 def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv',
@@ -190,20 +193,29 @@ def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv',
     return y, cache
 
 
-def conv_backward(dy, cache, need_dx=True):
+def check_backward_needs(need_dx, need_dw, layer):
+    """conv_backward must compute something; shared with kernels/conv.py."""
+    if not (need_dx or need_dw):
+        fail(layer, "need_dx and need_dw are both False: nothing to compute")
+
+
+def conv_backward(dy, cache, need_dx=True, need_dw=True):
     """Gradients of conv_forward.
 
     dy (N, K, Ho, Wo) -> (dx (N, C, H, W), dw (K, C // group, kh, kw), db (K,)).
     When the forward had relu=True the ReLU gradient (y > 0) is applied first.
     need_dx=False skips the input gradient (dx is None): a network's first layer needs
     none, and for CaffeNet's conv1 it is about a third of the layer's backward work.
+    need_dw=False skips the weight and bias gradients (dw, db None): bench.py times the
+    two passes apart.
     """
     w, y = cache['w'], cache['y']
     check_upstream_grad(dy, cache['y_shape'], w.dtype, "conv_backward")
+    check_backward_needs(need_dx, need_dw, "conv_backward")
     if y is not None:
         dy = dy * (y > 0)
     if cache['algorithm'] == 'winograd':
         return winograd_backward(dy, cache['x_shape'], cache['pad'], cache['group'],
-                                 cache['saved'], need_dx)
+                                 cache['saved'], need_dx, need_dw)
     return _im2col_backward(dy, cache['x_shape'], w, cache['saved'], cache['stride'],
-                            cache['pad'], cache['group'], need_dx)
+                            cache['pad'], cache['group'], need_dx, need_dw)

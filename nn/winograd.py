@@ -197,25 +197,27 @@ def winograd_forward(x, w, b, pad, group, relu=False):
     return y, (v, u)
 
 
-def winograd_backward(dy, x_shape, pad, group, saved, need_dx=True):
+def winograd_backward(dy, x_shape, pad, group, saved, need_dx=True, need_dw=True):
     """Gradients of winograd_forward: dy (N, K, Ho, Wo) -> (dx (N, C, H, W) or None,
-    dw (K, C // group, 3, 3), db (K,)); x_shape, pad and group as in the forward, saved
-    its (V, U)."""
+    dw (K, C // group, 3, 3) or None, db (K,) or None: dx when need_dx, dw and db when
+    need_dw); x_shape, pad and group as in the forward, saved its (V, U)."""
     n, c, h, wd = x_shape
     v, u = saved
     k, cg = u.shape[1:]
     ho, wo = dy.shape[2:]
     th, tw = -(-ho // 2), -(-wo // 2)
-    db = dy.sum(axis=(0, 2, 3))
     dm6 = np.empty((4, 4, th, tw, n, k), dtype=dy.dtype)
     _split_images(n, _output_transform_adjoint, dy, dm6)
     dm = dm6.reshape(16, th * tw * n, k)                                     # dM[a,b] (P, K)
     groups = _group_slices(group, cg, k // group)
-    du = np.empty_like(u)
-    for cs, ks in groups:
-        np.matmul(dm[:, :, ks].transpose(0, 2, 1), v[:, :, cs], out=du[:, ks])
-    dw = (G_KRON_G.T.astype(u.dtype) @ du.reshape(16, k * cg)).T.reshape(k, cg, 3, 3)
-    dx = None
+    dx = dw = db = None
+    if need_dw:
+        db = dy.sum(axis=(0, 2, 3))
+        du = np.empty_like(u)
+        for cs, ks in groups:
+            np.matmul(dm[:, :, ks].transpose(0, 2, 1), v[:, :, cs], out=du[:, ks])
+        dw = np.ascontiguousarray(
+            (G_KRON_G.T.astype(u.dtype) @ du.reshape(16, k * cg)).T.reshape(k, cg, 3, 3))
     if need_dx:
         dv = np.empty_like(v)
         for cs, ks in groups:
@@ -223,4 +225,4 @@ def winograd_backward(dy, x_shape, pad, group, saved, need_dx=True):
         dx = np.empty((n, c, h, wd), dtype=dy.dtype)
         _split_images(n, lambda dvi, dxi: _input_transform_adjoint(dvi, pad, dxi),
                       dv.reshape(4, 4, th, tw, n, c), dx)
-    return dx, np.ascontiguousarray(dw), db
+    return dx, dw, db

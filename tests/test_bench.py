@@ -56,11 +56,12 @@ def test_cpu_layer_json(tmp_path):
     assert report['network'] == []  # --only conv3: no whole-network figures
     assert any('GPU figures need a GPU' in n for n in report['notes'])
     rows = {r['name']: r for r in report['kernels']}
-    assert set(rows) == {'conv3.forward', 'conv3.backward'}
+    assert set(rows) == {'conv3.forward', 'conv3.backward_data', 'conv3.backward_weights'}
     conv3 = next(l for l in flops.caffenet_layers() if l.name == 'conv3')
     counts = flops.layer_counts(conv3, 3)
-    assert rows['conv3.forward']['flops'] == counts['forward'].flops
-    assert rows['conv3.backward']['macs'] == 2 * counts['forward'].macs  # data + weights
+    for pass_ in ('forward', 'backward_data', 'backward_weights'):
+        assert rows[f'conv3.{pass_}']['flops'] == counts[pass_].flops
+        assert rows[f'conv3.{pass_}']['macs'] == counts['forward'].macs
     for r in rows.values():
         assert r['status'] == 'ok' and r['max_rel_error'] <= bench.TOLERANCE
         assert r['time_s'] > 0 and len(r['times_s']) == 1
@@ -204,7 +205,9 @@ def test_case_list_covers_the_issue():
     for layer in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8',
                   'pool1', 'pool2', 'pool5', 'norm1', 'norm2', 'relu1', 'relu7', 'drop6',
                   'drop7', 'loss'):
-        assert {f'{layer}.forward', f'{layer}.backward'} <= names
+        backward = ({f'{layer}.backward_data', f'{layer}.backward_weights'}
+                    if layer.startswith('conv') else {f'{layer}.backward'})
+        assert {f'{layer}.forward'} | backward <= names
     for fc in ('fc6', 'fc7', 'fc8'):
         assert {f'{fc}.gemm_forward', f'{fc}.gemm_backward_data',
                 f'{fc}.gemm_backward_weights'} <= names
@@ -215,7 +218,7 @@ def test_case_list_covers_the_issue():
 def test_bad_arguments(capsys):
     assert bench.main(['--device', 'cpu', '--only', 'conv9', '--no-torch']) == 2
     err = capsys.readouterr().err
-    assert "--only 'conv9' names no case" in err and 'conv3.backward' in err
+    assert "--only 'conv9' names no case" in err and 'conv3.backward_data' in err
     with pytest.raises(SystemExit):
         bench.main(['--batch', '0'])
 
@@ -234,7 +237,7 @@ def test_versions_bind_the_launchers():
     from nn.device import get_device
     device = get_device('emu')
     cases = {c.name: c for c in bench.build_cases(flops.caffenet_layers(), 1)}
-    versions = bench.kernel_versions(device, cases['conv2.backward'])
+    versions = bench.kernel_versions(device, cases['conv2.backward_weights'])
     assert [v for v, _, _ in versions] == [
         '1', '2', '2, 128-row tiles', '2, 64-row tiles',
         '3 (TF32)', '3 (TF32), 128-row tiles', '3 (TF32), 64-row tiles']
@@ -250,7 +253,7 @@ def test_versions_bind_the_launchers():
     cpu = get_device('cpu')
     assert bench.kernel_versions(cpu, cases['conv2.forward'], layers['conv2']) == []
     assert bench.kernel_versions(cpu, cases['fc6.forward'], layers['fc6']) == []
-    versions = bench.kernel_versions(cpu, cases['conv4.backward'], layers['conv4'])
+    versions = bench.kernel_versions(cpu, cases['conv4.backward_data'], layers['conv4'])
     assert [v for v, _, _ in versions] == ['im2col', 'winograd']
     assert [ops.conv_forward.keywords for _, ops, _ in versions] == [
         {'algorithm': 'im2col'}, {'algorithm': 'winograd'}]
@@ -260,7 +263,8 @@ def test_cpu_versions_are_the_convolution_algorithms(tmp_path):
     rc, report = _run(tmp_path, '--batch', '1', '--only', 'conv5,conv1', '--versions')
     assert rc == 0
     rows = {r['name']: r for r in report['kernels']}
-    assert [v['version'] for v in rows['conv5.backward']['versions']] == ['im2col', 'winograd']
+    assert [v['version'] for v in rows['conv5.backward_data']['versions']] == [
+        'im2col', 'winograd']
     assert all(v['status'] == 'ok' and v['time_s'] > 0 for v in rows['conv5.forward']['versions'])
     assert 'versions' not in rows['conv1.forward']   # only one algorithm applies
 

@@ -140,7 +140,7 @@ def test_mixed_dtypes_and_bad_dy_rejected():
 
 
 @pytest.mark.parametrize("cfg", [CONFIGS[2], CONFIGS[4]])   # im2col, Winograd
-def test_need_dx_false_skips_only_dx(cfg):
+def test_need_dx_or_dw_false_skips_only_that(cfg):
     rng = np.random.default_rng(5)
     x, w, b, kw = make(rng, cfg, np.float32)
     y, cache = conv_forward(x, w, b, relu=True, **kw)
@@ -150,6 +150,11 @@ def test_need_dx_false_skips_only_dx(cfg):
     assert dx is not None and none is None
     np.testing.assert_array_equal(dw2, dw)
     np.testing.assert_array_equal(db2, db)
+    dx3, none_w, none_b = conv_backward(dy, cache, need_dw=False)
+    assert none_w is None and none_b is None
+    np.testing.assert_array_equal(dx3, dx)
+    with pytest.raises(ValueError, match="conv_backward: need_dx and need_dw are both False"):
+        conv_backward(dy, cache, need_dx=False, need_dw=False)
 
 
 WINOGRAD_CONFIGS = [  # 3x3 at stride 1: odd and even sizes, pads 0-2, groups, one image

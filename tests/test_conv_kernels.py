@@ -107,6 +107,25 @@ def test_conv_matches_reference(emu, case, relu, kernel):
     check_conv(emu, *case, relu=relu, version=version, tile_rows=rows)
 
 
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv_backward_passes_apart(emu, relu, version):
+    """need_dw=False gives the full backward's dx alone (and runs no bias pass without a
+    ReLU), need_dx=False its dw and db alone: bench.py times the passes this way."""
+    x, w, b = make_problem((2, 4, 9, 8), 6, 3, 3, group=2, seed=9)
+    dy = uniform(np.random.default_rng(10), (2, 6, 9, 8))
+    _, cache = conv.conv_forward(emu, x, w, b, pad=1, group=2, relu=relu, version=version)
+    dx, dw, db = conv.conv_backward(emu, dy, cache)
+    dx_only = conv.conv_backward(emu, dy, cache, need_dw=False)
+    dw_only = conv.conv_backward(emu, dy, cache, need_dx=False)
+    assert dx_only[1:] == (None, None) and dw_only[0] is None
+    np.testing.assert_array_equal(dx_only[0], dx)
+    np.testing.assert_array_equal(dw_only[1], dw)
+    np.testing.assert_array_equal(dw_only[2], db)
+    with pytest.raises(ValueError, match="need_dx and need_dw are both False"):
+        conv.conv_backward(emu, dy, cache, need_dx=False, need_dw=False)
+
+
 @pytest.mark.parametrize("version", conv.TILED_VERSIONS)
 @pytest.mark.parametrize("rows", conv.TILE_HEIGHTS)
 @pytest.mark.parametrize("splits", [1, 3, 7])
