@@ -1121,7 +1121,7 @@ def parse_args(argv):
                    help='untimed runs first (default 3 GPU, 2 CPU)')
     p.add_argument('--only', default=None,
                    help="time only these (comma-separated): a layer 'conv3', a case "
-                        "'conv3.backward', 'sgd', 'kernels' for every kernel case, or "
+                        "'conv3.backward_data', 'sgd', 'kernels' for every kernel case, or "
                         "'net' for the whole network")
     p.add_argument('--versions', action='store_true',
                    help="also time every kept version of each kernel (GPU: the launchers' "
