@@ -964,6 +964,19 @@ def bench_network(device, sub_device, timer, torch, args, batch, tolerance=TOLER
     return report
 
 
+def with_floor(rows, peaks):
+    """Each timed network row with its arithmetic floor: 'floor_s', its FLOPs at the
+    measured FP32 peak (a training step at batch 256: 1.06 TFLOP, about 16 ms on an
+    H200), and 'time_over_floor', how many floors the run took (the issue asks for the
+    step time as a fraction of that floor). Returns rows."""
+    peak = peaks.get('fp32_GFLOPs')
+    for row in rows:
+        if peak and 'time_s' in row:
+            row['floor_s'] = row['flops'] / (peak * 1e9)
+            row['time_over_floor'] = row['time_s'] / row['floor_s']
+    return rows
+
+
 def _timed_pair(timer_a, fn_a, timer_b, fn_b, args, images):
     """Time two subjects alternately, run by run, so that a machine whose load drifts
     (a shared CPU) weighs on both alike. Returns two _timed-style dicts."""
@@ -1079,6 +1092,8 @@ def print_table(report, out=None):
         line = f"{r['name']:27} {r['batch']:5d} {r['status']:>6} "
         if 'time_s' in r:
             line += f"{_fmt_time(r['time_s']):>9} ms  {r['images_per_s']:9.1f} images/s"
+            if 'time_over_floor' in r:
+                line += f", {r['time_over_floor']:.1f}x its FP32 floor"
         t = r.get('torch')
         if t:
             line += f" | {t['name']}: "
@@ -1249,8 +1264,9 @@ def run(args):
             nets.append(('net (TF32)', tf32_device, None, TF32_TOLERANCE, ' (TF32)'))
         for name, sub_device, net_torch, tolerance, label in nets:
             try:
-                network.extend(bench_network(device, sub_device(), timer, net_torch, args,
-                                             max(batches), tolerance, label))
+                network.extend(with_floor(bench_network(
+                    device, sub_device(), timer, net_torch, args, max(batches), tolerance,
+                    label), peaks))
             except Exception as exc:  # keep the kernel figures; say what broke
                 network.append({'name': name, 'batch': max(batches), 'status': 'ERROR',
                                 'error': f'{type(exc).__name__}: {exc}'})

@@ -137,9 +137,10 @@ def test_wrong_batch_reduction_is_reported(tmp_path, monkeypatch):
     assert rc == 1
 
 
-def test_whole_network_cpu(tmp_path):
+def test_whole_network_cpu(tmp_path, capsys):
     rc, report = _run(tmp_path, '--batch', '1', '--only', 'net', '--classes', '3')
     assert rc == 0
+    assert 'x its FP32 floor' in capsys.readouterr().out
     assert report['kernels'] == []
     rows = {r['name']: r for r in report['network']}
     assert set(rows) == {'net.inference', 'net.training_step'}  # batch 1: latency = inference
@@ -153,6 +154,9 @@ def test_whole_network_cpu(tmp_path):
         assert all(changed <= max(1, bench.TOLERANCE * n) for changed, n in routes.values())
         assert r['images_per_s'] == pytest.approx(1 / r['time_s'])
         assert r['flops'] == flops.network_counts(layers, 1, train=train).flops
+        floor = r['flops'] / (report['peaks']['fp32_GFLOPs'] * 1e9)
+        assert r['floor_s'] == pytest.approx(floor)
+        assert r['time_over_floor'] == pytest.approx(r['time_s'] / floor)
 
 
 def test_wrong_network_is_reported(tmp_path, monkeypatch):
