@@ -266,11 +266,10 @@ def _product_cases(layer, batch):
     return cases
 
 
-def _conv_backward_cases(layer, counts, make, fwd):
+def _conv_backward_cases(layer, counts, make, prepare):
     """A convolution's two backward passes, each its own Case: backward_data (dx) and
-    backward_weights (dw and db), through conv_backward's need_dw / need_dx."""
-    def prepare(ops, t):
-        return fwd(ops, t)[1], t['dy']
+    backward_weights (dw and db), through conv_backward's need_dw / need_dx; prepare
+    gives each its (cache, dy)."""
     passes = {'backward_data': (dict(need_dw=False), slice(0, 1), (True,)),
               'backward_weights': (dict(need_dx=False), slice(1, 3), (False, False))}
     return [Case(f'{layer.name}.{pass_}', layer.name, 'conv_backward', counts[pass_], make,
@@ -292,8 +291,6 @@ def _layer_cases(layer, batch):
                    lambda ops, t: t, lambda ops, t: (fwd(ops, t)[0],),
                    (kind != 'loss',),   # the loss is a batch mean, no row per image
                    (kind, 'forward'), check_all)
-    if kind == 'conv':
-        return [forward] + _conv_backward_cases(layer, counts, make, fwd)
     bwd_op = f'{op}_backward'
     if kind == 'loss':
         bwd_prepare = lambda ops, t: fwd(ops, t)[1]                        # noqa: E731
@@ -301,6 +298,8 @@ def _layer_cases(layer, batch):
         bwd_per_sample = (False,)  # dscores carries 1/N
     else:
         bwd_prepare = lambda ops, t: (fwd(ops, t)[1], t['dy'])            # noqa: E731
+        if kind == 'conv':
+            return [forward] + _conv_backward_cases(layer, counts, make, bwd_prepare)
 
         def bwd_run(ops, s):
             out = getattr(ops, bwd_op)(s[1], s[0])
