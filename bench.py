@@ -19,6 +19,7 @@ Every result is checked against the NumPy reference in float64 before it is time
 result that disagrees is reported as WRONG and not timed. See docs/benchmarks.md.
 """
 import argparse
+import collections
 import datetime
 import functools
 import importlib
@@ -822,9 +823,12 @@ def torch_caffenet(torch, spec, params, device):
 
     Convolution groups, LocalResponseNorm(5, 1e-4, 0.75, k=1) (PyTorch divides alpha
     by the size like Caffe), max pooling with ceil_mode=True (Caffe's rounding).
+    Each module is named after the spec layer it belongs to: the layer's own name, or
+    '<layer>_relu' and '<layer>_flatten' for the fused ReLU and the flattening before
+    the first fully connected layer (torch_layer_owner maps them back).
     """
     nn = torch.nn
-    mods, flat = [], False
+    mods, flat = {}, False
     for layer in spec:
         kind, name = layer['type'], layer['name']
         if kind in ('conv', 'fc'):
@@ -836,26 +840,32 @@ def torch_caffenet(torch, spec, params, device):
                               layer.get('pad', 0), groups=g)
             else:
                 if not flat:
-                    mods.append(nn.Flatten())
+                    mods[f'{name}_flatten'] = nn.Flatten()
                     flat = True
                 m = nn.Linear(w.shape[1], w.shape[0])
             with torch.no_grad():
                 m.weight.copy_(w.reshape(m.weight.shape))
                 m.bias.copy_(b)
-            mods.append(m)
+            mods[name] = m
             if layer.get('relu'):
-                mods.append(nn.ReLU(inplace=True))
+                mods[f'{name}_relu'] = nn.ReLU(inplace=True)
         elif kind == 'pool':
-            mods.append(nn.MaxPool2d(layer['kernel'], layer['stride'], layer.get('pad', 0),
-                                     ceil_mode=True))
+            mods[name] = nn.MaxPool2d(layer['kernel'], layer['stride'], layer.get('pad', 0),
+                                      ceil_mode=True)
         elif kind == 'lrn':
-            mods.append(nn.LocalResponseNorm(layer['local_size'], layer['alpha'],
-                                             layer['beta'], layer.get('k', 1.0)))
+            mods[name] = nn.LocalResponseNorm(layer['local_size'], layer['alpha'],
+                                              layer['beta'], layer.get('k', 1.0))
         elif kind == 'relu':
-            mods.append(nn.ReLU(inplace=True))
+            mods[name] = nn.ReLU(inplace=True)
         elif kind == 'dropout':
-            mods.append(nn.Dropout(layer['ratio']))
-    return nn.Sequential(*mods).to(device)
+            mods[name] = nn.Dropout(layer['ratio'])
+    return nn.Sequential(collections.OrderedDict(mods)).to(device)
+
+
+def torch_layer_owner(module_name, spec):
+    """The spec layer a module of torch_caffenet belongs to: 'conv1_relu' -> 'conv1'."""
+    names = {layer['name'] for layer in spec}
+    return module_name if module_name in names else module_name.rsplit('_', 1)[0]
 
 
 def _torch_sgd(torch, model):
@@ -960,6 +970,15 @@ def bench_network(device, sub_device, timer, torch, args, batch, tolerance=TOLER
         if t:
             row['torch'] = t
         report.append(row)
+    if getattr(args, 'layers', False) and status == 'ok':
+        subjects = [(our_inference_by_layer(net, x), timer)]
+        if theirs and theirs[0]['status'] == 'ok':
+            subjects.append((theirs[1]['inference_by_layer'], theirs[2]))
+        medians = layer_times(subjects, args)
+        report[0]['layers'] = [
+            dict({'layer': layer, 'time_s': s},
+                 **({'torch_time_s': medians[1].get(layer)} if len(medians) > 1 else {}))
+            for layer, s in medians[0].items()]
     return report
 
 
@@ -1018,9 +1037,68 @@ def _torch_network(torch, device, net, params, x_host, labels_host, want):
         F.cross_entropy(model(x), y).backward()
         opt.step()
 
+    def infer_by_layer(clock):   # for --layers: infer(x), each module through the clock
+        model.eval()
+        with torch.no_grad():
+            h = x
+            for name, module in model.named_children():
+                h = clock(torch_layer_owner(name, net.spec), functools.partial(module, h))
+            clock('softmax', functools.partial(torch.softmax, h, 1))
+
     fns = {'inference': lambda: infer(x), 'training_step': train_step,
-           'latency': lambda: infer(x[:1])}
+           'latency': lambda: infer(x[:1]), 'inference_by_layer': infer_by_layer}
     return info, fns, (GpuTimer('torch', torch) if dev == 'cuda' else CpuTimer())
+
+
+class _ClockedOps:
+    """A network's ops with every forward op (and the softmax) run through
+    clock(layer, fn): the op's `layer=` name, else the op's own name."""
+
+    def __init__(self, ops, clock):
+        self._ops, self._clock = ops, clock
+
+    def __getattr__(self, name):
+        fn = getattr(self._ops, name)
+        if not (name.endswith('_forward') or name == 'softmax'):
+            return fn
+        return lambda *a, **k: self._clock(k.get('layer', name), lambda: fn(*a, **k))
+
+
+def our_inference_by_layer(net, x):
+    """net.predict(x) with each layer's op clocked (see layer_times)."""
+    def run(clock):
+        real = net.ops
+        net.ops = _ClockedOps(real, clock)
+        try:
+            net.predict(x)
+        finally:
+            net.ops = real
+    return run
+
+
+def layer_times(subjects, args):
+    """Each layer's median seconds inside whole inferences (--layers), for every subject
+    (run, timer): run(clock) makes one inference, passing each layer's work to
+    clock(layer, fn), which times fn alone (timer.time_once: the GPU synchronised around
+    it) and returns its result. In place: no cache flush, each layer finds what the one
+    before left. A layer clocked several times in one inference (PyTorch's convolution,
+    then its ReLU) counts their sum. Subjects alternate run by run, as in _timed_pair.
+    Returns one {layer: median seconds} per subject, layers in the order they ran."""
+    times = [{} for _ in subjects]
+    for repeat in range(args.warmup + args.repeats):
+        for (run, timer), subject_times in zip(subjects, times):
+            this_run = {}
+
+            def clock(layer, fn):
+                result = []
+                seconds = timer.time_once(lambda: result.append(fn()))
+                this_run[layer] = this_run.get(layer, 0.0) + seconds
+                return result[0]
+            run(clock)
+            if repeat >= args.warmup:
+                for layer, seconds in this_run.items():
+                    subject_times.setdefault(layer, []).append(seconds)
+    return [{layer: statistics.median(s) for layer, s in t.items()} for t in times]
 
 
 # ------------------------------------------------------------------------------ report
@@ -1104,8 +1182,29 @@ def print_table(report, out=None):
         for x in (r, t or {}):
             if 'error' in x:
                 print(f"    {x['error']}", file=out)
+    for r in report['network']:
+        if 'layers' in r:
+            _print_layers(r, out)
     for note in report['notes']:
         print(f'note: {note}', file=out)
+
+
+def _print_layers(row, out):
+    """--layers: the inference's time layer by layer, next to PyTorch's when measured."""
+    layers = row['layers']
+    torch = all(x.get('torch_time_s') is not None for x in layers)
+    print(f"{row['name']} layer by layer (batch {row['batch']}, each layer timed in place"
+          " inside whole inferences):", file=out)
+    print(f"  {'layer':12} {'ms':>9}" + (f" | {'PyTorch ms':>10} {'torch/ours':>10}" if torch
+                                         else ''), file=out)
+    total = [sum(x['time_s'] for x in layers),
+             sum(x.get('torch_time_s') or 0.0 for x in layers)]
+    for name, ours, theirs in ([(x['layer'], x['time_s'], x.get('torch_time_s')) for x in layers]
+                               + [('sum', *total)]):
+        line = f"  {name:12} {_fmt_time(ours):>9}"
+        if torch:
+            line += f" | {_fmt_time(theirs):>10} {theirs / ours:10.2f}"
+        print(line, file=out)
 
 
 def write_json(path, report):
@@ -1149,6 +1248,9 @@ def parse_args(argv):
                         'connected layers on tensor cores in TF32 (cuda, or emu to check '
                         'it), checked within a TF32 tolerance; the kernels\' TF32 '
                         'versions are in --versions')
+    p.add_argument('--layers', action='store_true',
+                   help="with the network: also time each layer inside whole inferences "
+                        "(in place: caches as the layer before left them), next to PyTorch's")
     p.add_argument('--seed', type=int, default=0, help='seed of the random inputs')
     args = p.parse_args(argv)
     for name in ('batch', 'repeats', 'warmup'):
@@ -1306,6 +1408,7 @@ def _report(args, device, machine, torch, gpu, timer, batches, peaks, kernels, n
         'machine': machine,
         'settings': {'device': device.name, 'batches': batches, 'repeats': args.repeats,
                      'warmup': args.warmup, 'only': args.only, 'versions': args.versions,
+                     'layers': getattr(args, 'layers', False),
                      'classes': args.classes, 'seed': args.seed, 'timer': timer.name,
                      'statistic': 'median of the timed runs (peaks: best run)',
                      'cache_flush_bytes': FLUSH_BYTES if gpu else cpu_flush_bytes(),
@@ -1333,7 +1436,8 @@ def _report(args, device, machine, torch, gpu, timer, batches, peaks, kernels, n
 
 
 def main(argv=None):
-    """Command-line entry point; returns the exit status (0, or 1 when anything is WRONG)."""
+    """Command-line entry point; returns the exit status: 0, 1 when any of our results is
+    WRONG or ERROR, 2 when the benchmark cannot run as asked."""
     args = parse_args(argv)
     args.argv = argv
     try:
@@ -1346,8 +1450,15 @@ def main(argv=None):
     print_table(report)
     if args.json:
         print(f'wrote {args.json}')
-    bad = any(r['status'] != 'ok' for r in report['kernels'] + report['network'])
-    return 1 if bad else 0
+    return 1 if _ours_failed(report) else 0
+
+
+def _ours_failed(report):
+    """Whether any of our results (a kernel case, a kept version of it, the network) was
+    WRONG or ERROR. A vendor's failure is reported, but it is not ours."""
+    rows = report['kernels'] + report['network']
+    rows += [v for r in report['kernels'] for v in r.get('versions', [])]
+    return any(r['status'] != 'ok' for r in rows)
 
 
 if __name__ == '__main__':

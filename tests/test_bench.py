@@ -159,6 +159,59 @@ def test_whole_network_cpu(tmp_path, capsys):
         assert r['time_over_floor'] == pytest.approx(r['time_s'] / floor)
 
 
+def test_network_layer_by_layer(tmp_path, capsys):
+    rc, report = _run(tmp_path, '--batch', '1', '--only', 'net', '--classes', '3', '--layers')
+    assert rc == 0 and report['settings']['layers'] is True
+    out = capsys.readouterr().out
+    assert 'net.inference layer by layer (batch 1' in out
+    inference = report['network'][0]
+    assert inference['name'] == 'net.inference'
+    names = [x['layer'] for x in inference['layers']]
+    assert names == ['conv1', 'pool1', 'norm1', 'conv2', 'pool2', 'norm2', 'conv3', 'conv4',
+                     'conv5', 'pool5', 'fc6', 'fc7', 'fc8', 'softmax']   # no dropout at test
+    assert all(x['time_s'] > 0 and 'torch_time_s' not in x for x in inference['layers'])
+    assert 'layers' not in report['network'][1]   # the training step has no breakdown
+
+
+def test_layer_times_sum_a_layers_parts_and_skip_the_warmup():
+    class CountingTimer:   # each call "takes" 1, 2, 3, ... seconds, in call order
+        def __init__(self):
+            self.calls = 0
+
+        def time_once(self, fn):
+            fn()
+            self.calls += 1
+            return float(self.calls)
+
+    order = []
+
+    def run_a(clock):     # layer 'x' clocked twice per inference (as PyTorch's conv + ReLU)
+        order.append('a')
+        assert clock('x', lambda: 5) == 5
+        clock('y', lambda: None)
+        clock('x', lambda: None)
+
+    def run_b(clock):
+        order.append('b')
+        clock('y', lambda: None)
+
+    ta, tb = CountingTimer(), CountingTimer()
+    args = SimpleNamespace(warmup=1, repeats=3)
+    a, b = bench.layer_times([(run_a, ta), (run_b, tb)], args)
+    assert order == ['a', 'b'] * 4            # alternately, the warm-up first
+    # run_a's calls: warm-up 1, 2, 3; then (4, 5, 6), (7, 8, 9), (10, 11, 12)
+    assert list(a) == ['x', 'y']
+    assert a == {'x': 7 + 9, 'y': 8}          # medians of 10/16/22 and 5/8/11
+    assert b == {'y': 3}                      # run_b's calls 2, 3, 4 after the warm-up 1
+
+
+def test_torch_modules_belong_to_their_layers():
+    spec = [{'name': 'conv1'}, {'name': 'fc6'}, {'name': 'fc8_twitter'}]
+    owner = [bench.torch_layer_owner(n, spec) for n in
+             ('conv1', 'conv1_relu', 'fc6_flatten', 'fc6', 'fc8_twitter')]
+    assert owner == ['conv1', 'conv1', 'fc6', 'fc6', 'fc8_twitter']
+
+
 def test_wrong_network_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, 'subject_ops', _broken('lrn_forward', lambda y: y * np.float32(1.001)))
     rc, report = _run(tmp_path, '--batch', '1', '--only', 'net', '--classes', '3')
@@ -273,6 +326,23 @@ def test_cpu_versions_are_the_convolution_algorithms(tmp_path):
     assert 'versions' not in rows['conv1.forward']   # only one algorithm applies
 
 
+def test_a_wrong_version_fails_the_run(tmp_path, monkeypatch, capsys):
+    real = bench.kernel_versions
+
+    def versions_one_wrong(device, case, layer=None):
+        out = real(device, case, layer)
+        label, ops, tolerance = out[-1]
+        fn = ops.conv_forward
+        ops.conv_forward = lambda *a, **k: (lambda y, c: (y * 1.01, c))(*fn(*a, **k))
+        return out[:-1] + [(label, ops, tolerance)]
+    monkeypatch.setattr(bench, 'kernel_versions', versions_one_wrong)
+    rc, report = _run(tmp_path, '--batch', '1', '--only', 'conv5.forward', '--versions')
+    (row,) = report['kernels']
+    assert row['status'] == 'ok'                                   # the default is right
+    assert [v['status'] for v in row['versions']] == ['ok', 'WRONG']  # winograd, broken
+    assert rc == 1
+
+
 def test_emulated_kernel_path(tmp_path):
     # The GPU code path (kernel ops, versions, gate) on the emulator, on small layers.
     rc, report = _run(tmp_path, '--device', 'emu', '--batch', '1', '--only', 'relu7,loss',
@@ -319,13 +389,16 @@ def test_whole_network_with_torch(tmp_path):
     pytest.importorskip('torch')
     path = tmp_path / 'out.json'
     rc = bench.main(['--device', 'cpu', '--repeats', '2', '--warmup', '0', '--batch', '1',
-                     '--only', 'net', '--classes', '4', '--json', str(path)])
+                     '--only', 'net', '--classes', '4', '--layers', '--json', str(path)])
     assert rc == 0
-    for r in json.loads(path.read_text())['network']:
+    network = json.loads(path.read_text())['network']
+    for r in network:
         t = r['torch']
         assert t['status'] == 'ok' and t['max_rel_error'] <= bench.TOLERANCE
         assert len(t['times_s']) == len(r['times_s']) == 2  # timed run for run, alternately
         assert t['vendor_time_over_ours'] == pytest.approx(t['time_s'] / r['time_s'])
+    layers = network[0]['layers']   # every layer of ours has PyTorch's time beside it
+    assert len(layers) == 14 and all(x['torch_time_s'] > 0 for x in layers)
 
 
 # ---- failures that must not cost a scarce GPU run its other figures ----------------------

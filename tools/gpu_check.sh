@@ -10,14 +10,15 @@
 #   1. env.txt          nvidia-smi, versions, the GPUs, a smoke test, the commit (<= 55 s)
 #   2. gpu_tests.log    timeout 220 python -m pytest -q -m gpu               (<= 230 s)
 #   3. net.json/.log    timeout 100 python bench.py --only net --tf32 ...    (<= 125 s)
-#                       the whole network, FP32 against PyTorch and on TF32 tensor cores
+#                       the whole network, FP32 against PyTorch and on TF32 tensor cores,
+#                       and each layer's time inside the inference (--layers)
 #   4. bench.json/.log  timeout 150 python bench.py --only kernels ...       (<= 175 s)
 #   (3 and 4 include up to 15 s to summarise their JSON; 585 s at the very worst)
 #   5. summary.txt      each step's exit status, wall time and result line
 #
 # Whatever happens the script writes summary.txt (again after every step, so even a kill
 # leaves it) and exits 0: the exit statuses are in the summary (124 = the step ran out of
-# time). Without a GPU (CuPy sees none) steps 2 and 3 are skipped and the summary says
+# time). Without a GPU (CuPy sees none) steps 2 to 4 are skipped and the summary says
 # why; GPU_CHECK_FORCE=1 runs them anyway (to try the script on a CPU-only machine: the
 # gpu tests are then skipped and bench.py exits 2).
 # Variables: OUT (default /tmp/gpu_check_out), PYTHON (default python),
@@ -35,7 +36,7 @@ BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
 # figures (the step time against PyTorch, TF32 against FP32) matter most. bench.py
 # rewrites its JSON after every case ("partial": true until the end), so a run cut off by
 # its timeout still leaves the figures it measured; the .log shows a line per case.
-NET_ARGS=${NET_ARGS:---only net --tf32 --batch 256 --repeats 10 --warmup 2}
+NET_ARGS=${NET_ARGS:---only net --tf32 --layers --batch 256 --repeats 10 --warmup 2}
 BENCH_ARGS=${BENCH_ARGS:---only kernels --batch 256 1 --repeats 10 --warmup 2}
 
 # CuPy caches compiled kernels under $HOME; where that is not writable every compile fails.
@@ -176,6 +177,8 @@ import sys
 report = json.load(open(sys.argv[1]))
 rows = report.get("kernels", []) + report.get("network", [])
 bad = [r["name"] for r in rows if r.get("status") != "ok"]
+bad += [f"{r['name']} v={v['version']}" for r in report.get("kernels", [])
+        for v in r.get("versions", []) if v.get("status") != "ok"]
 print(f"{len(rows)} cases, {len(bad)} not ok" + (f": {', '.join(bad[:10])}" if bad else "")
       + (" (partial: the run did not finish)" if report.get("partial") else ""))
 EOF
