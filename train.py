@@ -38,7 +38,7 @@ SYNTHETIC_DIR = os.path.join("data", "synthetic")
 # Settings that may not change between an interrupted run and its --resume.
 RESUME_MUST_MATCH = ("data", "agree", "fold", "init", "seed", "batch_size", "iter_size",
                      "base_lr", "momentum", "weight_decay", "gamma", "stepsize", "max_iter",
-                     "device", "n_train", "n_test")
+                     "device", "tf32", "n_train", "n_test")
 # How to get the dataset (README: the archive comes from the authors' project page).
 FETCH_DATA = ("`python -m tools.fetch dataset --dataset-archive FILE` and "
               "`python -m tools.fetch splits`")

@@ -149,7 +149,7 @@ __device__ __forceinline__ float tf32_round(float x) {
     unsigned int u;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
     return __uint_as_float(u);
-#else   // no TF32 before sm_80: the launchers refuse the TF32 versions there (tf32_capable)
+#else   // no TF32 before sm_80: the launchers refuse the TF32 versions there (launch_utils.check_tf32)
     __trap();
     return x;
 #endif

@@ -1,8 +1,8 @@
 """Load and launch the hand-written CUDA C kernels, on a GPU (CuPy) or on the CPU (emulator).
 
     runner = get_runner('emu')          # or 'cuda'
-    add = runner.kernel('relu.cu', 'relu_forward')     # or an absolute path to a .cu file
-    add(grid, block, (x, y, np.int32(n)), shared_mem=0)
+    relu = runner.kernel('relu.cu', 'relu_forward_v1')  # or an absolute path to a .cu file
+    relu(grid, block, (x, y, np.int32(n)), shared_mem=0)
 
 `runner.xp` is the array module that goes with the runner (numpy for the emulator, cupy on
 the GPU). Before every launch both backends check the arguments against the kernel's C

@@ -148,7 +148,8 @@ class CaffeNet:
     spec, input_size, in_channels: another layer stack (overrides num_classes and
         last_layer) and its input, for small test networks.
     init: 'caffe' (Gaussian weights, constant biases, as CaffeNet's prototxt; seeded by
-        `seed` and the layer name) or 'zeros'. dtype: float32, or float64 on cpu for checks.
+        `seed` and the layer name), 'xavier' (Caffe's xavier filler, zero biases: training
+        from scratch) or 'zeros'. dtype: float32, or float64 on cpu for checks.
 
     params: {layer: {'weight': array, 'bias': array}} on the device.
     """

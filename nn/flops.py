@@ -5,8 +5,8 @@ GB/s, so they must be exact for the layer shapes the network really uses.
 
 Conventions (also in docs/benchmarks.md):
 
-* MACs: one multiply-accumulate per (output element, weight element) pair that meets
-  the image. Padding positions count as well (they are in the im2col product), which is
+* MACs: one multiply-accumulate per (output element, weight element of its filter) pair,
+  padding positions included (they are in the im2col product), which is
   the convention behind the usual "724 million MACs per image" figure for CaffeNet.
 * FLOPs: 2 per MAC, plus the bias additions (forward) or bias-gradient additions
   (backward-weights). For the element-wise layers a FLOP count of the textbook algorithm

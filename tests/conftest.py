@@ -42,9 +42,12 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture
 def emu(emu_order):
-    """The CPU emulator running each block's threads in `emu_order`."""
+    """The CPU emulator running each block's threads in `emu_order`; the random order's
+    seed is 0, or SEED from CAFFENET_EMU_ORDER=random:SEED (to try other orders)."""
     from kernels.runner import get_runner
-    return get_runner("emu", order=emu_order)
+    env_order, _, env_seed = os.environ.get("CAFFENET_EMU_ORDER", "").partition(":")
+    seed = int(env_seed) if emu_order == "random" == env_order and env_seed else 0
+    return get_runner("emu", order=emu_order, seed=seed)
 
 
 @pytest.fixture(scope="session")

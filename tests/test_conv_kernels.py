@@ -1,6 +1,6 @@
 """kernels/conv.cu against nn/conv.py: forward and all three gradients, every version, on
-the emulator under two thread orders (and at CaffeNet's layer shapes on the GPU with
--m gpu).
+the emulator under three thread orders (forward, reverse, random), and at CaffeNet's
+layer shapes on the GPU with -m gpu.
 
 The reference runs in float64 on the same float32 inputs, so it does not share the
 kernels' summation order; the tolerance scales with each result's magnitude. Shapes are

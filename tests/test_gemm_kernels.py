@@ -1,7 +1,7 @@
 """kernels/gemm.cu against NumPy: the bare product in every layout, split-K, the float4 and
 scalar load paths, and the fully connected layer against nn/inner_product.py; every
-version on the emulator under two thread orders (and at CaffeNet's fc shapes on the GPU
-with -m gpu).
+version on the emulator under three thread orders (forward, reverse, random), and at
+CaffeNet's fc shapes on the GPU with -m gpu.
 
 References are computed in float64 from the same float32 inputs, so they are independent
 of any float32 summation order; the tolerance scales with the result's magnitude.

@@ -1,5 +1,6 @@
 """kernels/pool.cu against nn/pool.py: Caffe's MAX pooling, every forward version, on the
-emulator under two thread orders (and on the GPU at CaffeNet's shapes with -m gpu).
+emulator under three thread orders (forward, reverse, random), and on the GPU at
+CaffeNet's shapes with -m gpu.
 
 The argmax must equal the reference's exactly, including ties (integer-valued inputs force
 many), ceil-mode clipped windows and padding."""

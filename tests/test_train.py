@@ -10,6 +10,7 @@ import pytest
 
 import train
 from nn.caffenet import CaffeNet
+from nn.checkpoint import CheckpointError, load_checkpoint
 from nn.twitter import label_file, load_fold, make_synthetic_dataset, read_list
 
 # Small and quick: batch 4, a handful of steps, centre-crop evaluation only.
@@ -170,6 +171,12 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(in_tmp):
     # a resume with other settings is refused, naming the setting
     assert train.main(args + ["--out-dir", "split"], stop_at=2) == 0
     assert train.main(args + ["--out-dir", "split", "--resume", "--seed", "4"]) == 2
+    # ... and so is one on the other arithmetic (TF32 tensor cores), checked before loading
+    with h5py.File(checkpoint, "r") as f:
+        settings = json.loads(f.attrs["settings"])
+    with pytest.raises(CheckpointError, match="tf32: checkpoint False, now True"):
+        load_checkpoint(checkpoint, None, None, dict(settings, tf32=True),
+                        train.RESUME_MUST_MATCH)
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(in_tmp, monkeypatch, capsys):
