@@ -92,6 +92,16 @@ extern "C" __global__ void tickets(int* counter, int* ticket)
     ticket[threadIdx.x] = atomicAdd(counter, 1);
 }
 
+// Writes through one pointer, then (after the barrier) reads through another: given two
+// views of one buffer, it must read what was written.
+extern "C" __global__ void write_then_read(float* w, const float* r, float* out)
+{
+    int t = threadIdx.x;
+    w[t] = (float)t;
+    __syncthreads();
+    out[t] = r[blockDim.x - 1 - t];
+}
+
 // A parameter type the runner does not support.
 extern "C" __global__ void takes_double(double* x) { x[0] = 1.0; }
 '''
@@ -165,6 +175,13 @@ extern "C" __global__ void checked(const float* x, int n)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) assert(x[i] >= 0.0f);
+}
+
+// y[i] = x[i + shift] for i < n: with shift 1 the last thread reads one past x's end.
+extern "C" __global__ void read_shifted(const float* x, float* y, int n, int shift)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i + shift];
 }
 
 extern "C" __global__ void null_write(float* y)
@@ -425,6 +442,50 @@ def test_invalid_memory_access_raises_instead_of_crashing(sources):
     out = np.zeros(1, np.float32)
     EmuRunner().kernel(sources['good.cu'], 'block_sum')(1, 128, (x, out, np.int32(5)))
     assert out[0] == 5.0
+
+
+@pytest.mark.parametrize('n', [1, 37, 1024, 1025])
+def test_reading_one_past_an_array_is_caught(sources, n):
+    """An off-by-one read past an array's end, which a GPU would usually let through
+    (reading a neighbour's bytes): it faults naming the argument where the array ends on
+    a 16-byte boundary, and reads NaN from the poisoned alignment padding otherwise."""
+    kernel = EmuRunner().kernel(sources['buggy.cu'], 'read_shifted')
+    x = np.arange(n, dtype=np.float32)
+    y = np.zeros(n, np.float32)
+    blocks = (n + 127) // 128
+    if x.nbytes % 16 == 0:
+        with pytest.raises(KernelLaunchError, match=r"bytes past the end of the array of "
+                                                    r"argument 0 'x' \(const float\*\)"):
+            kernel(blocks, 128, (x, y, np.int32(n), np.int32(1)))
+    else:
+        kernel(blocks, 128, (x, y, np.int32(n), np.int32(1)))
+        assert y[n - 1:].view(np.uint32).tolist() == [0xFFFFFFFF]   # NaN, not x's neighbour
+    kernel(blocks, 128, (x, y, np.int32(n - 1), np.int32(1)))   # up to the last element: fine
+    np.testing.assert_array_equal(y[:n - 1], x[1:])
+
+
+@pytest.mark.parametrize('n', [2, 38, 1025])
+def test_writing_one_past_an_array_is_caught(sources, n):
+    """The same for a write: a fault, or (inside the alignment padding) an error after
+    the launch; the other arrays are unchanged by the launch's copies."""
+    kernel = EmuRunner().kernel(sources['buggy.cu'], 'read_shifted')
+    x = np.arange(n, dtype=np.float32)
+    y = np.zeros(n - 1, np.float32)          # one short: thread n-1 writes past its end
+    with pytest.raises(KernelLaunchError, match=r"past the end of the array of argument 1 "
+                                                r"'y' \(float\*\)"):
+        kernel((n + 127) // 128, 128, (x, y, np.int32(n), np.int32(0)))
+    np.testing.assert_array_equal(x, np.arange(n, dtype=np.float32))
+
+
+def test_views_of_one_buffer_share_memory_in_a_launch(runner, sources):
+    """Arrays that overlap are one buffer to the kernel (the emulator's guarded copies
+    must not split them): a write through one view is read through the other."""
+    xp = runner.xp
+    buf = xp.zeros(64, dtype=np.float32)
+    out = xp.full(64, np.nan, dtype=np.float32)
+    runner.kernel(sources['good.cu'], 'write_then_read')(1, 64, (buf, buf[:], out))
+    np.testing.assert_array_equal(to_host(out), np.arange(63, -1, -1, dtype=np.float32))
+    np.testing.assert_array_equal(to_host(buf), np.arange(64, dtype=np.float32))
 
 
 def test_ucontext_fallback_gives_same_results(sources):

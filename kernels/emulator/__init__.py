@@ -18,7 +18,10 @@ objdump once), so a cache hit loads without running objdump again.
 
 It is stricter than a GPU: shared memory (static and dynamic) is filled with 0xFF bytes at
 every block start (NaN as float, -1 as int), and the dynamic part ends at a guard page (an
-access past the launch's shared_mem bytes faults); threads run in forward, reverse or seeded random
+access past the launch's shared_mem bytes faults); every array argument is copied to just
+before a guard page for the launch (an access past its end faults, naming the argument;
+the few bytes of alignment padding around it read as 0xFF and must not be written);
+threads run in forward, reverse or seeded random
 order (a new random order after every barrier); a barrier that not all threads of a block
 reach raises KernelLaunchError("divergent barrier ..."); a failed device assert, or an
 invalid memory access, raises KernelLaunchError with kernel, place, block and thread instead
@@ -170,6 +173,12 @@ class EmuModule:
             ctypes.POINTER(ctypes.c_uint), ctypes.c_size_t, ctypes.c_int, ctypes.c_uint64,
             ctypes.c_char_p, ctypes.c_size_t]
         self._lib.emu_static_shared_bytes.restype = ctypes.c_size_t
+        self._lib.emu_guarded_alloc.restype = ctypes.c_void_p
+        self._lib.emu_guarded_alloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t,
+                                                ctypes.c_char_p]
+        self._lib.emu_guarded_free_all.restype = None
+        self._lib.emu_guarded_check.restype = ctypes.c_int
+        self._lib.emu_guarded_check.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         self._params, self._entries = {}, {}
         for name in names:
             types = getattr(self._lib, f'emu_types_{name}')
@@ -194,28 +203,73 @@ class EmuModule:
         return self._static_shared[name]
 
     def launch(self, name, params, grid, block, args, shared_mem, order, seed):
-        """Run kernel `name`; args were already checked against params (runner.check_args)."""
-        keep = []  # ctypes objects that must live until the call returns
-        for p, a in zip(params, args):
-            if p.is_pointer:
-                value = ctypes.c_void_p(a.ctypes.data)
-            elif p.dtype == np.float32:
-                value = ctypes.c_float(float(a))
-            elif p.dtype == np.int32:
-                value = ctypes.c_int32(int(a))
-            else:
-                value = ctypes.c_uint32(int(a))
-            keep.append(value)
-        argv = (ctypes.c_void_p * max(1, len(keep)))(*[ctypes.addressof(v) for v in keep])
+        """Run kernel `name`; args were already checked against params (runner.check_args).
+
+        The kernel sees guarded copies of the arrays (runtime.cpp, "Guarded global
+        memory"): an access past an array's end faults. Arrays that overlap (views of one
+        buffer) share one copy, so writes through one are seen through the other; copies
+        of non-const arguments are copied back after the launch."""
         err = ctypes.create_string_buffer(2048)
         with _lock:
-            rc = self._lib.emu_launch(self._entries[name], argv, name.encode(),
-                                      (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block),
-                                      shared_mem, ORDERS[order], seed & (2**64 - 1),
-                                      err, len(err))
+            try:
+                pointers, copies, labels = self._guarded_copies(params, args)
+                keep = []  # ctypes objects that must live until the call returns
+                for i, (p, a) in enumerate(zip(params, args)):
+                    if p.is_pointer:
+                        value = ctypes.c_void_p(pointers[i])
+                    elif p.dtype == np.float32:
+                        value = ctypes.c_float(float(a))
+                    elif p.dtype == np.int32:
+                        value = ctypes.c_int32(int(a))
+                    else:
+                        value = ctypes.c_uint32(int(a))
+                    keep.append(value)
+                argv = (ctypes.c_void_p * max(1, len(keep)))(
+                    *[ctypes.addressof(v) for v in keep])
+                rc = self._lib.emu_launch(self._entries[name], argv, name.encode(),
+                                          (ctypes.c_uint * 3)(*grid),
+                                          (ctypes.c_uint * 3)(*block), shared_mem,
+                                          ORDERS[order], seed & (2**64 - 1), err, len(err))
+                for copy, original, size, writable in copies:
+                    if writable:
+                        ctypes.memmove(original, copy, size)
+                if rc == 0:
+                    rc = self._lib.emu_guarded_check(err, len(err))
+                    if rc != 0:
+                        err.value = (f'kernel {name}: '.encode() + err.value)
+            finally:
+                self._lib.emu_guarded_free_all()
         if rc != 0:
             raise KernelLaunchError(f'{err.value.decode(errors="replace")} [{self.file}, '
                                     f'grid {grid}, block {block}, order {order}]')
+
+
+    def _guarded_copies(self, params, args):
+        """Copy the array arguments into guarded memory: returns ({argument index: address
+        the kernel gets}, [(copy, original address, bytes, writable)], labels to keep
+        alive). Overlapping arrays are merged into one span and copied once."""
+        spans = sorted([a.ctypes.data, a.ctypes.data + a.nbytes, [i]]
+                       for i, (p, a) in enumerate(zip(params, args)) if p.is_pointer)
+        merged = []
+        for span in spans:
+            if merged and span[0] < merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], span[1])
+                merged[-1][2] += span[2]
+            else:
+                merged.append(span)
+        pointers, copies, labels = {}, [], []
+        for start, end, members in merged:
+            labels.append(' and '.join(params[i].describe(i) for i in sorted(members)).encode())
+            copy = self._lib.emu_guarded_alloc(end - start, start % 16, labels[-1])
+            if not copy:
+                raise KernelLaunchError(f'{self.file}: the emulator could not map '
+                                        f'{end - start} bytes of guarded memory')
+            ctypes.memmove(copy, start, end - start)
+            copies.append((copy, start, end - start,
+                           any(not params[i].const for i in members)))
+            for i in members:
+                pointers[i] = copy + (args[i].ctypes.data - start)
+        return pointers, copies, labels
 
 
 def load_module(path, display, context='asm', cache_dir=None):

@@ -220,6 +220,96 @@ extern "C" void emu_assert_fail(const char* expr, const char* file, int line, co
 }
 
 // ---------------------------------------------------------------------------------------
+// Guarded global memory. Python copies each array argument of a launch into a mapping
+// [guard page][data pages][guard page] (emu_guarded_alloc), its last byte at most 15 bytes
+// before the second guard page (the start keeps the array's alignment modulo 16, for
+// float4 loads), so that reading or writing past an array's end faults and is reported
+// naming the argument. On a GPU such a read usually returns a neighbour's bytes silently.
+// The bytes around the array inside the data pages (up to 15 after it, the rest of the
+// page before it) hold 0xFF, like shared memory: a read there gives NaN (or -1), and a
+// write there is reported after the launch (emu_guarded_check).
+struct GlobalGuard {
+    unsigned char* map;   // the whole mapping
+    size_t map_bytes;
+    unsigned char* data;  // where the array starts
+    size_t bytes;
+    const char* label;    // e.g. "argument 2 'y' (float*)", owned by Python
+};
+static const int kMaxGuards = 64;
+static GlobalGuard g_guards[kMaxGuards];
+static int g_n_guards = 0;
+
+// A guarded copy target of `bytes` bytes whose address is `misalign` modulo 16; nullptr
+// when out of guards or memory. Freed by emu_guarded_free_all.
+EMU_API void* emu_guarded_alloc(size_t bytes, size_t misalign, const char* label) {
+    g_page = (size_t)sysconf(_SC_PAGESIZE);
+    if (g_n_guards == kMaxGuards || misalign >= 16) return nullptr;
+    size_t data_pages = (bytes + 16 + g_page - 1) / g_page * g_page;
+    size_t map_bytes = data_pages + 2 * g_page;
+    void* p = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (p == MAP_FAILED) return nullptr;
+    unsigned char* map = static_cast<unsigned char*>(p);
+    mprotect(map, g_page, PROT_NONE);
+    mprotect(map + g_page + data_pages, g_page, PROT_NONE);
+    memset(map + g_page, 0xFF, data_pages);
+    uintptr_t end = (uintptr_t)(map + g_page + data_pages);   // the trailing guard page
+    uintptr_t start = ((end - bytes - misalign) & ~(uintptr_t)15) + misalign;
+    g_guards[g_n_guards++] = {map, map_bytes, (unsigned char*)start, bytes, label};
+    return (void*)start;
+}
+
+// After a launch: 0 when the 0xFF bytes around every array are intact, else -1 and a
+// message naming the first array written outside its bounds.
+EMU_API int emu_guarded_check(char* err, size_t err_len) {
+    for (int i = 0; i < g_n_guards; i++) {
+        const GlobalGuard& g = g_guards[i];
+        const unsigned char* lo = g.map + g_page;
+        const unsigned char* hi = g.map + g.map_bytes - g_page;
+        for (const unsigned char* p = g.data + g.bytes; p < hi; p++)
+            if (*p != 0xFF) {
+                snprintf(err, err_len, "wrote past the end of the array of %s", g.label);
+                return -1;
+            }
+        for (const unsigned char* p = g.data; p > lo; p--)
+            if (p[-1] != 0xFF) {
+                snprintf(err, err_len, "wrote before the start of the array of %s",
+                         g.label);
+                return -1;
+            }
+    }
+    return 0;
+}
+
+EMU_API void emu_guarded_free_all(void) {
+    for (int i = 0; i < g_n_guards; i++) munmap(g_guards[i].map, g_guards[i].map_bytes);
+    g_n_guards = 0;
+}
+
+// ", past the end of argument ..." when addr is in a guard page, else "".
+static void describe_guard(const unsigned char* addr, char* out, size_t len) {
+    out[0] = '\0';
+    const unsigned char* guard = g_dyn_map ? g_dyn_map + g_dyn_capacity : nullptr;
+    if (guard && addr >= guard && addr < guard + g_page) {
+        snprintf(out, len, ", past the end of the launch's shared_mem bytes");
+        return;
+    }
+    for (int i = 0; i < g_n_guards; i++) {
+        const GlobalGuard& g = g_guards[i];
+        if (addr >= g.data + g.bytes && addr < g.map + g.map_bytes) {
+            snprintf(out, len, ", %zu bytes past the end of the array of %s",
+                     (size_t)(addr - (g.data + g.bytes)), g.label);
+            return;
+        }
+        if (addr >= g.map && addr < g.data) {
+            snprintf(out, len, ", %zu bytes before the start of the array of %s",
+                     (size_t)(g.data - addr), g.label);
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Invalid memory access (including a stack overflow into a guard page) while a kernel runs:
 // jump back to emu_launch instead of killing the Python process.
 static void on_fault(int sig, siginfo_t* info, void*) {
@@ -228,13 +318,11 @@ static void on_fault(int sig, siginfo_t* info, void*) {
         raise(sig);
         return;
     }
-    const unsigned char* addr = static_cast<const unsigned char*>(info->si_addr);
-    const unsigned char* guard = g_dyn_map ? g_dyn_map + g_dyn_capacity : nullptr;
-    bool past_dynamic = guard && addr >= guard && addr < guard + g_page;
+    char where[256];
+    describe_guard(static_cast<const unsigned char*>(info->si_addr), where, sizeof(where));
     fail("invalid memory access (%s at address %p%s) in kernel %s, block (%u,%u,%u), "
          "thread (%u,%u,%u)",
-         sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", info->si_addr,
-         past_dynamic ? ", past the end of the launch's shared_mem bytes" : "", g_kernel,
+         sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", info->si_addr, where, g_kernel,
          blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
     siglongjmp(g_fault_jmp, 1);
 }
