@@ -102,6 +102,15 @@ def test_sample_crop_depends_only_on_seed_epoch_position(items):
     assert any(not np.array_equal(a, o) for o in others)
 
 
+def test_sample_crop_depends_on_the_epoch(items):
+    # the same position in another epoch must get a fresh crop/mirror, or every epoch
+    # would show an item (wherever the shuffle puts it) the same few windows
+    path = items[3][0]
+    a = batches.load_train_sample(path, 9, 0, 5, RESIZE, CROP)
+    others = [batches.load_train_sample(path, 9, e, 5, RESIZE, CROP) for e in range(1, 7)]
+    assert any(not np.array_equal(a, o) for o in others)
+
+
 def test_train_is_reproducible_and_resumable(items):
     with _train(items, 6, seed=4) as a:
         first = _take(a, 7)
@@ -121,6 +130,41 @@ def test_train_is_reproducible_and_resumable(items):
     assert not np.array_equal(x, first[0][0])
 
 
+def _samples(got):
+    """The stream of (path, image) pairs of a list of taken batches."""
+    return [(p, s) for x, _, paths, _ in got for p, s in zip(paths, x)]
+
+
+def _assert_same_stream(a, b):
+    assert [p for p, _ in a] == [p for p, _ in b]
+    for (_, x1), (_, x2) in zip(a, b):
+        np.testing.assert_array_equal(x1, x2)
+
+
+def test_batch_ending_on_the_epoch_boundary_resumes(items):
+    # a batch that uses the last sample of an epoch leaves the state at the next epoch's
+    # start, a state the constructor accepts and which continues the stream exactly
+    few = items[:7]
+    with _train(few, len(few), seed=3) as loader:
+        got = _take(loader, 3)
+    assert [s for _, _, _, s in got] == [{"epoch": e, "position": 0} for e in (1, 2, 3)]
+    with _train(few, len(few), seed=3, **got[0][3]) as resumed:
+        rest = _take(resumed, 2)
+    _assert_same_stream(_samples(rest), _samples(got[1:]))
+    assert [s for _, _, _, s in rest] == [s for _, _, _, s in got[1:]]
+
+
+def test_resume_near_the_epoch_end_reads_the_whole_next_epoch(items):
+    # 23 items: resume 3 samples before the end of epoch 0; epoch 1 must then start at its
+    # position 0 (not at the resumed position 20) and match the uninterrupted stream
+    with _train(items, 4, seed=6) as loader:
+        whole = _samples(_take(loader, 8))                  # samples 0..31
+    with _train(items, 4, seed=6, epoch=0, position=20) as resumed:
+        got = _take(resumed, 3)                             # samples 20..31
+    _assert_same_stream(_samples(got), whole[20:32])
+    assert got[-1][3] == {"epoch": 1, "position": 9}
+
+
 def test_train_skips_bad_images_with_a_warning_and_keeps_batches_full(items, bad_file):
     listed = items[:6] + [(bad_file, 1)] + items[6:9]
     with _train(listed, 4, seed=0) as loader:
@@ -131,6 +175,24 @@ def test_train_skips_bad_images_with_a_warning_and_keeps_batches_full(items, bad
         assert x.shape[0] == 4 and bad_file not in paths
     stream = [p for _, _, paths, _ in got for p in paths]
     assert sorted(stream[:9]) == sorted(p for p, _ in listed if p != bad_file)
+
+
+def test_train_with_a_bad_file_runs_past_as_many_epochs_as_items(items, bad_file):
+    # NoImagesError counts failures *in a row*: a good image in between resets the count,
+    # so one bad file among 3 must not stop training after its 3rd epoch
+    listed = [items[0], (bad_file, 1), items[1]]
+    with _train(listed, 2, seed=7) as loader:
+        with pytest.warns(RuntimeWarning, match="broken_image.jpg"):
+            got = _take(loader, 6)          # 12 good samples: 6 epochs
+        skipped = list(loader.skipped)
+    for x, _, paths, _ in got:
+        assert x.shape[0] == 2 and bad_file not in paths
+    end = got[-1][3]
+    assert end["epoch"] >= 5
+    # the bad file (item 1) was skipped once in every epoch the stream has passed it in
+    passed = sum((e, list(batches.epoch_order(3, 7, e)).index(1)) <
+                 (end["epoch"], end["position"]) for e in range(end["epoch"] + 1))
+    assert skipped == [bad_file] * passed and passed >= 5
 
 
 def test_train_raises_when_no_image_loads(bad_file):
@@ -158,6 +220,16 @@ def test_eval_batches_in_order_with_a_partial_last_batch(items, crops):
 
 def test_eval_skips_bad_images(items, bad_file):
     listed = items[:3] + [(bad_file, 0)] + items[3:4]
+    with batches.EvalLoader(listed, 2, resize=RESIZE, crop=CROP) as loader:
+        with pytest.warns(RuntimeWarning, match="broken_image.jpg"):
+            got = list(loader)
+    assert [len(y) for _, y in got] == [2, 2]
+    assert loader.skipped == [bad_file]
+
+
+def test_eval_warns_for_a_bad_file_that_ends_the_list(items, bad_file):
+    # the last "batch" holds only the bad file: no images, but it must still be reported
+    listed = items[:4] + [(bad_file, 0)]
     with batches.EvalLoader(listed, 2, resize=RESIZE, crop=CROP) as loader:
         with pytest.warns(RuntimeWarning, match="broken_image.jpg"):
             got = list(loader)

@@ -192,6 +192,7 @@ def test_every_truncation_inside_a_layer_is_rejected(weights):
 
 @pytest.mark.parametrize("data,message", [
     (b"\xff" * 12, "varint longer than 10 bytes"),
+    (b"\x80" * 10 + b"\x01", "varint longer than 10 bytes"),   # an 11th byte, however small
     (b"\x0a\x80", "truncated varint"),
     (b"\x0a\x05abc", "runs past the end"),
     (key(2, 3) + b"\x00", "unsupported wire type 3"),
@@ -210,6 +211,31 @@ def test_blob_count_must_match_shape():
     bad = shape + field_bytes(5, struct.pack("<5f", *[0.5] * 5))    # 5 values for (2, 3)
     with pytest.raises(cc.CaffemodelError, match=r"layer 'fc' blob 0: blob has 5 values "
                                                  r"but its shape \(2, 3\) needs 6"):
+        cc.parse_layers(new_layer("fc", "InnerProduct", [bad, blob(np.ones(2))]))
+
+
+@pytest.mark.parametrize("doubles_first", [False, True])
+def test_double_data_wins_over_data(doubles_first):
+    # Caffe's Blob::FromProto reads double_data whenever it has values, ignoring data
+    rng = np.random.default_rng()
+    doubles = _rand(rng, 2, 3).astype(np.float64)   # float32-exact, so comparable exactly
+    floats = _rand(rng, 2, 3)
+    shape = field_bytes(7, field_bytes(1, varint(2) + varint(3)))
+    d = field_bytes(8, struct.pack("<6d", *doubles.ravel()))
+    f = field_bytes(5, struct.pack("<6f", *floats.ravel()))
+    both = shape + (d + f if doubles_first else f + d)
+    (_, _, (weight, _)), = cc.parse_layers(new_layer("fc", "InnerProduct",
+                                                     [both, blob(np.ones(2))]))
+    assert weight.dtype == np.float32
+    np.testing.assert_array_equal(weight, doubles)
+
+
+def test_legacy_shape_missing_dims_are_zero():
+    # caffe.proto's num/channels default to 0, so height 2, width 3 alone need 0 values
+    legacy = field_varint(3, 2) + field_varint(4, 3)
+    bad = legacy + field_bytes(5, struct.pack("<6f", *[0.5] * 6))
+    with pytest.raises(cc.CaffemodelError, match=r"blob has 6 values but its shape "
+                                                 r"\(0, 0, 2, 3\) needs 0"):
         cc.parse_layers(new_layer("fc", "InnerProduct", [bad, blob(np.ones(2))]))
 
 

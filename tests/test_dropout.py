@@ -50,6 +50,30 @@ def test_keep_fraction_and_scaling(ratio):
     np.testing.assert_array_equal(kept.ravel(), expected)
 
 
+def ratio_at_a_hash(seed, n, rng):
+    """(index, ratio): an element index i < n and a ratio whose keep threshold is exactly
+    hash32(seed, i), with the ratio kept in [0.2, 0.8] so both outcomes are common."""
+    hashes = hash32(seed, np.arange(n, dtype=np.uint32))
+    candidates = np.flatnonzero((hashes > 0.2 * M) & (hashes < 0.8 * M))
+    index = int(rng.choice(candidates))
+    h = int(hashes[index])
+    ratio = (h + 0.5) / 4294967295.0     # floor(ratio * 4294967295.0) == h
+    assert int(keep_threshold(ratio)) == h
+    return index, ratio
+
+
+def test_hash_equal_to_the_threshold_is_dropped():
+    # Caffe keeps an element when its random uint32 is strictly greater than the threshold
+    rng = np.random.default_rng()
+    seed = int(rng.integers(2 ** 32))
+    x = rng.uniform(0.5, 1.5, size=(3, 41)).astype(np.float32)   # no zeros
+    index, ratio = ratio_at_a_hash(seed, x.size, rng)
+    y, _ = dropout_forward(x, ratio, seed)
+    assert y.ravel()[index] == 0, f"seed {seed}, index {index}, ratio {ratio!r}"
+    expected = hash32(seed, np.arange(x.size, dtype=np.uint32)) > keep_threshold(ratio)
+    np.testing.assert_array_equal(y.ravel() != 0, expected)
+
+
 def test_seed_determinism_and_test_mode():
     x = np.random.default_rng(15).uniform(1, 2, size=(4, 5, 3, 3))
     a, _ = dropout_forward(x, 0.5, seed=3)

@@ -47,6 +47,18 @@ def test_dropout_matches_reference_bitwise(emu, shape, ratio, seed):
         assert abs(keep.mean() - (1 - ratio)) < 0.05
 
 
+def test_dropout_hash_equal_to_the_threshold_is_dropped(emu):
+    # the kernel's keep rule is a strict >, like the reference's: the element whose hash
+    # is exactly the threshold is dropped
+    from tests.test_dropout import ratio_at_a_hash
+    rng = np.random.default_rng()
+    seed = int(rng.integers(2 ** 32))
+    index, ratio = ratio_at_a_hash(seed, 3 * 37, rng)
+    y, _ = dropout.dropout_forward(emu, np.ones((3, 37), np.float32), ratio, seed)
+    assert to_host(y).ravel()[index] == 0, f"seed {seed}, index {index}, ratio {ratio!r}"
+    check_dropout(emu, (3, 37), ratio, seed)
+
+
 def test_dropout_grid_stride_loop(emu, monkeypatch):
     monkeypatch.setattr(launch_utils, "MAX_BLOCKS", 1)
     check_dropout(emu, (3, 301), 0.5, 99)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nn.inner_product import inner_product_backward, inner_product_forward
+from nn.inner_product import ROW_BLOCK, inner_product_backward, inner_product_forward
 from tests.gradcheck import check_layer
 
 
@@ -26,6 +26,20 @@ def test_forward_matches_explicit_sum(x_shape, dtype):
     np.testing.assert_allclose(y, expected, rtol=tol, atol=tol)
     yr, _ = inner_product_forward(x, w, b, relu=True)
     np.testing.assert_array_equal(yr, np.maximum(y, 0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_fills_a_partial_last_row_block(dtype):
+    # the forward splits W's rows over threads in blocks of ROW_BLOCK: O = 2 blocks + 5
+    # rows leaves a partial last block, which must be computed too (batch > 1: split)
+    rng = np.random.default_rng()
+    o = 2 * ROW_BLOCK + 5
+    x, w, b = make(rng, (4, 2, 3, 3), o, dtype)
+    y, _ = inner_product_forward(x, w, b)
+    assert y.shape == (4, o) and y.dtype == dtype
+    expected = x.reshape(4, -1).astype(np.float64) @ w.T.astype(np.float64) + b
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, expected, rtol=tol, atol=tol)
 
 
 def test_hand_worked():

@@ -281,6 +281,20 @@ def test_random_crop_covers_every_offset_and_mirrors_half_the_time():
     assert all(o[0, 0, 0] < o[0, 0, -1] for o in no_mirror)
 
 
+def test_random_crop_without_mirror_keeps_the_same_windows():
+    # the mirror coin is drawn even when mirror=False: the same generator then gives the
+    # same sequence of windows with mirroring on or off (only the flips differ)
+    img = _coded(9, 11)
+    seed = int(np.random.default_rng().integers(2**32))
+    on, off = np.random.default_rng(seed), np.random.default_rng(seed)
+    for _ in range(5):
+        a = pp.random_crop(img, on, 5, mirror=True)
+        b = pp.random_crop(img, off, 5, mirror=False)
+        assert b[0, 0, 0] < b[0, 0, -1]                  # never mirrored
+        window = a[:, :, ::-1] if a[0, 0, 0] > a[0, 0, -1] else a
+        np.testing.assert_array_equal(window, b, err_msg=f"seed {seed}")
+
+
 def test_crops_reject_small_or_malformed_images():
     with pytest.raises(ValueError, match="center_crop.*smaller than the crop 227"):
         pp.center_crop(np.zeros((3, 200, 256), np.float32))

@@ -70,3 +70,35 @@ def test_bad_input(scores, labels, match):
         softmax_loss_forward(scores, labels)
     with pytest.raises(ValueError, match=r"softmax: scores must have shape \(N, C\) or"):
         softmax(np.zeros((2, 3, 4)))
+
+
+def _softmax_definition(s):
+    """float64 softmax over axis 1, each position shifted by its own maximum."""
+    s = s.astype(np.float64)
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_softmax_subtracts_each_rows_maximum():
+    # rows far apart: subtracting one global maximum would underflow the low row to 0/0
+    rng = np.random.default_rng(19)
+    s = np.array([[0, 1, 2], [1000, 1001, 1002]], dtype=np.float32)
+    s += rng.standard_normal(s.shape).astype(np.float32) * 0.1
+    p = softmax(s)
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(p, _softmax_definition(s), rtol=1e-5)
+    # 4-D: the maximum over C differs by spatial position (and by sample)
+    s4 = rng.standard_normal((2, 3, 2, 2)).astype(np.float32)
+    s4 += np.array([[0.0, 900.0], [-900.0, 400.0]], dtype=np.float32)
+    s4[1] += np.float32(-500.0)
+    p4 = softmax(s4)
+    assert np.isfinite(p4).all()
+    np.testing.assert_allclose(p4.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(p4, _softmax_definition(s4), rtol=1e-5)
+    # the loss on such rows is finite and matches -mean(log p_label)
+    labels = np.array([0, 2])
+    loss, _ = softmax_loss_forward(s, labels)
+    expected = -np.mean(np.log(_softmax_definition(s)[np.arange(2), labels]))
+    assert math.isfinite(loss)
+    assert loss == pytest.approx(expected, rel=1e-5)

@@ -202,3 +202,32 @@ def test_load_state_dict_checks_shapes():
     del state["history"]["a"]
     with pytest.raises(ValueError, match="no history for layer 'a'"):
         solver.load_state_dict(state)
+
+
+def test_checkpoint_keeps_a_float64_net_bit_exact(tmp_path):
+    """A checkpoint stores the net in its own dtype (unlike a float32 weight file), so a
+    float64 run resumes with exactly the parameters and history it stopped with."""
+    from nn.checkpoint import load_checkpoint, save_checkpoint
+    rng = np.random.default_rng()
+    x, labels = rng.standard_normal((3, 3, 11, 11)), rng.integers(0, 3, size=3)
+    net = small_net()
+    solver = SGDSolver(net, base_lr=0.01, momentum=0.9, lr_policy="fixed")
+    for _ in range(2):
+        solver.step(net.loss_and_grads(x, labels)[1])
+    path = tmp_path / "ckpt.h5"
+    save_checkpoint(path, net, solver, {"epoch": 1, "position": 2}, {"seed": 4}, {"k": 1})
+    with h5py.File(path, "r") as f:
+        for name in net.param_layers:
+            for blob in ("weight", "bias"):
+                assert f["weights"][name][blob].dtype == np.float64, (name, blob)
+    resumed = CaffeNet(spec=SPEC, input_size=11, device="cpu", seed=5, dtype=np.float64)
+    resumed_solver = SGDSolver(resumed, base_lr=0.01, momentum=0.9, lr_policy="fixed")
+    state, extra = load_checkpoint(path, resumed, resumed_solver, {"seed": 4}, ("seed",))
+    assert state == {"epoch": 1, "position": 2} and extra == {"k": 1}
+    assert resumed_solver.iter == 2
+    for name in net.param_layers:
+        for blob in ("weight", "bias"):
+            assert resumed.params[name][blob].dtype == np.float64
+            np.testing.assert_array_equal(resumed.params[name][blob], net.params[name][blob])
+            np.testing.assert_array_equal(resumed_solver.history[name][blob],
+                                          solver.history[name][blob])

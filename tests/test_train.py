@@ -145,6 +145,10 @@ def test_imagenet_init_copies_all_but_the_last_layer(in_tmp, capsys):
     assert ("copied conv1, conv2, conv3, conv4, conv5, fc6, fc7 from imagenet.h5; "
             "initialised fresh: fc8_twitter") in out
     got = read_weights(os.path.join("weights", "synthetic_five_fold2.h5"))
+    # label 0 is negative in the dataset's lists, so the file must name the classes so
+    with h5py.File(os.path.join("weights", "synthetic_five_fold2.h5"), "r") as f:
+        assert [n.decode() if isinstance(n, bytes) else str(n)
+                for n in f.attrs["class_names"]] == ["negative", "positive"]
     want = source.to_numpy_params()
     # one SGD step at lr 1e-9 moves them by about 1e-5 relative, nothing like a fresh init
     np.testing.assert_allclose(got["conv3"]["weight"], want["conv3"]["weight"], rtol=1e-3,

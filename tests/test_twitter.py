@@ -104,6 +104,36 @@ def test_load_fold_generates_splits_with_a_warning(tmp_path):
     assert test == [(os.path.join(str(tmp_path), n), l) for n, l in expected_test]
 
 
+def test_class_names_follow_the_dataset_labels():
+    # the dataset's lists say 1 = positive, 0 = negative, and CLASS_NAMES is indexed by label
+    assert twitter.CLASS_NAMES == ("negative", "positive")
+
+
+def test_image_dir_falls_back_to_images_when_the_first_image_is_missing(tmp_path):
+    # one image missing (e.g. a failed download) must not send the lookup to data_dir
+    items = _items(6, 4, seed=3)
+    train, test = items[:7], items[7:]
+    train_path, test_path = twitter.split_files(tmp_path / "splits", "five", 1)
+    twitter.write_list(train_path, train)
+    twitter.write_list(test_path, test)
+    names = [n for n, _ in train + test]
+    (tmp_path / "images").mkdir()
+    for name in names[1:]:
+        (tmp_path / "images" / name).write_bytes(b"")
+    image_dir = os.path.join(str(tmp_path), "images")
+    assert twitter.find_image_dir(str(tmp_path), names) == image_dir
+    got_train, got_test = twitter.load_fold(tmp_path, "five", 1)
+    assert got_train == [(os.path.join(image_dir, n), l) for n, l in train]
+    assert got_test == [(os.path.join(image_dir, n), l) for n, l in test]
+    # images kept directly in data_dir (no images/ folder): data_dir, first one missing or not
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in names[1:]:
+        (flat / name).write_bytes(b"")
+    assert twitter.find_image_dir(str(flat), names) == str(flat)
+    assert twitter.find_image_dir(str(flat), names[1:]) == str(flat)
+
+
 def test_load_fold_without_labels_or_splits_explains(tmp_path):
     # `tools.fetch dataset` alone cannot download it (no stable address): name the option
     with pytest.raises(twitter.DatasetError,

@@ -120,6 +120,9 @@ def test_damaged_file_names_the_file(tmp_path):
     (dict(num_classes=3), r"last layer 'fc8_twitter' has bias shape \(2,\) but the file says "
                           r"num_classes=3"),
     (dict(num_classes=2, class_names=["only one"]), r"1 class_names .* for num_classes=2"),
+    # too many names is as contradictory as too few
+    (dict(num_classes=2, class_names=["a", "b", "c"]), r"3 class_names \['a', 'b', 'c'\] "
+                                                       r"for num_classes=2"),
     (dict(num_classes=2.5), "num_classes must be a positive integer"),
     (dict(input_size=0), "input_size must be a positive integer"),
     (dict(mean_bgr=[104.0, 117.0]), "mean_bgr must be 3 numbers"),
@@ -129,6 +132,20 @@ def test_contradictory_root_attributes(tmp_path, attrs, message):
     save_weights(path, _params(), **attrs)
     with pytest.raises(WeightsError, match="w.h5: (root attribute )?" + message):
         load_weights(path)
+
+
+def test_extra_group_outside_layer_order_loads(tmp_path):
+    # a group that layer_order does not list comes last, but num_classes is checked
+    # against layer_order's last layer, not against whatever group happens to be last
+    path = tmp_path / "w.h5"
+    params = _params()
+    params["aux"] = {"weight": np.ones((5, 2), np.float32), "bias": np.zeros(5, np.float32)}
+    save_weights(path, params, num_classes=2, class_names=["negative", "positive"],
+                 layer_order=["conv1", "fc8_twitter"])
+    loaded, attrs = load_weights(path)
+    assert list(loaded) == ["conv1", "fc8_twitter", "aux"]
+    assert attrs["num_classes"] == 2
+    np.testing.assert_array_equal(loaded["aux"]["bias"], np.zeros(5, np.float32))
 
 
 def test_string_list_attribute_must_be_a_list(tmp_path):

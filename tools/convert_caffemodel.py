@@ -16,8 +16,8 @@ V1LayerParameter    name = 4 (string), type = 5 (enum: 4 CONVOLUTION, 14 INNER_P
                     blobs = 6
 BlobProto           num = 1, channels = 2, height = 3, width = 4 (legacy 4-D shape),
                     data = 5 (float, packed or not), diff = 6 (ignored), shape = 7
-                    (BlobShape: dim = 1, packed int64), double_data = 8 (used when data is
-                    empty)
+                    (BlobShape: dim = 1, packed int64), double_data = 8 (used instead of
+                    data when it holds any value, as Caffe's Blob::FromProto does)
 ==================  ======================================================================
 
 Everything else is skipped by wire type. Only layers with blobs are written, as
@@ -149,9 +149,10 @@ def parse_blob(buf, start, end, where):
             floats.append(_numbers(buf, wire, value, "<f4", where))
         elif number == 8:
             doubles.append(_numbers(buf, wire, value, "<f8", where))
-    data = np.concatenate(floats) if floats else np.zeros(0, np.float32)
-    if data.size == 0 and doubles:
-        data = np.concatenate(doubles)
+    # As Caffe's Blob::FromProto: double_data when it holds any value, else data.
+    doubles = np.concatenate(doubles) if doubles else np.zeros(0)
+    data = doubles if doubles.size else (np.concatenate(floats) if floats
+                                         else np.zeros(0, np.float32))
     if shape is None:
         shape = [legacy.get(k, 0) for k in (1, 2, 3, 4)]
     if any(d < 0 for d in shape):
