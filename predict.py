@@ -28,6 +28,8 @@ MAP_SUFFIX = '_map'
 # Images kept in memory for drawing the maps of one batch, in pixels: a batch is run early
 # when its originals reach this, so a folder of huge photos cannot exhaust the memory.
 MAP_PIXEL_BUDGET = 64_000_000
+# Largest --map-size: its 96 x 1022 x 1022 conv1 output alone is 400 MB of float32.
+MAX_MAP_SIZE = 4096
 
 
 class SetupError(Exception):
@@ -71,13 +73,13 @@ def build_parser():
     parser.add_argument('--map', action='store_true',
                         help='also write <name>_map.png: the image, at its own size, with '
                              'the sentiment map blended over it')
-    parser.add_argument('--map-style', choices=('paper', 'smooth'), default='paper',
-                        help="paper (default): flat cells, green = p(positive), red = "
+    parser.add_argument('--map-style', choices=('paper', 'smooth'), default=None,
+                        help="with --map: paper (default): flat cells, green = p(positive), red = "
                              "p(negative), blended 50/50; smooth: bilinear, red-yellow-green "
                              "scale, legend strip at the bottom")
     parser.add_argument('--map-size', type=int, default=451, metavar='S',
                         help='side the image is resized to for the map (default 451 -> 8x8 '
-                             'cells); must be >= 227. S = 227 + 32k gives (k+1)^2 cells; '
+                             f'cells); from 227 to {MAX_MAP_SIZE}. S = 227 + 32k gives (k+1)^2 cells; '
                              'otherwise Caffe\'s rounded-up pooling gives ceil((S-230)/32)+1 '
                              'cells per side')
     parser.add_argument('--save-npy', action='store_true',
@@ -101,8 +103,12 @@ def check_args(parser, args):
         map_grid_size(args.map_size)    # the one place that knows which sizes give a map
     except ValueError as exc:
         parser.error(f'--map-size: {exc}')
-    if args.save_npy and not args.map:
-        parser.error('--save-npy needs --map')
+    if args.map_size > MAX_MAP_SIZE:   # the network's activations grow with its square
+        parser.error(f'--map-size must be at most {MAX_MAP_SIZE}, got {args.map_size}')
+    for option, given in (('--save-npy', args.save_npy), ('--map-style', args.map_style)):
+        if given and not args.map:
+            parser.error(f'{option} needs --map')
+    args.map_style = args.map_style or 'paper'
     if args.out is not None and not args.map:
         parser.error('--out needs --map (only maps are written to files)')
     if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -249,7 +255,8 @@ class Item:
 
     def __init__(self, path, error=None):
         self.path = path
-        self.error = error
+        self.error = error          # the image failed: nothing is printed for it
+        self.map_error = None       # only its map failed (or would overwrite): the result
         self.crops = self.map_input = self.rgb = None
         self.png = self.npy = None
         self.probs = self.prob_map = None
@@ -259,18 +266,14 @@ def prepare(item, args, planned):
     """Load and preprocess item.path (sets crops, map_input, rgb); raise ImageFailure.
 
     planned: map paths already claimed by earlier images of this call (updated here), so
-    two images with one name cannot overwrite each other's map.
+    two images with one name cannot overwrite each other's map. A map that cannot be
+    written sets item.map_error instead: the image is still classified.
     """
     from nn import preprocess
     if args.map:
         item.png, item.npy = map_paths(item.path, args)
         outs = [os.path.abspath(p) for p in (item.png, item.npy) if p is not None]
-        for out in outs:
-            if out in planned:
-                raise ImageFailure(f'{item.path}: its map {out} would overwrite the map of '
-                                   f'{planned[out]} from this call; use separate --out folders')
-            if os.path.exists(out) and not args.force:
-                raise ImageFailure(f'{item.path}: {out} exists; use --force to overwrite it')
+        item.map_error = _map_conflict(item.path, outs, planned, args.force)
     try:
         rgb = preprocess.load_image(item.path)
     except preprocess.ImageError as exc:
@@ -280,10 +283,23 @@ def prepare(item, args, planned):
     resized = preprocess.resize_image(rgb, preprocess.RESIZE)
     item.crops = (preprocess.ten_crops(resized) if args.oversample
                   else preprocess.center_crop(resized)[None])
-    if args.map:
+    if args.map and item.map_error is None:
         item.map_input = preprocess.resize_image(rgb, args.map_size)
         item.rgb = rgb
         planned.update((out, item.path) for out in outs)
+
+
+def _map_conflict(path, outs, planned, force):
+    """Why image `path` must not write its map files `outs` (absolute), or None."""
+    for out in outs:
+        if out in planned:
+            if os.path.abspath(planned[out]) == os.path.abspath(path):
+                return f'{path}: given twice; its map is written once'
+            return (f'{path}: its map {out} would overwrite the map of {planned[out]} from '
+                    'this call; use separate --out folders')
+        if os.path.exists(out) and not force:
+            return f'{path}: {out} exists; use --force to overwrite it'
+    return None
 
 
 def run_batch(model, items):
@@ -300,9 +316,10 @@ def run_batch(model, items):
     probs = average_over_crops(model.probabilities, np.stack([item.crops for item in ready]))
     for item, item_probs in zip(ready, probs):
         item.probs = item_probs
-    if ready[0].map_input is not None:
-        maps = model.probabilities(np.stack([item.map_input for item in ready]))
-        for item, prob_map in zip(ready, maps):
+    mapped = [item for item in ready if item.map_input is not None]
+    if mapped:
+        maps = model.probabilities(np.stack([item.map_input for item in mapped]))
+        for item, prob_map in zip(mapped, maps):
             item.prob_map = np.ascontiguousarray(prob_map, dtype=np.float32)
 
 
@@ -369,12 +386,13 @@ def one_line(message):
 
 
 def report(item, model, args, out, err):
-    """Write item's map (if any) and print its result or error; return True if it failed."""
+    """Write item's map (if any) and print its result or error; return True if it failed.
+    An image whose map failed still has its result printed, then the map's error."""
     if item.error is None and item.prob_map is not None:
         try:
             write_map(item, model, args)
         except ImageFailure as exc:
-            item.error = str(exc)
+            item.map_error, item.prob_map = str(exc), None
     if item.error is not None:
         message = one_line(item.error)
         print(f'predict.py: error: {message}', file=err)
@@ -382,7 +400,12 @@ def report(item, model, args, out, err):
             print(json.dumps({'file': item.path, 'error': message}), file=out)
         return True
     rec = record(item, model)
+    if item.map_error is not None:
+        rec['map_error'] = one_line(item.map_error)
     print(json.dumps(rec) if args.json else text_line(rec), file=out)
+    if item.map_error is not None:
+        print(f"predict.py: error: {rec['map_error']}", file=err)
+        return True
     return False
 
 
@@ -407,11 +430,30 @@ def main(argv=None, out=None, err=None):
             except ValueError as exc:
                 raise SetupError(f'--map: {exc}') from None
             if args.out is not None:
-                os.makedirs(args.out, exist_ok=True)
+                try:
+                    os.makedirs(args.out, exist_ok=True)
+                except OSError as exc:
+                    raise SetupError(f'--out {args.out}: cannot create the folder: '
+                                     f'{exc.strerror or exc}') from None
     except (SetupError, OSError) as exc:
         print(f'predict.py: error: {one_line(exc)}', file=err)
         return 2
+    try:
+        return _predict_all(model, args, out, err)
+    except KeyboardInterrupt:   # the maps written so far are whole (written atomically)
+        print('predict.py: interrupted', file=err)
+        return 130
+    except BrokenPipeError:     # the reader went away (`| head`): stop quietly
+        if out is sys.stdout:   # and keep Python from failing again when it flushes at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:      # writing the results failed (a full disk, say)
+        print(f'predict.py: error: cannot write the results: {one_line(exc)}', file=err)
+        return 1
 
+
+def _predict_all(model, args, out, err):
+    """Classify (and map) every input in batches, printing each result; the exit status."""
     failed = False
     planned = {}
     batch, pixels = [], 0

@@ -243,9 +243,13 @@ def test_output_is_never_overwritten_without_force(tmp_path, weights):
     target = tmp_path / 'f_map.png'
     target.write_bytes(b'precious')
     status, out, err = _run([img, '--weights', path, '--map'])
-    assert status == 1 and out == ''
+    assert status == 1   # the map is refused, but the image is still classified
+    assert out.count('\n') == 1 and out.startswith(f'{img}: ') and 'map=' not in out
     assert err.count('\n') == 1 and str(target) in err and '--force' in err
     assert target.read_bytes() == b'precious'
+    status, out, _ = _run([img, '--weights', path, '--map', '--json'])
+    rec = json.loads(out)
+    assert status == 1 and 'label' in rec and str(target) in rec['map_error'] and 'map' not in rec
     status, _, _ = _run([img, '--weights', path, '--map', '--force'])
     assert status == 0 and target.read_bytes()[:4] == b'\x89PNG'
     # Two images with one name, one --out folder: the second would overwrite the first.
@@ -253,7 +257,11 @@ def test_output_is_never_overwritten_without_force(tmp_path, weights):
     other.mkdir()
     img2 = _save(other / 'f.png', _make_image(9, 240, 240))
     status, out, err = _run([img, img2, '--weights', path, '--map', '--out', tmp_path / 'o'])
-    assert status == 1 and out.count('\n') == 1 and img2 in err and img in err
+    assert status == 1 and out.count('\n') == 2 and img2 in err and img in err
+    assert err.count('\n') == 1 and 'would overwrite the map of' in err
+    # The same image twice: one map, and the message says why.
+    status, out, err = _run([img, img, '--weights', path, '--map', '--out', tmp_path / 'p'])
+    assert status == 1 and out.count('\n') == 2 and 'given twice' in err
 
 
 # -------------------------------------------------------------------------- bad input
@@ -355,7 +363,10 @@ def test_unreadable_file_and_failed_write_skip_only_that_image(tmp_path, weights
     monkeypatch.setattr('nn.sentiment_map.save_png', save_failing)
     status, out, err = _run(imgs + ['--weights', path, '--map'])
     assert status == 1
-    assert out.splitlines()[0].startswith(f'{imgs[1]}: ') and out.count('\n') == 1
+    # the unreadable image gives no result; the one whose map failed still has its own
+    results = out.splitlines()
+    assert len(results) == 2 and results[0].startswith(f'{imgs[1]}: ') and 'map=' in results[0]
+    assert results[1].startswith(f'{imgs[2]}: ') and 'map=' not in results[1]
     lines = err.splitlines()
     assert len(lines) == 2
     assert imgs[0] in lines[0] and 'Permission denied' in lines[0]
@@ -418,12 +429,64 @@ def test_wrong_weights_named(tmp_path, case, expected):
     assert err.count('\n') == 1
 
 
-def test_usage_errors_exit_2(tmp_path):
-    for argv in (['x.png', '--save-npy'], ['x.png', '--map', '--map-size', '226'],
-                 ['x.png', '--batch-size', '0'], ['x.png', '--device', 'tpu']):
+def test_usage_errors_exit_2(tmp_path, capsys):
+    for argv, message in (
+            (['x.png', '--save-npy'], '--save-npy needs --map'),
+            (['x.png', '--map-style', 'smooth'], '--map-style needs --map'),
+            (['x.png', '--map', '--map-size', '226'], 'at least 227'),
+            (['x.png', '--map', '--map-size', '4097'], 'at most 4096'),
+            (['x.png', '--batch-size', '0'], '--batch-size'),
+            (['x.png', '--device', 'tpu'], 'tpu')):
         with pytest.raises(SystemExit) as exc:
             predict.main(argv, out=io.StringIO(), err=io.StringIO())
-        assert exc.value.code == 2
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_unwritable_out_folder_is_named(tmp_path, weights):
+    path, _ = weights
+    img = _save(tmp_path / 'f.png', _make_image(8, 240, 240))
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    status, out, err = _run([img, '--weights', path, '--map', '--out', blocker / 'maps'])
+    assert status == 2 and out == ''
+    assert err.startswith(f"predict.py: error: --out {blocker / 'maps'}: cannot create")
+
+
+class _Stream(io.StringIO):
+    """stdout whose writes fail with `error` once `lines` lines were written."""
+
+    def __init__(self, error, lines=0):
+        super().__init__()
+        self.error, self.lines = error, lines
+
+    def write(self, text):
+        if self.getvalue().count('\n') >= self.lines:
+            raise self.error
+        return super().write(text)
+
+
+@pytest.mark.parametrize('error, status, message', [
+    (BrokenPipeError(32, 'Broken pipe'), 1, ''),          # `| head -1`: stop quietly
+    (OSError(28, 'No space left on device'), 1,
+     'predict.py: error: cannot write the results: [Errno 28] No space left on device\n')])
+def test_output_that_cannot_be_written(tmp_path, weights, error, status, message):
+    path, _ = weights
+    imgs = [_save(tmp_path / f'{i}.png', _make_image(30 + i, 230, 240)) for i in range(3)]
+    out, err = _Stream(error, lines=1), io.StringIO()
+    assert predict.main(imgs + ['--weights', path, '--batch-size', '1'], out=out,
+                        err=err) == status
+    assert out.getvalue().startswith(f'{imgs[0]}: ') and err.getvalue() == message
+
+
+def test_ctrl_c_stops_with_130(tmp_path, weights, monkeypatch):
+    path, _ = weights
+    img = _save(tmp_path / 'f.png', _make_image(8, 240, 240))
+
+    def interrupted(model, items):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(predict, 'run_batch', interrupted)
+    status, out, err = _run([img, '--weights', path])
+    assert status == 130 and out == '' and err == 'predict.py: interrupted\n'
 
 
 def test_subprocess_exit_status(tmp_path, weights):
