@@ -598,8 +598,7 @@ def open_device(name, tf32=False):
     except DeviceError as exc:
         if tf32:
             raise BenchError(f'--tf32: {exc}') from exc
-        raise BenchError(f'--device cuda needs an NVIDIA GPU: {exc}. GPU figures need '
-                         'a GPU; `python bench.py --device cpu` times the CPU path.') from exc
+        raise BenchError(f'--device {name}: {exc}') from exc   # (it says what to use)
     # cpu, or emu (the CUDA kernels on the CPU emulator: checks the kernel path) time on
     # the CPU clock.
     timer = GpuTimer('cupy', device.xp) if device.name == 'cuda' else CpuTimer()
@@ -1253,16 +1252,47 @@ def parse_args(argv):
                         "(in place: caches as the layer before left them), next to PyTorch's")
     p.add_argument('--seed', type=int, default=0, help='seed of the random inputs')
     args = p.parse_args(argv)
-    for name in ('batch', 'repeats', 'warmup'):
+    for name in ('batch', 'repeats', 'warmup', 'classes'):
         v = getattr(args, name)
         values = v if isinstance(v, list) else [v]
-        if v is not None and any(x < (0 if name == 'warmup' else 1) for x in values):
-            p.error(f'--{name} must be positive, got {v}')
+        least = 0 if name == 'warmup' else 1
+        if v is not None and any(x < least for x in values):
+            p.error(f'--{name} must be at least {least}, got {v}')
     return args
+
+
+def check_only(only, classes):
+    """BenchError unless every comma-separated name of --only names something to time."""
+    if only is None:
+        return
+    known = build_cases(flops.caffenet_layers(num_classes=classes), 1)
+    names = {'net', 'kernels'} | {c.layer for c in known} | {c.name for c in known}
+    words = [w.strip() for w in only.split(',') if w.strip()]
+    unknown = [w for w in words if w not in names]
+    if unknown or not words:
+        layers = ', '.join(dict.fromkeys(c.layer for c in known))
+        raise BenchError(f"--only {only!r}: {', '.join(map(repr, unknown)) or 'empty'}: "
+                         f"names no case; choose from 'net', 'kernels', a layer ({layers}) "
+                         "or one of its cases, e.g. 'conv3.backward_data'")
+
+
+def check_json_path(path):
+    """BenchError now, rather than after the run, when --json FILE cannot be written."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise BenchError(f'--json {path}: is a folder, not a file')
+    if not os.path.isdir(folder):
+        raise BenchError(f'--json {path}: the folder {folder} does not exist')
+    if not os.access(folder, os.W_OK):
+        raise BenchError(f'--json {path}: the folder {folder} is not writable')
 
 
 def run(args):
     """Run the benchmark described by parsed `args`; returns the report dict."""
+    check_only(args.only, args.classes)
+    check_json_path(args.json)
     if args.device in ('cuda', 'auto'):
         # True FP32 everywhere, set before CuPy or PyTorch loads a CUDA library: CuPy's
         # matmul (CUPY_TF32), and every NVIDIA library (cuBLAS, cuDNN) by their override.
@@ -1304,12 +1334,6 @@ def run(args):
     want_net = not only or 'net' in words
     all_kernels = not only or 'kernels' in words
     kernel_only = None if all_kernels else ','.join(w for w in words if w != 'net')
-    if kernel_only:
-        known = build_cases(layers, 1)
-        if not select(known, kernel_only):
-            names = sorted({c.layer for c in known} | {c.name for c in known})
-            raise BenchError(f"--only {only!r} names no case; choose from 'net', 'kernels', "
-                             + ', '.join(names))
     run_kernels = all_kernels or bool(kernel_only)
 
     peaks = measure_peaks(device, timer, torch)
@@ -1445,6 +1469,11 @@ def main(argv=None):
     except BenchError as exc:
         print(f'bench.py: {exc}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        saved = (f'; the figures measured so far are in {args.json} ("partial": true)'
+                 if args.json and os.path.exists(args.json) else '')
+        print(f'bench.py: interrupted{saved}', file=sys.stderr)
+        return 130
     if args.json:  # first: the figures survive a closed pipe on the table
         write_json(args.json, report)
     print_table(report)

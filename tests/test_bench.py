@@ -272,12 +272,46 @@ def test_case_list_covers_the_issue():
     assert 'sgd.fc6' not in {c.name for c in bench.build_cases(flops.caffenet_layers(), 2, sgd=False)}
 
 
-def test_bad_arguments(capsys):
-    assert bench.main(['--device', 'cpu', '--only', 'conv9', '--no-torch']) == 2
-    err = capsys.readouterr().err
-    assert "--only 'conv9' names no case" in err and 'conv3.backward_data' in err
-    with pytest.raises(SystemExit):
-        bench.main(['--batch', '0'])
+def test_bad_arguments(capsys, tmp_path, monkeypatch):
+    # every name of --only must name something (one typo among good names is not skipped)
+    for only, named in (('conv9', "'conv9'"), ('relu7,nonsense', "'nonsense'"),
+                        (' , ', 'empty')):
+        assert bench.main(['--device', 'cpu', '--only', only, '--no-torch']) == 2
+        err = capsys.readouterr().err
+        assert f"--only {only!r}: {named}: names no case" in err
+        assert 'conv3.backward_data' in err
+    # --json that cannot be written is refused before any figure is measured
+    monkeypatch.setattr(bench, 'measure_peaks', lambda *a: pytest.fail('measured first'))
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    for path, why in ((tmp_path / 'no' / 'r.json', 'does not exist'),
+                      (tmp_path, 'is a folder')):
+        assert bench.main(['--device', 'cpu', '--only', 'fc8', '--json', str(path)]) == 2
+        assert f'--json {path}: ' in capsys.readouterr().err
+    for argv in (['--batch', '0'], ['--classes', '0'], ['--warmup', '-1']):
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+        assert 'must be at least' in capsys.readouterr().err
+
+
+def test_ctrl_c_says_where_the_figures_are(tmp_path, monkeypatch, capsys):
+    real = bench.bench_case
+    calls = []
+
+    def interrupted_after_one(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(bench, 'bench_case', interrupted_after_one)
+    path = tmp_path / 'out.json'
+    assert bench.main(['--device', 'cpu', '--repeats', '1', '--warmup', '0', '--no-torch',
+                       '--batch', '1', '--only', 'relu7,fc8', '--json', str(path)]) == 130
+    assert capsys.readouterr().err.endswith(
+        f'bench.py: interrupted; the figures measured so far are in {path} ("partial": '
+        'true)\n')
+    report = json.loads(path.read_text())
+    assert report['partial'] is True and len(report['kernels']) == 1
 
 
 def test_cuda_without_gpu_says_so(capsys):
@@ -286,7 +320,8 @@ def test_cuda_without_gpu_says_so(capsys):
         pytest.skip('this machine has a GPU')
     assert bench.main(['--device', 'cuda']) == 2
     err = capsys.readouterr().err
-    assert '--device cuda needs an NVIDIA GPU' in err and '--device cpu' in err
+    assert err.startswith('bench.py: --device cuda: ') and 'needs an NVIDIA GPU' in err
+    assert err.count('--device cpu') == 1
 
 
 def test_versions_bind_the_launchers():
