@@ -37,7 +37,7 @@ import numpy as np
 
 from kernels.ops import OP_NAMES   # the op set of docs/design.md
 from nn import flops
-from nn.atomic import atomic_write
+from nn.atomic import atomic_write, check_writable
 
 CHECK_IMAGES = 2        # images compared with the float64 reference: first and last
 TOLERANCE = 1e-4        # max |result - reference| / max |reference|: float32 against float64
@@ -1276,23 +1276,14 @@ def check_only(only, classes):
                          "or one of its cases, e.g. 'conv3.backward_data'")
 
 
-def check_json_path(path):
-    """BenchError now, rather than after the run, when --json FILE cannot be written."""
-    if path is None:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise BenchError(f'--json {path}: is a folder, not a file')
-    if not os.path.isdir(folder):
-        raise BenchError(f'--json {path}: the folder {folder} does not exist')
-    if not os.access(folder, os.W_OK):
-        raise BenchError(f'--json {path}: the folder {folder} is not writable')
-
-
 def run(args):
     """Run the benchmark described by parsed `args`; returns the report dict."""
     check_only(args.only, args.classes)
-    check_json_path(args.json)
+    if args.json:   # now, rather than after the run
+        try:
+            check_writable(args.json)
+        except OSError as exc:
+            raise BenchError(f'--json {args.json}: {exc}') from None
     if args.device in ('cuda', 'auto'):
         # True FP32 everywhere, set before CuPy or PyTorch loads a CUDA library: CuPy's
         # matmul (CUPY_TF32), and every NVIDIA library (cuBLAS, cuDNN) by their override.

@@ -284,10 +284,10 @@ def test_bad_arguments(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, 'measure_peaks', lambda *a: pytest.fail('measured first'))
     blocker = tmp_path / 'file'
     blocker.write_text('')
-    for path, why in ((tmp_path / 'no' / 'r.json', 'does not exist'),
-                      (tmp_path, 'is a folder')):
+    for path, why in ((blocker / 'r.json', 'cannot write into'), (tmp_path, 'is a folder')):
         assert bench.main(['--device', 'cpu', '--only', 'fc8', '--json', str(path)]) == 2
-        assert f'--json {path}: ' in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f'--json {path}: ' in err and why in err
     for argv in (['--batch', '0'], ['--classes', '0'], ['--warmup', '-1']):
         with pytest.raises(SystemExit):
             bench.main(argv)

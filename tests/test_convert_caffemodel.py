@@ -278,5 +278,6 @@ def test_unwritable_output_is_a_clean_error(tmp_path, weights, capsys):
     out = blocker / "o.h5"
     assert cc.main([str(model), str(out)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {out}: cannot write: ") and err.count("\n") == 1
+    assert err.startswith(f"tools.convert_caffemodel: error: {out}: cannot write: ")
+    assert err.count("\n") == 1
     assert sorted(os.listdir(tmp_path)) == ["blocker", "m.caffemodel"]   # nothing half-written

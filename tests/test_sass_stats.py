@@ -1,5 +1,6 @@
 """tools/sass_stats.py: ptxas' report and the main-loop count, on hand-written compiler
 output, and one real compile through NVRTC (skipped without it; no GPU needed)."""
+import json
 import struct
 
 import pytest
@@ -114,3 +115,20 @@ def test_failing_cuobjdump_is_an_error_not_a_missing_loop(nvrtc, tmp_path):
     path.write_text('extern "C" __global__ void one(float* y) { y[0] = 1.0f; }\n')
     with pytest.raises(RuntimeError, match='-fun one failed: cuobjdump fatal: bad cubin'):
         sass_stats.file_stats(str(path), 'sm_80', str(fake))
+
+
+def test_files_as_names_or_paths_and_the_json(nvrtc, tmp_path, monkeypatch, capsys):
+    # 'kernels/relu.cu' (a path from the repository root, as tab completion writes it)
+    # works as well as the name 'relu.cu'; --json is written whole, or refused up front
+    monkeypatch.chdir(runner.REPO_ROOT)
+    out_json = tmp_path / 'stats.json'
+    assert sass_stats.main(['kernels/relu.cu', 'sgd.cu', '--no-sass', '--json',
+                            str(out_json)]) == 0
+    assert set(json.loads(out_json.read_text())['kernels']) == {'relu.cu', 'sgd.cu'}
+    capsys.readouterr()
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    with pytest.raises(SystemExit) as exc:
+        sass_stats.main(['relu.cu', '--no-sass', '--json', str(blocker / 'x.json')])
+    assert exc.value.code == 2 and f'--json {blocker / "x.json"}: cannot write' in \
+        capsys.readouterr().err

@@ -334,7 +334,7 @@ def main(argv=None):
     try:
         params = convert(args.input, args.output, args.num_classes, names)
     except CaffemodelError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"tools.convert_caffemodel: error: {e}", file=sys.stderr)
         return 1
     for layer, blobs in params.items():
         print(f"{layer:14s} weight {str(blobs['weight'].shape):22s} bias "

@@ -34,6 +34,7 @@ import tempfile
 
 from kernels.runner import (KernelCompileError, assemble_source, find_kernels, nvrtc_cubin,
                             project_kernel_files, read_text, resolve_source)
+from nn.atomic import atomic_write, check_writable
 
 # ptxas -v, one block per kernel:
 #   ptxas info    : Compiling entry function 'gemm_v3' for 'sm_90'
@@ -172,7 +173,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('files', nargs='*',
-                        help='kernel files in kernels/ (default: all of them)')
+                        help='kernel files: names in kernels/ (conv.cu) or paths '
+                             '(kernels/conv.cu); default: all of kernels/*.cu')
     parser.add_argument('--arch', default='sm_90', help='GPU architecture (default sm_90, '
                         'the H200; sm_80 is the A100)')
     parser.add_argument('--json', metavar='FILE', help='also write every figure to FILE')
@@ -181,12 +183,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not re.fullmatch(r'sm_\d+a?', args.arch):
         parser.error(f"--arch must look like sm_90, got {args.arch!r}")
+    if args.json:   # now, rather than after compiling every file
+        try:
+            check_writable(args.json)
+        except OSError as exc:
+            parser.error(f'--json {args.json}: {exc}')
     cuobjdump = None if args.no_sass else find_cuobjdump()
     if not args.no_sass and cuobjdump is None:
         print('sass_stats: no cuobjdump found (pip install nvidia-cuda-cuobjdump, or a CUDA '
               'toolkit); showing only what ptxas reports', file=sys.stderr)
     try:
-        results = {os.path.basename(n): file_stats(n, args.arch, cuobjdump)
+        # A path that exists from here (kernels/conv.cu) is taken as it is, anything
+        # else as a name in kernels/.
+        results = {os.path.basename(n): file_stats(os.path.abspath(n) if os.path.isfile(n)
+                                                   else n, args.arch, cuobjdump)
                    for n in (args.files or project_kernel_files())}
     except (KernelCompileError, ImportError, OSError, ValueError, RuntimeError,
             subprocess.SubprocessError) as exc:
@@ -194,9 +204,15 @@ def main(argv=None):
         return 2
     print(format_table(results, args.arch))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump({'arch': args.arch, 'cuobjdump': cuobjdump, 'kernels': results}, f,
-                      indent=1)
+        def write(tmp):
+            with open(tmp, 'w') as f:
+                json.dump({'arch': args.arch, 'cuobjdump': cuobjdump, 'kernels': results},
+                          f, indent=1)
+        try:
+            atomic_write(args.json, write)
+        except OSError as exc:
+            print(f'sass_stats: cannot write --json {args.json}: {exc}', file=sys.stderr)
+            return 2
     return 0
 
 
