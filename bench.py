@@ -1223,7 +1223,7 @@ def parse_args(argv):
                         'auto (default): cuda when a GPU is usable, else cpu; emu: the '
                         'kernels on the CPU emulator, to check the kernel path on small '
                         'layers (its times mean nothing)')
-    p.add_argument('--batch', type=int, nargs='+', default=None,
+    p.add_argument('--batch', '--batch-size', type=int, nargs='+', default=None,
                    help=f'batch sizes (default {GPU_BATCHES[0]} and {GPU_BATCHES[1]} on the GPU, '
                         f'{CPU_BATCH} on the CPU); the network is timed at the largest, '
                         'plus batch-1 latency')

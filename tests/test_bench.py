@@ -138,7 +138,8 @@ def test_wrong_batch_reduction_is_reported(tmp_path, monkeypatch):
 
 
 def test_whole_network_cpu(tmp_path, capsys):
-    rc, report = _run(tmp_path, '--batch', '1', '--only', 'net', '--classes', '3')
+    # (--batch-size: the spelling train.py and predict.py use)
+    rc, report = _run(tmp_path, '--batch-size', '1', '--only', 'net', '--classes', '3')
     assert rc == 0
     assert 'x its FP32 floor' in capsys.readouterr().out
     assert report['kernels'] == []
