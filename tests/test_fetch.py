@@ -4,8 +4,10 @@ import hashlib
 import http.server
 import io
 import os
+import socket
 import tarfile
 import threading
+import time
 import zipfile
 
 import numpy as np
@@ -100,7 +102,7 @@ def test_broken_connection_is_resumed_with_range(server, tmp_path, capsys):
     assert dest.read_bytes() == body
     half = len(body) // 2
     assert server.requests == [("/big.bin", None), ("/big.bin", f"bytes={half}-")]
-    assert "resuming" in capsys.readouterr().err
+    assert f"; resuming at {half} bytes (attempt 2 of 4)\n" in capsys.readouterr().err
 
 
 def test_interrupted_download_resumes_on_the_next_run(server, tmp_path):
@@ -295,14 +297,15 @@ def test_user_errors_are_one_line_not_tracebacks(tmp_path, capsys, monkeypatch):
     assert fetch.main(["dataset", "--dataset-archive", str(missing),
                        "--data-dir", str(tmp_path / "data")]) == 1
     err = capsys.readouterr().err
-    assert err == f"error (dataset): --dataset-archive {missing}: no such file\n"
+    assert err == f"python -m tools.fetch: error: dataset: --dataset-archive {missing}: " \
+                  "no such file\n"
     # a data folder that cannot be created (a file is in the way): fails before any request
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a folder")
     assert fetch.main(["splits", "--data-dir", str(blocker / "data"), "--retries", "0",
                        "--base-url", "http://127.0.0.1:9"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error (splits): ") and str(blocker) in err
+    assert err.startswith("python -m tools.fetch: error: splits: ") and str(blocker) in err
     assert err.count("\n") == 1
 
 
@@ -312,7 +315,141 @@ def test_failed_first_attempt_does_not_promise_a_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(fetch, "_transfer", refused)
     with pytest.raises(fetch.DownloadError) as info:
         fetch.download("http://127.0.0.1:9/x.bin", tmp_path / "x.bin", retries=0)
-    assert str(info.value).endswith("refused; run again")          # no .part to resume from
+    assert str(info.value).endswith(", then run again")            # no .part to resume from
     (tmp_path / "x.bin.part").write_bytes(b"half")
     with pytest.raises(fetch.DownloadError, match=r"run again to resume from .*x\.bin\.part"):
         fetch.download("http://127.0.0.1:9/x.bin", tmp_path / "x.bin", retries=0)
+
+
+def test_help_explains_files_targets_and_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")   # no wrapping inside the checked phrases
+    monkeypatch.delenv(fetch.BASE_URL_ENV, raising=False)
+    with pytest.raises(SystemExit) as info:
+        fetch.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.count("[--data-dir") == 1          # the usage once, not the docstring's too
+    for phrase in ("<file>.part", "--base-url URL", "finetuned`` (not part of ``all``)",
+                   "data/twitter/splits/<subset>/test<k>/{train,test}.txt",
+                   "folder for the dataset, its archive and the splits (default: data)",
+                   "(default: weights)", "(default: 3)", "--timeout SECONDS",
+                   "counts as broken (default: 30)"):
+        assert phrase in out, phrase
+
+
+def test_bad_numbers_are_refused_when_parsing(capsys):
+    for args, message in ((["--retries", "-1"], "argument --retries: must be at least 0"),
+                          (["--timeout", "0"], "argument --timeout: must be more than 0"),
+                          (["--timeout", "nan"], "argument --timeout: expected a number"),
+                          (["--retries", "1.5"], "argument --retries: expected a whole "
+                                                 "number, got '1.5'")):
+        with pytest.raises(SystemExit) as info:
+            fetch.main(args + ["splits"])
+        assert info.value.code == 2
+        assert f"python -m tools.fetch: error: {message}" in capsys.readouterr().err
+
+
+def test_silent_server_gives_up_after_timeout_and_suggests_a_mirror(tmp_path, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setattr(fetch.time, "sleep", lambda seconds: None)   # no waits between tries
+    silent = socket.socket()   # the kernel accepts connections into the backlog; no reply
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    weights_dir = tmp_path / "weights"
+    start = time.monotonic()
+    try:
+        assert fetch.main(["weights", "--weights-dir", str(weights_dir), "--base-url", url,
+                           "--timeout", "0.2", "--retries", "1"]) == 1
+    finally:
+        silent.close()
+    assert time.monotonic() - start < 10
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("bvlc_reference_caffenet.caffemodel: no answer within 0.2 s; "
+                      "retrying (attempt 2 of 2)")
+    assert err[1].startswith("python -m tools.fetch: error: weights: " + url)
+    assert err[1].endswith("no answer within 0.2 s; check the network or give a mirror "
+                           "with --base-url URL, then run again")
+    assert len(err) == 2 and not weights_dir.exists()   # nothing received, nothing left
+
+
+def test_failed_splits_leave_no_empty_folders(server, tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    # nothing served: the first file fails, every folder this run made goes again
+    args = ["splits", "--data-dir", str(data_dir), "--base-url", server.url, "--retries", "0"]
+    assert fetch.main(args) == 1
+    assert "HTTP 404" in capsys.readouterr().err and not data_dir.exists()
+    # fold 1 served, fold 2 a malformed list: fold 1 stays, and what was there before
+    (data_dir / "twitter").mkdir(parents=True)
+    (data_dir / "twitter" / "keep.txt").write_text("mine")
+    server.files["/ground_truth/five_agrees/test1/train.txt"] = b"a.jpg 1\nb.jpg 0\n"
+    server.files["/ground_truth/five_agrees/test1/test.txt"] = b"c.jpg 1\n"
+    server.files["/ground_truth/five_agrees/test2/train.txt"] = b"<html>not a list</html>\n"
+    assert fetch.main(args) == 1
+    assert "expected '<image file> <label>'" in capsys.readouterr().err
+    assert sorted(os.listdir(data_dir / "twitter")) == ["keep.txt", "splits"]
+    assert os.listdir(data_dir / "twitter" / "splits") == ["five_agrees"]
+    assert os.listdir(data_dir / "twitter" / "splits" / "five_agrees") == ["test1"]
+
+
+def test_archive_without_the_dataset_layout_is_refused_before_extracting(tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    (data_dir / "twitter").mkdir(parents=True)
+    (data_dir / "twitter" / "readme.txt").write_text("mine")
+    wrong = tmp_path / "wrong.zip"
+    with zipfile.ZipFile(wrong, "w") as z:
+        z.writestr("readme.txt", b"not the dataset")
+    args = ["dataset", "--dataset-archive", str(wrong), "--data-dir", str(data_dir)]
+    assert fetch.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m tools.fetch: error: dataset: {wrong}: not the Twitter "
+                          "dataset: no twitter_five_agrees.txt, twitter_four_agrees.txt, "
+                          "twitter_three_agrees.txt, images (")
+    assert err.endswith("; nothing was extracted\n") and err.count("\n") == 1
+    assert os.listdir(data_dir) == ["twitter"]                         # no temporary folder
+    assert os.listdir(data_dir / "twitter") == ["readme.txt"]
+    assert (data_dir / "twitter" / "readme.txt").read_text() == "mine"
+    # label files in one top folder, but no images
+    labels = {f"twitter_{a}_agrees.txt": b"x.jpg 1\n" for a in twitter.AGREES}
+    wrong.write_bytes(_archive("tar.gz", dict(labels, **{"images/readme.txt": b""})))
+    assert fetch.main(args) == 1
+    err = capsys.readouterr().err
+    assert "not the Twitter dataset: no images (images/<image file>" in err
+    assert os.listdir(data_dir / "twitter") == ["readme.txt"]
+    # a folder is not an archive file
+    assert fetch.main(["dataset", "--dataset-archive", str(tmp_path), "--data-dir",
+                       str(data_dir)]) == 1
+    assert capsys.readouterr().err == (f"python -m tools.fetch: error: dataset: "
+                                       f"--dataset-archive {tmp_path}: is a folder, "
+                                       "not an archive file\n")
+
+
+def test_broken_archive_leaves_no_empty_data_folder(tmp_path, capsys):
+    files = _synthetic_files(tmp_path)
+    dataset = {k: v for k, v in files.items() if not k.startswith("splits/")}
+    data = bytearray(_archive("zip", dataset))
+    image = dataset["images/synthetic_00000.jpg"]
+    at = data.index(image)
+    data[at + 100] ^= 0xFF            # the member list is intact; the CRC check fails
+    archive = tmp_path / "broken.zip"
+    archive.write_bytes(bytes(data))
+    data_dir = tmp_path / "data"
+    assert fetch.main(["dataset", "--dataset-archive", str(archive), "--data-dir",
+                       str(data_dir)]) == 1
+    assert "broken archive" in capsys.readouterr().err
+    assert not data_dir.exists()
+
+
+def test_nothing_received_means_retrying_and_no_empty_part_left(server, tmp_path, capsys):
+    server.files["/one.bin"] = b"x"
+    server.drop_once.add("/one.bin")   # headers, then half of one byte: nothing
+    dest = tmp_path / "sub" / "one.bin"
+    with pytest.raises(fetch.DownloadError, match=r"after 0 B; .*, then run again$"):
+        fetch.download(server.url + "/one.bin", dest, retries=0)
+    assert os.listdir(tmp_path) == []            # no empty .part, so no folder kept for it
+    server.drop_once.add("/one.bin")
+    fetch.download(server.url + "/one.bin", dest, retries=1, retry_wait=0)
+    assert dest.read_bytes() == b"x"
+    assert "closed after 0 B; retrying (attempt 2 of 2)\n" in capsys.readouterr().err

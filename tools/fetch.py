@@ -3,16 +3,21 @@
     python -m tools.fetch [dataset|splits|weights|finetuned|all ...]
                           [--data-dir data] [--weights-dir weights] [--base-url URL]
 
-``all`` (the default) is dataset + splits + weights. Downloads resume: bytes go to
-``<file>.part`` and an interrupted transfer continues from there with an HTTP Range
-request (automatically up to --retries times, or on the next run). A finished file is
+``all`` (the default) is dataset + splits + weights. ``finetuned`` (not part of ``all``)
+is the two Twitter models released with the paper (twitter_finetuned_test4*.caffemodel),
+converted like the weights.
+
+Downloads resume: bytes go to ``<file>.part`` and an interrupted transfer continues from
+there with an HTTP Range request (automatically up to --retries times, or on the next
+run); a server silent for --timeout seconds counts as an interruption. A finished file is
 checked against its known size and SHA-1/SHA-256 and only then renamed into place; a file
 that fails the check is deleted. Progress (bytes, %, rate) goes to stderr. Caffemodels are
 converted to HDF5 in the weights folder (tools/convert_caffemodel.py).
 
 Every address can be redirected to a mirror with ``--base-url URL`` (or the environment
 variable SENTIMENT_FETCH_BASE_URL): the file is then fetched from ``URL/<mirror path>``
-(the last column below). The tests use this with a local server.
+(the file's name; ground_truth/<subset>/test<k>/<part>.txt for the splits). The tests use
+this with a local server.
 
 Where things go (see nn/twitter.py for the dataset layout)::
 
@@ -24,9 +29,12 @@ Where things go (see nn/twitter.py for the dataset layout)::
 """
 import argparse
 import collections
+import contextlib
 import hashlib
 import http.client
+import math
 import os
+import posixpath
 import shutil
 import sys
 import tarfile
@@ -35,10 +43,17 @@ import urllib.error
 import urllib.request
 import zipfile
 
+from PIL import Image
+
 from nn.twitter import AGREES, DEFAULT_DATA_DIR, NUM_FOLDS, DatasetError, default_splits_dir, \
     label_file, read_list, split_files
 
 BASE_URL_ENV = "SENTIMENT_FETCH_BASE_URL"
+PROG = "python -m tools.fetch"
+# Seconds a connection may stay silent (connecting, or between two reads), not a limit on
+# a whole download: a slow transfer that keeps sending is never cut. 30 s of silence is a
+# dead server, not a slow one, and keeps a dead one to about 2 minutes with the 3 retries.
+DEFAULT_TIMEOUT = 30.0
 
 Source = collections.namedtuple(
     "Source", "url mirror_path dest sha1 sha256 size convert_to num_classes")
@@ -209,6 +224,8 @@ def _transfer(url, part, timeout, stream, label, chunk_size=1 << 16):
             os.remove(part)
             raise _Interrupted("the server refused to resume; starting again") from None
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except TimeoutError:   # connected, but the server never answered
+        raise _Interrupted(f"no answer within {timeout:g} s") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         raise _Interrupted(f"cannot connect: {getattr(e, 'reason', e)}") from None
     with response:
@@ -242,15 +259,44 @@ def _transfer(url, part, timeout, stream, label, chunk_size=1 << 16):
     return total
 
 
-def download(url, dest, sha1=None, sha256=None, size=None, retries=3, timeout=60,
-             retry_wait=2.0, stream=None):
+def _makedirs(folder):
+    """Create `folder` and its missing parents; returns those created, deepest first."""
+    created = []
+    while folder and not os.path.isdir(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    if created:
+        os.makedirs(created[0])
+    return created
+
+
+@contextlib.contextmanager
+def _folder_for_failure(folder):
+    """Create `folder` for the block; if the block fails, remove again the folders it
+    created that are still empty (a failed run leaves no empty tree behind)."""
+    created = _makedirs(folder)
+    try:
+        yield
+    except BaseException:
+        for path in created:
+            try:
+                os.rmdir(path)
+            except OSError:   # not empty: its parents are not either
+                break
+        raise
+
+
+def download(url, dest, sha1=None, sha256=None, size=None, retries=3,
+             timeout=DEFAULT_TIMEOUT, retry_wait=2.0, stream=None):
     """Download `url` to `dest` with resume, checks and progress; returns `dest`.
 
     An existing `dest` that passes the checks is kept (nothing is fetched). Bytes go to
     dest + '.part'; after an interruption the transfer resumes with a Range request, up to
     `retries` times (waiting retry_wait * attempt seconds), and a later call resumes too.
+    `timeout`: seconds the server may stay silent before that counts as an interruption.
     The finished file must match `size` (or the size the server announced), `sha1` and
-    `sha256` when given; otherwise it is deleted and DownloadError raised.
+    `sha256` when given; otherwise it is deleted and DownloadError raised. Folders created
+    for `dest` are removed again if the download fails and they are empty.
     """
     stream = sys.stderr if stream is None else stream
     dest = os.fspath(dest)
@@ -258,26 +304,31 @@ def download(url, dest, sha1=None, sha256=None, size=None, retries=3, timeout=60
     if os.path.exists(dest) and verify(dest, sha1, sha256, size) is None:
         stream.write(f"{label}: already there\n")
         return dest
-    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
     part = dest + ".part"
-    attempt = 0
-    while True:
-        try:
-            total = _transfer(url, part, timeout, stream, label)
-            break
-        except _Interrupted as e:
-            attempt += 1
-            if attempt > retries:
-                again = (f"run again to resume from {part}"
-                         if os.path.exists(part) and os.path.getsize(part) else "run again")
-                raise DownloadError(f"{url}: {e}; {again}") from None
-            stream.write(f"{label}: {e}; resuming (attempt {attempt} of {retries})\n")
-            time.sleep(retry_wait * attempt)
-    problem = verify(part, sha1, sha256, size if size is not None else total)
-    if problem:
-        os.remove(part)
-        raise DownloadError(f"{url}: {problem}; the download was deleted")
-    os.replace(part, dest)
+    with _folder_for_failure(os.path.dirname(dest)):
+        attempt = 0
+        while True:
+            try:
+                total = _transfer(url, part, timeout, stream, label)
+                break
+            except _Interrupted as e:
+                have = os.path.getsize(part) if os.path.exists(part) else 0
+                attempt += 1
+                if attempt > retries:
+                    if not have and os.path.exists(part):
+                        os.remove(part)   # nothing to resume; would keep the folder
+                    again = f"run again to resume from {part}" if have else "run again"
+                    raise DownloadError(f"{url}: {e}; check the network or give a mirror "
+                                        f"with --base-url URL, then {again}") from None
+                # attempts count the first try too: 'attempt 2 of 4' is the first retry
+                how = f"resuming at {have} bytes" if have else "retrying"
+                stream.write(f"{label}: {e}; {how} (attempt {attempt + 1} of {retries + 1})\n")
+                time.sleep(retry_wait * attempt)
+        problem = verify(part, sha1, sha256, size if size is not None else total)
+        if problem:
+            os.remove(part)
+            raise DownloadError(f"{url}: {problem}; the download was deleted")
+        os.replace(part, dest)
     return dest
 
 
@@ -290,53 +341,86 @@ def _safe_member(name, archive):
         raise DownloadError(f"{archive}: unsafe member path {name!r}")
 
 
-def unpack(archive, dest_dir):
+def unpack(archive, dest_dir, check=None):
     """Extract a zip or tar (plain, gz, bz2, xz) archive into dest_dir; returns dest_dir.
 
     Everything is extracted to a temporary folder first; if the archive holds a single
     top-level folder, its contents are used. Entries then replace same-named entries in
     dest_dir (other entries, e.g. splits/, stay). Links and unsafe paths are refused.
+    check(names): called with the member names (folders end in '/') before anything is
+    extracted; a sentence it returns refuses the archive (DownloadError).
     """
     archive, dest_dir = os.fspath(archive), os.fspath(dest_dir)
     tmp = dest_dir.rstrip("/\\") + ".unpacking"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     try:
         if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z:
-                for name in z.namelist():
-                    _safe_member(name, archive)
-                z.extractall(tmp)
+            opened = zipfile.ZipFile(archive)
         elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as t:
-                for member in t.getmembers():
-                    _safe_member(member.name, archive)
-                    if not (member.isfile() or member.isdir()):
-                        raise DownloadError(f"{archive}: member {member.name!r} is a link "
-                                            "or device; refusing to unpack")
-                if hasattr(tarfile, "data_filter"):   # Python >= 3.11.4: belt and braces
-                    t.extractall(tmp, filter="data")
-                else:
-                    t.extractall(tmp)
+            opened = tarfile.open(archive)
         else:
             raise DownloadError(f"{archive}: not a zip or tar archive")
-        root = tmp
-        entries = os.listdir(tmp)
-        if len(entries) == 1 and os.path.isdir(os.path.join(tmp, entries[0])):
-            root = os.path.join(tmp, entries[0])
-        os.makedirs(dest_dir, exist_ok=True)
-        for entry in os.listdir(root):
-            target = os.path.join(dest_dir, entry)
-            if os.path.isdir(target) and not os.path.islink(target):
-                shutil.rmtree(target)
-            elif os.path.lexists(target):
-                os.remove(target)
-            os.replace(os.path.join(root, entry), target)
+        with opened:
+            is_tar = isinstance(opened, tarfile.TarFile)
+            names = [] if is_tar else opened.namelist()
+            for member in opened.getmembers() if is_tar else ():
+                if not (member.isfile() or member.isdir()):
+                    raise DownloadError(f"{archive}: member {member.name!r} is a link "
+                                        "or device; refusing to unpack")
+                names.append(member.name + "/" if member.isdir() else member.name)
+            for name in names:
+                _safe_member(name, archive)
+            problem = check(names) if check else None
+            if problem:
+                raise DownloadError(f"{archive}: {problem}; nothing was extracted")
+            with _folder_for_failure(os.path.dirname(tmp)):
+                shutil.rmtree(tmp, ignore_errors=True)
+                os.makedirs(tmp)
+                try:
+                    if is_tar and hasattr(tarfile, "data_filter"):   # Python >= 3.11.4:
+                        opened.extractall(tmp, filter="data")         # belt and braces
+                    else:
+                        opened.extractall(tmp)
+                    root = tmp
+                    entries = os.listdir(tmp)
+                    if len(entries) == 1 and os.path.isdir(os.path.join(tmp, entries[0])):
+                        root = os.path.join(tmp, entries[0])
+                    os.makedirs(dest_dir, exist_ok=True)
+                    for entry in os.listdir(root):
+                        target = os.path.join(dest_dir, entry)
+                        if os.path.isdir(target) and not os.path.islink(target):
+                            shutil.rmtree(target)
+                        elif os.path.lexists(target):
+                            os.remove(target)
+                        os.replace(os.path.join(root, entry), target)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
         raise DownloadError(f"{archive}: broken archive: {e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest_dir
+
+
+def _dataset_layout_problem(names):
+    """None if archive member `names` hold the layout nn/twitter.py reads (the label files
+    and images, at the top or in one top folder, as unpack strips it), else what is missing."""
+    entries = [(posixpath.normpath(name.replace("\\", "/")), name.endswith("/"))
+               for name in names]
+    entries = [(path, is_dir) for path, is_dir in entries if path != "."]
+    tops = {path.split("/")[0] for path, _ in entries}
+    if len(tops) == 1 and any(is_dir or "/" in path for path, is_dir in entries):
+        top = tops.pop() + "/"   # the single top folder that unpack strips
+        entries = [(path[len(top):], is_dir) for path, is_dir in entries
+                   if path.startswith(top)]
+    files = {path for path, is_dir in entries if not is_dir}
+    missing = [name for name in (os.path.basename(label_file("", a)) for a in AGREES)
+               if name not in files]
+    image_types = Image.registered_extensions()
+    if not any(os.path.splitext(path)[1].lower() in image_types
+               and (path.startswith("images/") or "/" not in path) for path in files):
+        missing.append("images (images/<image file> or next to the label files)")
+    if not missing:
+        return None
+    return (f"not the Twitter dataset: no {', '.join(missing)} at its top or in a single top "
+            "folder (see nn/twitter.py)")
 
 
 # --- targets --------------------------------------------------------------------------------
@@ -361,26 +445,27 @@ def fetch_dataset(data_dir, base_url=None, dataset_url=None, archive=None, **kw)
                 "--dataset-url URL)")
         archive = download(url, os.path.join(data_dir, source.dest), source.sha1,
                            source.sha256, source.size, **kw)
+    elif os.path.isdir(archive):
+        raise DownloadError(f"--dataset-archive {archive}: is a folder, not an archive file")
     elif not os.path.isfile(archive):
         raise DownloadError(f"--dataset-archive {archive}: no such file")
-    target = unpack(archive, os.path.join(data_dir, DATASET_FOLDER))
-    labels = label_file(target, "five")
-    if not os.path.exists(labels):
-        print(f"warning: {target} has no {os.path.basename(labels)}; check the archive "
-              "layout (see nn/twitter.py)", file=sys.stderr)
-    return target
+    return unpack(archive, os.path.join(data_dir, DATASET_FOLDER),
+                  check=_dataset_layout_problem)
 
 
 def fetch_splits(data_dir, base_url=None, **kw):
     """Download the 30 published split files into data_dir/twitter/splits and check them."""
     for source in SOURCES["splits"]:
-        path = download(_url(source, base_url), os.path.join(data_dir, source.dest),
-                        source.sha1, source.sha256, source.size, **kw)
-        try:
-            read_list(path)
-        except DatasetError as e:
-            os.remove(path)
-            raise DownloadError(f"{e} (downloaded from {_url(source, base_url)}; deleted)")
+        path = os.path.join(data_dir, source.dest)
+        with _folder_for_failure(os.path.dirname(path)):   # also when the list is bad
+            download(_url(source, base_url), path, source.sha1, source.sha256, source.size,
+                     **kw)
+            try:
+                read_list(path)
+            except DatasetError as e:
+                os.remove(path)
+                raise DownloadError(
+                    f"{e} (downloaded from {_url(source, base_url)}; deleted)")
 
 
 def fetch_weights(weights_dir, group="weights", base_url=None, **kw):
@@ -398,27 +483,59 @@ def fetch_weights(weights_dir, group="weights", base_url=None, **kw):
         print(f"converted {model} -> {out}", file=sys.stderr)
 
 
+def _number(kind, minimum, strict):
+    """argparse type: a `kind` number >= minimum (> minimum when strict)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if math.isnan(value) or math.isinf(value):
+            kind_name = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind_name}, got {text!r}")
+        if value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(
+                f"must be {'more than' if strict else 'at least'} {minimum}, got {text}")
+        return value
+    return parse
+
+
 def main(argv=None):
+    # the help shows the docstring without its synopsis (argparse prints the usage)
+    title, _synopsis, *rest = __doc__.split("\n\n")
     parser = argparse.ArgumentParser(
-        prog="python -m tools.fetch", description=__doc__.split("\n\n")[1],
+        prog=PROG, description="\n\n".join([title] + rest),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("targets", nargs="*", default=["all"], choices=TARGETS,
-                        help="what to fetch (default: all = dataset splits weights)")
-    parser.add_argument("--data-dir", default=DATA_DIR)
-    parser.add_argument("--weights-dir", default="weights")
+                        help="what to fetch (default: all = dataset splits weights; "
+                             "finetuned = the paper's released Twitter models)")
+    parser.add_argument("--data-dir", default=DATA_DIR,
+                        help="folder for the dataset, its archive and the splits "
+                             "(default: %(default)s)")
+    parser.add_argument("--weights-dir", default="weights",
+                        help="folder for the caffemodels and their .h5 conversions "
+                             "(default: %(default)s)")
     parser.add_argument("--base-url", default=os.environ.get(BASE_URL_ENV),
-                        help=f"mirror replacing every address (env {BASE_URL_ENV})")
-    parser.add_argument("--dataset-url", help="address of the Twitter dataset archive")
-    parser.add_argument("--dataset-archive", help="a local copy of the dataset archive")
-    parser.add_argument("--retries", type=int, default=3,
-                        help="automatic resumes per file after a broken connection")
+                        help=f"mirror replacing every address (default: ${BASE_URL_ENV} "
+                             "if set, else the public addresses)")
+    parser.add_argument("--dataset-url", help="address of the Twitter dataset archive "
+                                              "(default: none known; see --dataset-archive)")
+    parser.add_argument("--dataset-archive", help="a local copy of the dataset archive (zip "
+                                                  "or tar), unpacked instead of downloading")
+    parser.add_argument("--retries", type=_number(int, 0, strict=False), default=3,
+                        help="automatic retries per file after a failed or broken "
+                             "connection (default: %(default)s)")
+    parser.add_argument("--timeout", type=_number(float, 0, strict=True),
+                        default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="seconds a server may stay silent before the connection "
+                             "counts as broken (default: %(default)g)")
     args = parser.parse_args(argv)
     targets = []
     for target in args.targets:
         for t in (ALL if target == "all" else (target,)):
             if t not in targets:
                 targets.append(t)
-    kw = {"retries": args.retries}
+    kw = {"retries": args.retries, "timeout": args.timeout}
     failed = 0
     for target in targets:   # one failing target does not stop the others
         try:
@@ -430,11 +547,11 @@ def main(argv=None):
             else:
                 fetch_weights(args.weights_dir, target, args.base_url, **kw)
         except DownloadError as e:
-            print(f"error ({target}): {e}", file=sys.stderr)
+            print(f"{PROG}: error: {target}: {e}", file=sys.stderr)
             failed += 1
         except OSError as e:   # e.g. a folder that cannot be created or written, disk full
             where = f"{e.filename}: " if e.filename else ""
-            print(f"error ({target}): {where}{e.strerror or e}", file=sys.stderr)
+            print(f"{PROG}: error: {target}: {where}{e.strerror or e}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 
