@@ -453,3 +453,13 @@ def test_nothing_received_means_retrying_and_no_empty_part_left(server, tmp_path
     fetch.download(server.url + "/one.bin", dest, retries=1, retry_wait=0)
     assert dest.read_bytes() == b"x"
     assert "closed after 0 B; retrying (attempt 2 of 2)\n" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fetch, "fetch_splits", interrupted)
+    assert fetch.main(["splits", "--data-dir", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == (
+        "python -m tools.fetch: interrupted during splits; run the same command again to "
+        "resume\n")

@@ -553,6 +553,10 @@ def main(argv=None):
             where = f"{e.filename}: " if e.filename else ""
             print(f"{PROG}: error: {target}: {where}{e.strerror or e}", file=sys.stderr)
             failed += 1
+        except KeyboardInterrupt:   # what arrived stays in <file>.part
+            print(f"{PROG}: interrupted during {target}; run the same command again to "
+                  "resume", file=sys.stderr)
+            return 130
     return 1 if failed else 0
 
 
