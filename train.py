@@ -11,9 +11,10 @@ SGD with base lr 0.001, momentum 0.9, weight decay 0.0005, batch 256, lr divided
 the centre crop and on Caffe's ten-crop oversampling.
 
 Writes `<out-dir>/<dataset>_<agree>_fold<k>.h5` (weights) and `.json` (metrics and
-settings); checkpoints go to `<out-dir>/checkpoints/` every --checkpoint-every iterations
-and on Ctrl-C, and `--resume` continues a run so that it ends with exactly the weights of
-an uninterrupted one (same device, same seed).
+settings), replacing an earlier run's only with --force; checkpoints go to
+`<out-dir>/checkpoints/` every --checkpoint-every iterations and on Ctrl-C, and `--resume`
+continues a run so that it ends with exactly the weights of an uninterrupted one (same
+device, same seed).
 """
 import argparse
 import json
@@ -28,7 +29,7 @@ import warnings
 import nn  # first, before NumPy: see nn/__init__.py (OpenBLAS threads)
 import numpy as np
 
-from nn.atomic import atomic_write
+from nn.atomic import atomic_write, check_writable
 from nn.twitter import AGREES, CLASS_NAMES, DEFAULT_DATA_DIR, NUM_FOLDS
 
 IMAGENET_WEIGHTS = os.path.join("weights", "caffenet_imagenet.h5")
@@ -94,8 +95,10 @@ def parse_args(argv=None):
                         "random initialisation of CaffeNet (Gaussian weights, biases 0/1), "
                         "or from Caffe's xavier filler (zero biases; trains far faster from "
                         "scratch) [paper: imagenet; synthetic: xavier]")
-    g.add_argument("--weights", default=IMAGENET_WEIGHTS,
-                   help="ImageNet CaffeNet weights in HDF5 (python -m tools.fetch weights)")
+    g.add_argument("--weights", default=None,
+                   help="ImageNet CaffeNet weights in HDF5 (python -m tools.fetch weights) "
+                        f"[{IMAGENET_WEIGHTS}]; given without --init, it implies "
+                        "--init imagenet")
     g.add_argument("--batch-size", type=int, default=None, help="images per mini-batch [256]")
     g.add_argument("--iter-size", type=int, default=1,
                    help="mini-batches accumulated per SGD step (Caffe's iter_size): "
@@ -122,6 +125,9 @@ def parse_args(argv=None):
                    help="write a checkpoint every N SGD steps (0: only on Ctrl-C)")
     g.add_argument("--resume", action="store_true",
                    help="continue from this run's checkpoint in <out-dir>/checkpoints/")
+    g.add_argument("--force", action="store_true",
+                   help="replace the weights and metrics of an earlier run in --out-dir "
+                        "(refused otherwise)")
     g.add_argument("--test-batch-size", type=int, default=None,
                    help="images per evaluation batch [25]")
     g.add_argument("--no-oversample", action="store_true",
@@ -129,10 +135,24 @@ def parse_args(argv=None):
     g.add_argument("--display", type=int, default=1, help="print progress every N steps")
     g.add_argument("--quiet", action="store_true", help="print only the results")
     args = p.parse_args(argv)
+    # --weights is read only with --init imagenet: given alone it asks for that init, and
+    # with another --init it would be silently ignored.
+    if args.weights is None:
+        args.weights = IMAGENET_WEIGHTS
+    elif args.init is None:
+        args.init = "imagenet"
+    elif args.init != "imagenet":
+        p.error(f"--weights is read only with --init imagenet; drop --weights to train "
+                f"from --init {args.init}, or use --init imagenet")
     preset = PRESETS["synthetic" if args.data == "synthetic" else "paper"]
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    # argparse's float() takes 'nan' and 'inf', which pass the range checks below.
+    for name in ("epochs", "step_epochs", "base_lr", "gamma", "momentum", "weight_decay"):
+        if not math.isfinite(getattr(args, name)):
+            p.error(f"--{name.replace('_', '-')} must be a finite number, got "
+                    f"{getattr(args, name)}")
     for name in ("batch_size", "iter_size", "test_batch_size", "display"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -145,6 +165,8 @@ def parse_args(argv=None):
     for name in ("momentum", "weight_decay", "checkpoint_every"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must not be negative")
+    if not args.momentum < 1:   # SGD with momentum 1 or more never settles
+        p.error("--momentum must be less than 1")
     if args.synthetic_images < 2 * NUM_FOLDS:
         p.error(f"--synthetic-images must be at least {2 * NUM_FOLDS} (two of each class "
                 f"per fold)")
@@ -212,8 +234,15 @@ def present_images(items, what, say):
 def schedule(args, n_train):
     """(max_iter, stepsize) in SGD steps, from epochs unless given directly."""
     per_step = args.batch_size * args.iter_size
-    max_iter = args.max_iter or max(1, math.ceil(args.epochs * n_train / per_step))
-    stepsize = args.stepsize or max(1, round(args.step_epochs * n_train / per_step))
+
+    def steps(name):   # parse_args allows only finite values, but a huge one overflows here
+        value = getattr(args, name) * n_train / per_step
+        if not math.isfinite(value):
+            raise TrainError(f"--{name.replace('_', '-')} {getattr(args, name):g} is too "
+                             f"large")
+        return value
+    max_iter = args.max_iter or max(1, math.ceil(steps("epochs")))
+    stepsize = args.stepsize or max(1, round(steps("step_epochs")))
     return max_iter, stepsize
 
 
@@ -223,6 +252,30 @@ def check_weights_file(args):
         raise TrainError(f"ImageNet weights {args.weights} not found: fetch and convert "
                          f"them with `python -m tools.fetch weights`, or train from "
                          f"Caffe's random initialisation with --init random")
+
+
+def check_outputs_free(args, runs):
+    """Before anything runs: refuse to replace an earlier run's weights or metrics
+    (--force does; --resume continues a run whose final files are not written yet)."""
+    if args.force or args.resume:
+        return
+    for agree, fold in runs:
+        for ext in (".h5", ".json"):
+            path = os.path.join(args.out_dir, run_name(args, agree, fold) + ext)
+            if os.path.exists(path):
+                raise TrainError(f"{path} exists (from an earlier run); use --force to "
+                                 f"replace it, or --out-dir")
+
+
+def check_out_dir(out_dir):
+    """Before anything runs: create --out-dir and its checkpoints folder and write a probe
+    file in each, so that a folder that cannot be written stops the run now, not at its
+    first checkpoint or after all the training."""
+    for folder in (out_dir, os.path.join(out_dir, "checkpoints")):
+        try:
+            check_writable(os.path.join(folder, "weights.h5"))
+        except OSError as e:
+            raise TrainError(f"cannot write to --out-dir {out_dir}: {e}") from e
 
 
 def build_net(args, device, say):
@@ -336,6 +389,19 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
                     n_train=len(train),
                     n_test=len(test), weights=args.weights if args.init == "imagenet" else None)
     checkpoint = os.path.join(args.out_dir, "checkpoints", name + ".h5")
+
+    def kept():
+        return (f"the last good checkpoint is {checkpoint}" if os.path.isfile(checkpoint)
+                else "no checkpoint was written yet")
+
+    def write_or_stop(path, write):
+        """write(); an OSError (disk full, folder gone) is one line naming the file."""
+        try:
+            write()
+        except OSError as e:
+            raise TrainError(f"[{name}] cannot write {path}: {e.strerror or e}; "
+                             f"{kept()}") from e
+
     say(f"[{name}] {len(train)} training / {len(test)} test images; {max_iter} SGD steps of "
         f"{args.batch_size} x {args.iter_size} images, lr {args.base_lr:g} x {args.gamma:g} "
         f"every {stepsize} steps; device {device.name}{' (TF32)' if device.tf32 else ''}")
@@ -354,8 +420,9 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
         losses = extra.get("losses", [])
         seconds_before = extra.get("train_seconds", 0.0)
         say(f"[{name}] resumed from {checkpoint} at step {solver.iter}")
-    elif args.resume:
-        say(f"[{name}] no checkpoint at {checkpoint}: starting from the beginning")
+    elif args.resume:   # on stderr even with --quiet: the user asked for something else
+        print(f"train.py: note: [{name}] no checkpoint at {checkpoint} to resume: starting "
+              f"from the beginning", file=sys.stderr, flush=True)
     elif os.path.isfile(checkpoint):
         say(f"[{name}] note: starting afresh; the checkpoint {checkpoint} of an earlier run "
             f"will be replaced (--resume continues it instead)")
@@ -375,10 +442,8 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
                 images, labels = next(loader)
                 loss, grads, _ = net.loss_and_grads(images, labels)
                 if not math.isfinite(loss):
-                    kept = (f"the last good checkpoint is {checkpoint}"
-                            if os.path.isfile(checkpoint) else "no checkpoint was written yet")
                     raise TrainError(f"[{name}] the loss diverged ({loss}) at step "
-                                     f"{solver.iter}: stopping; {kept}. Try a smaller "
+                                     f"{solver.iter}: stopping; {kept()}. Try a smaller "
                                      f"--base-lr.")
                 total = accumulate(total, grads)
                 step_loss += loss / args.iter_size
@@ -396,7 +461,7 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
             early = stop.requested or (stop_at is not None and done >= stop_at)
             if early or (args.checkpoint_every and done % args.checkpoint_every == 0
                          and done < max_iter):
-                save(loader.state)
+                write_or_stop(checkpoint, lambda: save(loader.state))
                 say(f"[{name}] checkpoint written: {checkpoint} (step {done})")
             if early and done < max_iter:
                 say(f"[{name}] stopped at step {done}; continue with --resume")
@@ -405,7 +470,7 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
     train_seconds = seconds_before + time.time() - started
 
     weights_path = os.path.join(args.out_dir, name + ".h5")
-    net.save(weights_path)
+    write_or_stop(weights_path, lambda: net.save(weights_path))
     say(f"[{name}] evaluating {len(test)} test images")
     oversample = not args.no_oversample
     # On the NumPy path a ten-crop batch holds about test_batch_size crops, not 10x that.
@@ -421,7 +486,7 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
     def write_metrics(tmp):
         with open(tmp, "w") as f:
             json.dump(metrics, f, indent=1)
-    atomic_write(metrics_path, write_metrics)
+    write_or_stop(metrics_path, lambda: atomic_write(metrics_path, write_metrics))
     over = "" if acc_ten is None else f", 10-crop oversampled {acc_ten:.3f}"
     left_out = (f" ({len(skipped)} unreadable test images left out)" if skipped else "")
     print(f"[{name}] test accuracy: centre crop {acc_center:.3f}{over}{left_out}; weights "
@@ -465,15 +530,17 @@ def run(args, say, stop_at):
     """main() after parsing: train the fold(s), print the results; returns the exit status."""
     from nn.batches import NoImagesError
     try:
+        agrees = AGREES if args.agree == "all" else (args.agree,)
+        folds = range(1, NUM_FOLDS + 1) if args.all_folds else (args.fold,)
         check_weights_file(args)
+        check_outputs_free(args, [(agree, fold) for agree in agrees for fold in folds])
+        check_out_dir(args.out_dir)
         from nn.device import DeviceError, get_device
         try:
             device = get_device(args.device, tf32=args.tf32)
         except DeviceError as e:
             raise TrainError(str(e)) from e
         data_dir = resolve_data_dir(args, say)
-        agrees = AGREES if args.agree == "all" else (args.agree,)
-        folds = range(1, NUM_FOLDS + 1) if args.all_folds else (args.fold,)
         results = {}
         with StopRequest() as stop:
             for agree in agrees:

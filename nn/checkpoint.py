@@ -57,6 +57,8 @@ def load_checkpoint(path, net, solver, settings=None, must_match=()):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with h5py.File(path, "r") as f:
+            if "settings" not in f.attrs:   # e.g. a weights file copied into checkpoints/
+                raise CheckpointError(f"{path} is not a training checkpoint (no 'settings')")
             saved = json.loads(f.attrs["settings"])
             if settings is not None:
                 differ = [f"{k}: checkpoint {saved.get(k)!r}, now {settings.get(k)!r}"

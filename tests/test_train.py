@@ -1,4 +1,5 @@
 """train.py end to end on the synthetic dataset (CPU path): learning, resume, errors."""
+import errno
 import json
 import os
 import shutil
@@ -119,6 +120,116 @@ def test_bad_settings_are_usage_errors(capsys):
         assert flag in capsys.readouterr().err.splitlines()[-1]
 
 
+def test_numbers_must_be_finite_and_in_range(capsys):
+    for argv in (["--epochs", "inf"], ["--step-epochs", "nan"], ["--base-lr", "inf"],
+                 ["--gamma", "nan"], ["--momentum", "nan"], ["--weight-decay", "nan"],
+                 ["--momentum", "1"]):
+        with pytest.raises(SystemExit) as exc:
+            train.parse_args(argv)
+        assert exc.value.code == 2
+        assert argv[0] in capsys.readouterr().err.splitlines()[-1]
+    # finite, but too many epochs to count in SGD steps
+    with pytest.raises(train.TrainError, match="--epochs 1e\\+308 is too large"):
+        train.schedule(train.parse_args(["--epochs", "1e308"]), 704)
+
+
+def test_weights_implies_imagenet_init_and_is_refused_with_another(in_tmp, capsys):
+    args = train.parse_args(["--data", "synthetic"])
+    assert (args.init, args.weights) == ("xavier", train.IMAGENET_WEIGHTS)
+    args = train.parse_args(["--data", "synthetic", "--weights", "w.h5"])
+    assert (args.init, args.weights) == ("imagenet", "w.h5")
+    for init in ("xavier", "random"):
+        with pytest.raises(SystemExit) as exc:
+            train.parse_args(["--init", init, "--weights", "w.h5"])
+        assert exc.value.code == 2
+        assert "--weights is read only with --init imagenet" in capsys.readouterr().err
+    # the file is then checked at once, not ignored
+    assert train.main(QUICK + ["--weights", "notanh5.h5", "--max-iter", "1"]) == 2
+    assert "notanh5.h5 not found" in capsys.readouterr().err
+    assert not os.path.exists("data")
+
+
+def test_unwritable_out_dir_stops_before_any_data(in_tmp, capsys):
+    open("afile", "w").close()
+    os.makedirs("out")
+    open(os.path.join("out", "checkpoints"), "w").close()   # where the folder should be
+    for out_dir, named in (("afile/x", "afile/x"),
+                           ("out", os.path.join("out", "checkpoints"))):
+        assert train.main(QUICK + ["--out-dir", out_dir, "--max-iter", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"train.py: cannot write to --out-dir {out_dir}: ")
+        assert named in err and err.count("\n") == 1
+    assert not os.path.exists("data")
+
+
+def test_failed_writes_are_one_line_errors_keeping_the_checkpoint(in_tmp, monkeypatch,
+                                                                  capsys):
+    import nn.checkpoint
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    args = QUICK + ["--max-iter", "3"]
+    args[args.index("--checkpoint-every") + 1] = "1"
+    checkpoint = os.path.join("weights", "checkpoints", "synthetic_five_fold2.h5")
+    kept = f"; the last good checkpoint is {checkpoint}\n"
+    real = nn.checkpoint.save_checkpoint
+    calls = []
+
+    def second_fails(*a, **kw):
+        calls.append(1)
+        return no_space() if len(calls) == 2 else real(*a, **kw)
+
+    # a checkpoint (step 2), the weights, the metrics: each names its file
+    monkeypatch.setattr(nn.checkpoint, "save_checkpoint", second_fails)
+    assert train.main(args) == 2
+    assert capsys.readouterr().err == (f"train.py: [synthetic_five_fold2] cannot write "
+                                       f"{checkpoint}: No space left on device{kept}")
+    monkeypatch.setattr(nn.checkpoint, "save_checkpoint", real)
+    for target, path in ((CaffeNet, "synthetic_five_fold2.h5"),
+                         (train, "synthetic_five_fold2.json")):
+        name = "save" if target is CaffeNet else "atomic_write"
+        with monkeypatch.context() as m:
+            m.setattr(target, name, no_space)
+            assert train.main(args + ["--resume"]) == 2
+        assert capsys.readouterr().err == (
+            f"train.py: [synthetic_five_fold2] cannot write {os.path.join('weights', path)}: "
+            f"No space left on device{kept}")
+        assert os.path.isfile(checkpoint)
+
+
+def test_an_earlier_runs_outputs_are_not_replaced_without_force(in_tmp, capsys):
+    os.makedirs("weights")
+    earlier = os.path.join("weights", "synthetic_five_fold2.json")
+    open(earlier, "w").close()
+    assert train.main(QUICK + ["--max-iter", "1"]) == 2
+    assert capsys.readouterr().err == (f"train.py: {earlier} exists (from an earlier run); "
+                                       f"use --force to replace it, or --out-dir\n")
+    # --all-folds checks every fold's files before it trains the first
+    os.remove(earlier)
+    earlier = os.path.join("weights", "synthetic_five_fold4.h5")
+    open(earlier, "w").close()
+    assert train.main(QUICK + ["--all-folds", "--max-iter", "1"]) == 2
+    assert f"train.py: {earlier} exists" in capsys.readouterr().err
+    assert not os.path.exists("data")
+    for flag in ("--force", "--resume"):   # both may write over it (the resume test runs them)
+        args = train.parse_args(QUICK + ["--all-folds", flag])
+        train.check_outputs_free(args, [("five", fold) for fold in range(1, 6)])
+
+
+def test_resume_without_checkpoint_says_so_even_quiet_and_refuses_weights(in_tmp, capsys):
+    assert train.main(QUICK + ["--max-iter", "1", "--resume"]) == 0
+    checkpoint = os.path.join("weights", "checkpoints", "synthetic_five_fold2.h5")
+    assert capsys.readouterr().err == (f"train.py: note: [synthetic_five_fold2] no checkpoint "
+                                       f"at {checkpoint} to resume: starting from the "
+                                       f"beginning\n")
+    # a weights file where the checkpoint should be
+    shutil.copy(os.path.join("weights", "synthetic_five_fold2.h5"), checkpoint)
+    assert train.main(QUICK + ["--max-iter", "1", "--resume"]) == 2
+    assert capsys.readouterr().err == (f"train.py: {checkpoint} is not a training checkpoint "
+                                       f"(no 'settings')\n")
+
+
 def test_help_shows_no_none_defaults(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
@@ -173,7 +284,7 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(in_tmp):
             np.testing.assert_array_equal(resumed[layer][blob], full[layer][blob],
                                           err_msg=f"{layer} {blob}")
     # a resume with other settings is refused, naming the setting
-    assert train.main(args + ["--out-dir", "split"], stop_at=2) == 0
+    assert train.main(args + ["--out-dir", "split", "--force"], stop_at=2) == 0
     assert train.main(args + ["--out-dir", "split", "--resume", "--seed", "4"]) == 2
     # ... and so is one on the other arithmetic (TF32 tensor cores), checked before loading
     with h5py.File(checkpoint, "r") as f:
