@@ -247,11 +247,16 @@ def schedule(args, n_train):
 
 
 def check_weights_file(args):
-    """With --init imagenet the weight file must exist (checked before anything else runs)."""
+    """With --init imagenet the weight file must exist and be HDF5 (checked before anything
+    else runs; its layers are checked when loaded)."""
     if args.init == "imagenet" and not os.path.isfile(args.weights):
         raise TrainError(f"ImageNet weights {args.weights} not found: fetch and convert "
                          f"them with `python -m tools.fetch weights`, or train from "
                          f"Caffe's random initialisation with --init random")
+    import h5py
+    if args.init == "imagenet" and not h5py.is_hdf5(args.weights):
+        raise TrainError(f"ImageNet weights {args.weights} is not an HDF5 file (convert a "
+                         f".caffemodel with `python -m tools.convert_caffemodel`)")
 
 
 def check_outputs_free(args, runs):
@@ -389,6 +394,13 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
                     n_train=len(train),
                     n_test=len(test), weights=args.weights if args.init == "imagenet" else None)
     checkpoint = os.path.join(args.out_dir, "checkpoints", name + ".h5")
+    weights_path = os.path.join(args.out_dir, name + ".h5")
+    metrics_path = os.path.join(args.out_dir, name + ".json")
+    if (args.resume and not args.force and os.path.isfile(weights_path)
+            and os.path.isfile(metrics_path)):
+        metrics = finished_run(metrics_path, settings)   # (--all-folds --resume: done folds)
+        say(f"[{name}] already finished ({metrics_path}): kept, not trained again")
+        return metrics
 
     def kept():
         return (f"the last good checkpoint is {checkpoint}" if os.path.isfile(checkpoint)
@@ -469,7 +481,6 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
     stop.training = False     # from here Ctrl-C interrupts at once (StopRequest)
     train_seconds = seconds_before + time.time() - started
 
-    weights_path = os.path.join(args.out_dir, name + ".h5")
     write_or_stop(weights_path, lambda: net.save(weights_path))
     say(f"[{name}] evaluating {len(test)} test images")
     oversample = not args.no_oversample
@@ -481,7 +492,6 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
                    n_test_evaluated=len(test) - len(skipped), test_images_skipped=skipped,
                    final_loss=losses[-1] if losses else None, losses=losses,
                    train_seconds=train_seconds, weights_file=weights_path, settings=settings)
-    metrics_path = os.path.join(args.out_dir, name + ".json")
 
     def write_metrics(tmp):
         with open(tmp, "w") as f:
@@ -491,8 +501,29 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
     left_out = (f" ({len(skipped)} unreadable test images left out)" if skipped else "")
     print(f"[{name}] test accuracy: centre crop {acc_center:.3f}{over}{left_out}; weights "
           f"{weights_path}, metrics {metrics_path}", flush=True)
-    if os.path.isfile(checkpoint):
-        os.remove(checkpoint)  # the run is complete: its weights and metrics are written
+    try:   # the run is complete: its weights and metrics are written
+        if os.path.isfile(checkpoint):
+            os.remove(checkpoint)
+    except OSError as e:
+        say(f"[{name}] note: could not remove the finished run's checkpoint: {e}")
+    return metrics
+
+
+def finished_run(metrics_path, settings):
+    """The metrics of a finished run, for --resume; TrainError when they cannot be read
+    or the run had other settings (its results would pass for this run's)."""
+    from nn.checkpoint import settings_differences
+    try:
+        with open(metrics_path) as f:
+            metrics = json.load(f)
+        saved = metrics["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TrainError(f"{metrics_path}: cannot read a finished run's metrics ({e}); "
+                         f"use --force to train it again") from e
+    differ = settings_differences(saved, settings, RESUME_MUST_MATCH, "finished run")
+    if differ:
+        raise TrainError(f"{metrics_path} is a finished run with other settings "
+                         f"({'; '.join(differ)}); use --force to train again")
     return metrics
 
 

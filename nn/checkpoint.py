@@ -44,6 +44,12 @@ def save_checkpoint(path, net, solver, loader_state, settings, extra=None):
     atomic_write(path, write)
 
 
+def settings_differences(saved, settings, keys, what):
+    """The settings among `keys` whose values differ, as "key: <what> old, now new"."""
+    return [f"{k}: {what} {saved.get(k)!r}, now {settings.get(k)!r}"
+            for k in keys if saved.get(k) != settings.get(k)]
+
+
 def load_checkpoint(path, net, solver, settings=None, must_match=()):
     """Restore net and solver from `path`; return (loader_state, extra).
 
@@ -61,8 +67,7 @@ def load_checkpoint(path, net, solver, settings=None, must_match=()):
                 raise CheckpointError(f"{path} is not a training checkpoint (no 'settings')")
             saved = json.loads(f.attrs["settings"])
             if settings is not None:
-                differ = [f"{k}: checkpoint {saved.get(k)!r}, now {settings.get(k)!r}"
-                          for k in must_match if saved.get(k) != settings.get(k)]
+                differ = settings_differences(saved, settings, must_match, "checkpoint")
                 if differ:
                     raise CheckpointError(f"checkpoint {path} was written by a run with other "
                                           f"settings ({'; '.join(differ)})")

@@ -149,6 +149,25 @@ def test_weights_implies_imagenet_init_and_is_refused_with_another(in_tmp, capsy
     assert not os.path.exists("data")
 
 
+def test_resume_keeps_a_finished_run_of_the_same_settings(in_tmp, capsys):
+    # (--all-folds --resume after an interruption: the folds already done are not redone)
+    args = QUICK + ["--max-iter", "1", "--out-dir", "o"]
+    assert train.main(args) == 0
+    metrics = os.path.join("o", "synthetic_five_fold2.json")
+    before = open(metrics).read()
+    capsys.readouterr()
+    assert train.main([a for a in args if a != "--quiet"] + ["--resume"]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert open(metrics).read() == before
+    assert train.main(args + ["--resume", "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "is a finished run with other settings (seed: finished run" in err and "--force" in err
+    # a weights file that is not HDF5 is refused before the data is read
+    open("notanh5.h5", "w").write("text")
+    assert train.main(QUICK + ["--weights", "notanh5.h5", "--out-dir", "p"]) == 2
+    assert "notanh5.h5 is not an HDF5 file" in capsys.readouterr().err
+
+
 def test_unwritable_out_dir_stops_before_any_data(in_tmp, capsys):
     open("afile", "w").close()
     os.makedirs("out")
