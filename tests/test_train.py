@@ -242,8 +242,10 @@ def test_resume_without_checkpoint_says_so_even_quiet_and_refuses_weights(in_tmp
     assert capsys.readouterr().err == (f"train.py: note: [synthetic_five_fold2] no checkpoint "
                                        f"at {checkpoint} to resume: starting from the "
                                        f"beginning\n")
-    # a weights file where the checkpoint should be
-    shutil.copy(os.path.join("weights", "synthetic_five_fold2.h5"), checkpoint)
+    # a weights file where the checkpoint should be (of a run not finished: a finished
+    # one would be kept as it is)
+    shutil.move(os.path.join("weights", "synthetic_five_fold2.h5"), checkpoint)
+    os.remove(os.path.join("weights", "synthetic_five_fold2.json"))
     assert train.main(QUICK + ["--max-iter", "1", "--resume"]) == 2
     assert capsys.readouterr().err == (f"train.py: {checkpoint} is not a training checkpoint "
                                        f"(no 'settings')\n")
