@@ -50,6 +50,7 @@ FLUSH_BYTES = 256 << 20  # written between GPU runs: several times any GPU's L2 
 # GPU would reach the start event and then wait on Python (the launchers' checks, tens of
 # microseconds a launch), and that wait would count as kernel time in the small cases.
 GPU_FLUSH_PASSES = 4
+CPU_SETTLE_S = 0.02      # idle time before each CPU run (see CpuTimer)
 GPU_BATCHES = (256, 1)
 CPU_BATCH = 16
 SGD_LAYER = 'fc6'       # the SGD update is timed on the largest blob, fc6's weights
@@ -101,8 +102,13 @@ class _Timer:
 
 class CpuTimer(_Timer):
     """Wall-clock time of a host function (the CPU path and PyTorch CPU), with the CPU
-    caches flushed before every run, as on the GPU."""
-    name = 'perf_counter, caches flushed'
+    caches flushed before every run, as on the GPU, and then CPU_SETTLE_S of idle time:
+    PyTorch's OpenMP threads keep spinning for a few milliseconds after its work, and a
+    run started at once shares the cores with them (measured on 2 cores: our conv1 took
+    32.3 ms right after PyTorch's conv1 and the flush, 28.9 after our own; with 20 ms of
+    idle time in between, 29.3). PyTorch is not slowed by ours (OpenBLAS's threads sleep
+    at once, nn/__init__.py)."""
+    name = 'perf_counter, caches flushed, 20 ms idle before each run'
 
     _flush_buf = None  # one buffer shared by every CpuTimer
 
@@ -113,6 +119,7 @@ class CpuTimer(_Timer):
 
     def flush(self):
         self.flush_buf.fill(0)  # evicts what the last run left in the caches
+        time.sleep(CPU_SETTLE_S)
 
     def time_once(self, fn):
         start = time.perf_counter()
@@ -1079,14 +1086,16 @@ def layer_times(subjects, args):
     """Each layer's median seconds inside whole inferences (--layers), for every subject
     (run, timer): run(clock) makes one inference, passing each layer's work to
     clock(layer, fn), which times fn alone (timer.time_once: the GPU synchronised around
-    it) and returns its result. In place: no cache flush, each layer finds what the one
-    before left. A layer clocked several times in one inference (PyTorch's convolution,
+    it) and returns its result. The caches are flushed before each inference (the timer's
+    flush), not between its layers: each layer finds what the one before left, as in a
+    real run. A layer clocked several times in one inference (PyTorch's convolution,
     then its ReLU) counts their sum. Subjects alternate run by run, as in _timed_pair.
     Returns one {layer: median seconds} per subject, layers in the order they ran."""
     times = [{} for _ in subjects]
     for repeat in range(args.warmup + args.repeats):
         for (run, timer), subject_times in zip(subjects, times):
             this_run = {}
+            timer.flush()
 
             def clock(layer, fn):
                 result = []

@@ -177,7 +177,10 @@ def test_network_layer_by_layer(tmp_path, capsys):
 def test_layer_times_sum_a_layers_parts_and_skip_the_warmup():
     class CountingTimer:   # each call "takes" 1, 2, 3, ... seconds, in call order
         def __init__(self):
-            self.calls = 0
+            self.calls = self.flushes = 0
+
+        def flush(self):    # once before each inference, not between its layers
+            self.flushes += 1
 
         def time_once(self, fn):
             fn()
@@ -204,6 +207,7 @@ def test_layer_times_sum_a_layers_parts_and_skip_the_warmup():
     assert list(a) == ['x', 'y']
     assert a == {'x': 7 + 9, 'y': 8}          # medians of 10/16/22 and 5/8/11
     assert b == {'y': 3}                      # run_b's calls 2, 3, 4 after the warm-up 1
+    assert ta.flushes == tb.flushes == 4
 
 
 def test_torch_modules_belong_to_their_layers():
