@@ -1,8 +1,10 @@
-"""bench.py on the CPU: tiny configurations, the JSON it writes, and the correctness gate.
+"""The benchmark (bench.py, tools/bench/) on the CPU: tiny configurations, the JSON it
+writes, and the correctness gate.
 
 The gate is what makes the benchmark honest, so the tests inject wrong results (a layer
 that is off in one element of the last image, a network whose LRN is wrong) and check
-that the report says WRONG and times nothing.
+that the report says WRONG and times nothing. What bench.py's run() calls is patched on
+`bench`, where run() looks it up; everything else on its tools/bench module.
 """
 import json
 from types import SimpleNamespace
@@ -12,12 +14,23 @@ import pytest
 
 import bench
 from nn import flops
+from tools.bench import devices
+from tools.bench.cases import build_cases
+from tools.bench.devices import open_device, reference_ops
+from tools.bench.gate import TF32_TOLERANCE, TOLERANCE, check_rows, max_rel_error
+from tools.bench.network import (_fresh_params, bench_network, layer_times, torch_caffenet,
+                                 torch_layer_owner)
+from tools.bench.one_case import _rates, bench_case
+from tools.bench.report import machine_info, print_table, write_json
+from tools.bench.timers import GPU_FLUSH_PASSES, CpuTimer, measure_peaks
+from tools.bench.vendors import import_torch
+from tools.bench.versions import kernel_versions
 
 
 @pytest.fixture(autouse=True)
 def small_peaks(monkeypatch):
     """Smaller peak measurements: the figures are not checked, the time is CI's."""
-    monkeypatch.setattr(bench, 'CPU_PEAK_SIZES', (4 << 20, 256, 2))
+    monkeypatch.setattr('tools.bench.timers.CPU_PEAK_SIZES', (4 << 20, 256, 2))
 
 
 def _run(tmp_path, *argv):
@@ -29,7 +42,7 @@ def _run(tmp_path, *argv):
 
 def _broken(op_name, corrupt):
     """A subject_ops replacement whose `op_name` output is passed through `corrupt`."""
-    real = bench.subject_ops
+    real = devices.subject_ops
 
     def subject_ops(device):
         ops = real(device)
@@ -63,7 +76,7 @@ def test_cpu_layer_json(tmp_path):
         assert rows[f'conv3.{pass_}']['flops'] == counts[pass_].flops
         assert rows[f'conv3.{pass_}']['macs'] == counts['forward'].macs
     for r in rows.values():
-        assert r['status'] == 'ok' and r['max_rel_error'] <= bench.TOLERANCE
+        assert r['status'] == 'ok' and r['max_rel_error'] <= TOLERANCE
         assert r['time_s'] > 0 and len(r['times_s']) == 1
         assert r['gflops'] == pytest.approx(r['flops'] / r['time_s'] / 1e9)
         assert r['gbps'] == pytest.approx(r['bytes'] / r['time_s'] / 1e9)
@@ -74,7 +87,7 @@ def test_json_is_rewritten_after_every_case(tmp_path, monkeypatch, capsys):
     """A run cut off by a time limit (the GPU check's) must leave what it measured: the
     JSON is written, marked partial, after each case, and a progress line goes to stderr."""
     snapshots = []
-    real = bench.write_json
+    real = write_json
 
     def spy(path, report):
         snapshots.append((report['partial'], [r['name'] for r in report['kernels']]))
@@ -92,7 +105,7 @@ def test_json_is_rewritten_after_every_case(tmp_path, monkeypatch, capsys):
 
 
 def test_only_kernels_times_every_kernel_case_and_no_network(tmp_path, monkeypatch):
-    real = bench.build_cases
+    real = build_cases
     monkeypatch.setattr(bench, 'build_cases', lambda *a, **k: [
         c for c in real(*a, **k) if c.layer in ('relu5', 'pool5')])
     rc, report = _run(tmp_path, '--batch', '2', '--only', 'kernels')
@@ -113,7 +126,7 @@ def test_wrong_layer_is_reported_not_timed(tmp_path, monkeypatch, capsys):
     assert rc == 1
     rows = {r['name']: r for r in report['kernels']}
     assert rows['relu7.forward']['status'] == 'WRONG'
-    assert rows['relu7.forward']['max_rel_error'] > bench.TOLERANCE
+    assert rows['relu7.forward']['max_rel_error'] > TOLERANCE
     assert 'time_s' not in rows['relu7.forward']
     assert rows['relu7.backward']['status'] == 'ok'  # its cache is the true y
     assert rows['fc8.gemm_backward_data']['status'] == 'ok'
@@ -124,7 +137,7 @@ def test_wrong_layer_is_reported_not_timed(tmp_path, monkeypatch, capsys):
 def test_wrong_batch_reduction_is_reported(tmp_path, monkeypatch):
     # A weight gradient that drops the last image (a classic tiling bug) is WRONG.
     def subject_ops(device):
-        ops = bench.reference_ops()
+        ops = reference_ops()
         real = ops.matmul
         ops.matmul = lambda a, b, trans_a=False, trans_b=False: (
             real(a[:-1], b[:-1], trans_a, trans_b) if trans_a else real(a, b, trans_a, trans_b))
@@ -148,11 +161,11 @@ def test_whole_network_cpu(tmp_path, capsys):
     layers = flops.caffenet_layers(num_classes=3)
     for name, train in (('net.inference', False), ('net.training_step', True)):
         r = rows[name]
-        assert r['status'] == 'ok' and r['max_rel_error'] <= bench.TOLERANCE
+        assert r['status'] == 'ok' and r['max_rel_error'] <= TOLERANCE
         routes = r['routes_differing']   # {layer: [changed, decisions]}
         assert sorted(routes) == ['conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7',
                                   'pool1', 'pool2', 'pool5']
-        assert all(changed <= max(1, bench.TOLERANCE * n) for changed, n in routes.values())
+        assert all(changed <= max(1, TOLERANCE * n) for changed, n in routes.values())
         assert r['images_per_s'] == pytest.approx(1 / r['time_s'])
         assert r['flops'] == flops.network_counts(layers, 1, train=train).flops
         floor = r['flops'] / (report['peaks']['fp32_GFLOPs'] * 1e9)
@@ -201,7 +214,7 @@ def test_layer_times_sum_a_layers_parts_and_skip_the_warmup():
 
     ta, tb = CountingTimer(), CountingTimer()
     args = SimpleNamespace(warmup=1, repeats=3)
-    a, b = bench.layer_times([(run_a, ta), (run_b, tb)], args)
+    a, b = layer_times([(run_a, ta), (run_b, tb)], args)
     assert order == ['a', 'b'] * 4            # alternately, the warm-up first
     # run_a's calls: warm-up 1, 2, 3; then (4, 5, 6), (7, 8, 9), (10, 11, 12)
     assert list(a) == ['x', 'y']
@@ -212,7 +225,7 @@ def test_layer_times_sum_a_layers_parts_and_skip_the_warmup():
 
 def test_torch_modules_belong_to_their_layers():
     spec = [{'name': 'conv1'}, {'name': 'fc6'}, {'name': 'fc8_twitter'}]
-    owner = [bench.torch_layer_owner(n, spec) for n in
+    owner = [torch_layer_owner(n, spec) for n in
              ('conv1', 'conv1_relu', 'fc6_flatten', 'fc6', 'fc8_twitter')]
     assert owner == ['conv1', 'conv1', 'fc6', 'fc6', 'fc8_twitter']
 
@@ -232,8 +245,8 @@ def test_network_routing_its_gradient_wrongly_is_reported(monkeypatch, capsys):
     routes: they are counted per layer."""
     args = bench.parse_args(['--device', 'cpu', '--repeats', '1', '--warmup', '0',
                              '--no-torch', '--classes', '3'])
-    device, timer, _ = bench.open_device('cpu')
-    ops = bench.subject_ops(device)
+    device, timer, _ = open_device('cpu')
+    ops = devices.subject_ops(device)
     real_pool = ops.max_pool_forward
 
     def pool5_misroutes_its_last_window(*a, **kw):
@@ -242,28 +255,28 @@ def test_network_routing_its_gradient_wrongly_is_reported(monkeypatch, capsys):
             cache['argmax'][:, :, -1, -1] = 0
         return y, cache
     ops.max_pool_forward = pool5_misroutes_its_last_window
-    rows = bench.bench_network(device, device.with_ops(ops), timer, None, args, 1)
+    rows = bench_network(device, device.with_ops(ops), timer, None, args, 1)
     for r in rows:
         changed, n = r['routes_differing']['pool5']
         assert r['status'] == 'WRONG' and n == 36 * changed
-        assert r['max_rel_error'] <= bench.TOLERANCE   # the gradients agree
-    bench.print_table({'peaks': {'fp32_GFLOPs': None, 'bandwidth_GBps': 1.0},
-                       'machine': {'device_name': 'cpu'}, 'kernels': [], 'network': rows,
-                       'notes': []})
+        assert r['max_rel_error'] <= TOLERANCE   # the gradients agree
+    print_table({'peaks': {'fp32_GFLOPs': None, 'bandwidth_GBps': 1.0},
+                 'machine': {'device_name': 'cpu'}, 'kernels': [], 'network': rows,
+                 'notes': []})
     assert "ReLU/pooling routes differing: pool5 " in capsys.readouterr().out
 
 
 def test_gate_helpers():
-    assert bench.max_rel_error(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == pytest.approx(0.5)
-    assert bench.max_rel_error(np.ones(3), np.ones(4)) == float('inf')
-    nan = bench.max_rel_error(np.array([np.nan]), np.array([1.0]))
-    assert not nan <= bench.TOLERANCE  # a NaN result can never pass
-    assert bench.check_rows(1) == [0]
-    assert bench.check_rows(256) == [0, 255]
+    assert max_rel_error(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == pytest.approx(0.5)
+    assert max_rel_error(np.ones(3), np.ones(4)) == float('inf')
+    nan = max_rel_error(np.array([np.nan]), np.array([1.0]))
+    assert not nan <= TOLERANCE  # a NaN result can never pass
+    assert check_rows(1) == [0]
+    assert check_rows(256) == [0, 255]
 
 
 def test_case_list_covers_the_issue():
-    names = {c.name for c in bench.build_cases(flops.caffenet_layers(), 2)}
+    names = {c.name for c in build_cases(flops.caffenet_layers(), 2)}
     for layer in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8',
                   'pool1', 'pool2', 'pool5', 'norm1', 'norm2', 'relu1', 'relu7', 'drop6',
                   'drop7', 'loss'):
@@ -274,7 +287,7 @@ def test_case_list_covers_the_issue():
         assert {f'{fc}.gemm_forward', f'{fc}.gemm_backward_data',
                 f'{fc}.gemm_backward_weights'} <= names
     assert 'sgd.fc6' in names
-    assert 'sgd.fc6' not in {c.name for c in bench.build_cases(flops.caffenet_layers(), 2, sgd=False)}
+    assert 'sgd.fc6' not in {c.name for c in build_cases(flops.caffenet_layers(), 2, sgd=False)}
 
 
 def test_bad_arguments(capsys, tmp_path, monkeypatch):
@@ -300,7 +313,7 @@ def test_bad_arguments(capsys, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_says_where_the_figures_are(tmp_path, monkeypatch, capsys):
-    real = bench.bench_case
+    real = bench_case
     calls = []
 
     def interrupted_after_one(*args, **kwargs):
@@ -333,8 +346,8 @@ def test_versions_bind_the_launchers():
     # Without a GPU, the emulator's runner stands in: only the binding is checked here.
     from nn.device import get_device
     device = get_device('emu')
-    cases = {c.name: c for c in bench.build_cases(flops.caffenet_layers(), 1)}
-    versions = bench.kernel_versions(device, cases['conv2.backward_weights'])
+    cases = {c.name: c for c in build_cases(flops.caffenet_layers(), 1)}
+    versions = kernel_versions(device, cases['conv2.backward_weights'])
     assert [v for v, _, _ in versions] == [
         '1', '2', '2, 128-row tiles', '2, 64-row tiles',
         '3 (TF32)', '3 (TF32), 128-row tiles', '3 (TF32), 64-row tiles']
@@ -343,14 +356,14 @@ def test_versions_bind_the_launchers():
         {'version': 1}, {'version': 2}, {'version': 2, 'tile_rows': 128},
         {'version': 2, 'tile_rows': 64}, {'version': 3}, {'version': 3, 'tile_rows': 128},
         {'version': 3, 'tile_rows': 64}]
-    assert [t for _, _, t in versions] == [bench.TOLERANCE] * 4 + [bench.TF32_TOLERANCE] * 3
-    versions = bench.kernel_versions(device, cases['fc6.gemm_forward'])
+    assert [t for _, _, t in versions] == [TOLERANCE] * 4 + [TF32_TOLERANCE] * 3
+    versions = kernel_versions(device, cases['fc6.gemm_forward'])
     assert [v for v, _, _ in versions] == ['1', '2', '3', '4 (TF32)']
     layers = {l.name: l for l in flops.caffenet_layers()}
     cpu = get_device('cpu')
-    assert bench.kernel_versions(cpu, cases['conv2.forward'], layers['conv2']) == []
-    assert bench.kernel_versions(cpu, cases['fc6.forward'], layers['fc6']) == []
-    versions = bench.kernel_versions(cpu, cases['conv4.backward_data'], layers['conv4'])
+    assert kernel_versions(cpu, cases['conv2.forward'], layers['conv2']) == []
+    assert kernel_versions(cpu, cases['fc6.forward'], layers['fc6']) == []
+    versions = kernel_versions(cpu, cases['conv4.backward_data'], layers['conv4'])
     assert [v for v, _, _ in versions] == ['im2col', 'winograd']
     assert [ops.conv_forward.keywords for _, ops, _ in versions] == [
         {'algorithm': 'im2col'}, {'algorithm': 'winograd'}]
@@ -367,7 +380,7 @@ def test_cpu_versions_are_the_convolution_algorithms(tmp_path):
 
 
 def test_a_wrong_version_fails_the_run(tmp_path, monkeypatch, capsys):
-    real = bench.kernel_versions
+    real = kernel_versions
 
     def versions_one_wrong(device, case, layer=None):
         out = real(device, case, layer)
@@ -416,13 +429,13 @@ def test_torch_caffenet_is_identical():
     torch = pytest.importorskip('torch')
     from nn.caffenet import CaffeNet
     net = CaffeNet(num_classes=5, device='cpu', dtype=np.float64)
-    params = bench._fresh_params(net, 3)
+    params = _fresh_params(net, 3)
     net.load_params(params, strict=True)
     x = np.random.default_rng(4).standard_normal((1, 3, 227, 227)) * 30
-    model = bench.torch_caffenet(torch, net.spec, params, 'cpu').eval()
+    model = torch_caffenet(torch, net.spec, params, 'cpu').eval()
     with torch.no_grad():
         got = model(torch.from_numpy(x.astype(np.float32))).numpy()
-    assert bench.max_rel_error(got, net.forward(x)) <= bench.TOLERANCE
+    assert max_rel_error(got, net.forward(x)) <= TOLERANCE
 
 
 def test_whole_network_with_torch(tmp_path):
@@ -434,7 +447,7 @@ def test_whole_network_with_torch(tmp_path):
     network = json.loads(path.read_text())['network']
     for r in network:
         t = r['torch']
-        assert t['status'] == 'ok' and t['max_rel_error'] <= bench.TOLERANCE
+        assert t['status'] == 'ok' and t['max_rel_error'] <= TOLERANCE
         assert len(t['times_s']) == len(r['times_s']) == 2  # timed run for run, alternately
         assert t['vendor_time_over_ours'] == pytest.approx(t['time_s'] / r['time_s'])
     layers = network[0]['layers']   # every layer of ours has PyTorch's time beside it
@@ -448,7 +461,7 @@ def test_network_crash_keeps_the_kernel_figures(tmp_path, monkeypatch, capsys):
         raise RuntimeError('boom')
     monkeypatch.setattr(bench, 'bench_network', crash)
     calls = []
-    real_machine_info = bench.machine_info
+    real_machine_info = machine_info
     monkeypatch.setattr(bench, 'machine_info', lambda *a: calls.append(1) or real_machine_info(*a))
     rc, report = _run(tmp_path, '--batch', '2', '--only', 'relu5,net')
     assert rc == 1
@@ -466,7 +479,7 @@ def test_table_prints_pytorchs_network_error(capsys):
                            'time_s': 0.5, 'images_per_s': 4.0,
                            'torch': {'name': 'PyTorch', 'status': 'ERROR',
                                      'error': 'RuntimeError: cuDNN failed'}}]}
-    bench.print_table(report)
+    print_table(report)
     out = capsys.readouterr().out
     assert 'FP32 not measured' in out and '| PyTorch: ERROR' in out
     assert '    RuntimeError: cuDNN failed' in out
@@ -479,10 +492,10 @@ def test_peaks_without_a_matrix_product():
     xp = SimpleNamespace(__name__='nomatmul', float32=np.float32, ones=np.ones,
                          empty_like=np.empty_like, copyto=np.copyto, asarray=np.asarray,
                          matmul=matmul)
-    peaks = bench.measure_peaks(SimpleNamespace(name='cpu', xp=xp), bench.CpuTimer())
+    peaks = measure_peaks(SimpleNamespace(name='cpu', xp=xp), CpuTimer())
     assert peaks['bandwidth_GBps'] > 0 and peaks['fp32_GFLOPs'] is None
     assert 'nomatmul.matmul failed (RuntimeError: no cuBLAS)' in peaks['fp32_how']
-    rates = bench._rates(flops.Counts(10, 20, 40), 1e-3, peaks)
+    rates = _rates(flops.Counts(10, 20, 40), 1e-3, peaks)
     assert rates['bound'] is None and rates['roofline_fraction'] is None
     assert rates['gflops'] == pytest.approx(20 / 1e-3 / 1e9)
 
@@ -496,7 +509,7 @@ def test_torch_that_fails_to_import_is_skipped_with_the_reason(monkeypatch):
             raise OSError('libcudnn.so.9: cannot open shared object file')
         return real_import(name, *args, **kwargs)
     monkeypatch.setattr(builtins, '__import__', fake_import)
-    torch, why = bench.import_torch(False, 'cuda')
+    torch, why = import_torch(False, 'cuda')
     assert torch is None
     assert why == 'PyTorch failed to import (OSError: libcudnn.so.9: cannot open shared object file)'
 
@@ -509,11 +522,11 @@ def test_emulated_tf32_versions_are_checked_within_their_tolerance(tmp_path):
     assert rc == 0 and report['settings']['tf32'] is False
     for row in report['kernels']:
         by_label = {v['version']: v for v in row['versions']}
-        assert by_label['3']['max_rel_error'] <= bench.TOLERANCE
+        assert by_label['3']['max_rel_error'] <= TOLERANCE
         tf32 = by_label['4 (TF32)']
         # Rounded operands: a real, reported error, inside the TF32 tolerance.
         assert tf32['status'] == 'ok', row['name']
-        assert bench.TOLERANCE < tf32['max_rel_error'] <= bench.TF32_TOLERANCE, row['name']
+        assert TOLERANCE < tf32['max_rel_error'] <= TF32_TOLERANCE, row['name']
 
 
 def test_tf32_needs_the_kernels(capsys):
@@ -535,8 +548,8 @@ def test_network_gate_checks_gradients_at_its_own_tolerance():
     forward passes the tolerance in force, not only the FP32 one."""
     args = bench.parse_args(['--device', 'cpu', '--repeats', '1', '--warmup', '0',
                              '--no-torch'])
-    device, timer, _ = bench.open_device('cpu')
-    ops = bench.subject_ops(device)
+    device, timer, _ = open_device('cpu')
+    ops = devices.subject_ops(device)
     real_fc_forward, real_fc_backward = ops.inner_product_forward, ops.inner_product_backward
 
     def fc_forward(x, w, b, **kwargs):
@@ -547,8 +560,8 @@ def test_network_gate_checks_gradients_at_its_own_tolerance():
         dx, dw, db = real_fc_backward(dy, cache)
         return dx, (dw * 1.1 if dw.shape[1] == 9216 else dw), db   # fc6's weights
     ops.inner_product_forward, ops.inner_product_backward = fc_forward, fc_backward
-    rows = bench.bench_network(device, device.with_ops(ops), timer, None, args, 1,
-                               tolerance=1e-2, label=' (test)')
+    rows = bench_network(device, device.with_ops(ops), timer, None, args, 1,
+                         tolerance=1e-2, label=' (test)')
     assert {r['name'] for r in rows} == {'net.inference (test)', 'net.training_step (test)'}
     assert all(r['status'] == 'WRONG' and r['max_rel_error'] > 0.05 for r in rows)
 
@@ -560,8 +573,9 @@ def test_gpu_path_on_a_stand_in_for_cupy(tmp_path, monkeypatch, capsys):
     is NumPy: the run must complete and report every field a real GPU run would."""
     from tests import fake_cupy
     fake_cupy.install(monkeypatch)
-    monkeypatch.setattr(bench, 'GPU_PEAK_SIZES', (1 << 16, 64, 2))
-    monkeypatch.setattr(bench, 'FLUSH_BYTES', 1 << 16)
+    monkeypatch.setattr('tools.bench.timers.GPU_PEAK_SIZES', (1 << 16, 64, 2))
+    monkeypatch.setattr('tools.bench.timers.FLUSH_BYTES', 1 << 16)   # the timer's buffer
+    monkeypatch.setattr('tools.bench.report.FLUSH_BYTES', 1 << 16)   # what the JSON says
     path = tmp_path / 'gpu.json'
     rc = bench.main(['--device', 'cuda', '--batch', '1', '--only', 'relu7,fc8',
                      '--repeats', '1', '--warmup', '0', '--no-torch', '--json', str(path)])
@@ -571,7 +585,8 @@ def test_gpu_path_on_a_stand_in_for_cupy(tmp_path, monkeypatch, capsys):
     assert machine['device_name'] == 'stand-in GPU (the emulator)'
     assert (machine['nvrtc'], machine['cuda_runtime']) == ('13.0', 13000)
     assert settings['timer'] == 'CUDA events (cupy), L2 flushed'
-    assert settings['gpu_flush_passes'] == bench.GPU_FLUSH_PASSES
+    assert settings['cache_flush_bytes'] == 1 << 16
+    assert settings['gpu_flush_passes'] == GPU_FLUSH_PASSES
     assert report['peaks']['fp32_GFLOPs'] > 0 and report['peaks']['bandwidth_GBps'] > 0
     rows = {r['name']: r for r in report['kernels']}
     assert all(r['status'] == 'ok' and r['time_s'] > 0 for r in rows.values())

@@ -1,1 +1,2 @@
-"""Command-line tools: weight conversion and downloads."""
+"""Command-line tools: weight conversion and downloads; bench/ holds the benchmark that
+bench.py runs."""

@@ -1,0 +1,65 @@
+"""--versions: the kept versions of the kernel a case times (the launchers' version=,
+their tile heights, TF32), or on the CPU path the reference's convolution algorithms."""
+import functools
+import importlib
+
+from tools.bench.devices import subject_ops
+from tools.bench.gate import TF32_TOLERANCE, TOLERANCE
+
+
+def reference_algorithms(device, case, layer):
+    """[(label, ops, tolerance)] for the CPU path: the reference's convolution algorithms
+    (nn.conv.conv_algorithm) where more than one applies (3x3 at stride 1: im2col and
+    Winograd); [] for every other case. The backward follows its forward's algorithm (it
+    is in the cache), so the forward op is the one bound."""
+    from nn.conv import conv_algorithm
+    if layer is None or layer.kind != 'conv' or case.op not in ('conv_forward',
+                                                                 'conv_backward'):
+        return []
+    p = layer.params
+    if conv_algorithm((p['kernel'], p['kernel']), p.get('stride', 1)) != 'winograd':
+        return []
+    out = []
+    for algorithm in ('im2col', 'winograd'):
+        ops = subject_ops(device)
+        ops.conv_forward = functools.partial(device.ops.conv_forward, algorithm=algorithm)
+        out.append((algorithm, ops, TOLERANCE))
+    return out
+
+
+def kernel_versions(device, case, layer=None):
+    """[(label, ops, tolerance)] for each kept version of the kernel `case` times (kernel
+    devices; on the CPU path, reference_algorithms: the convolution algorithms). A
+    launcher whose TILED_VERSIONS can force their tile height (conv) adds those at each
+    height; its TF32_VERSION (tensor cores) is held to TF32_TOLERANCE.
+
+    The launcher module's VERSIONS tuple lists them. A backward that takes no `version=`
+    follows its forward's (kernels/conv.py and gemm.py keep it in the cache), so the
+    forward op is the one bound.
+    """
+    import inspect
+    from kernels.ops import OP_FAMILIES
+    if device.runner is None:
+        return reference_algorithms(device, case, layer)
+    family = 'gemm' if case.op == 'matmul' else OP_FAMILIES[case.op]
+    module = importlib.import_module(f'kernels.{family}')
+    target = case.op
+    if 'version' not in inspect.signature(getattr(module, target)).parameters:
+        target = case.op.replace('_backward', '_forward')
+        if not hasattr(module, target) or \
+                'version' not in inspect.signature(getattr(module, target)).parameters:
+            return []
+    out = []
+    for v in module.VERSIONS:
+        tf32 = v == getattr(module, 'TF32_VERSION', None)
+        name = f'{v} (TF32)' if tf32 else str(v)
+        variants = [(name, {})]
+        if v in getattr(module, 'TILED_VERSIONS', ()):   # conv: each tile height too
+            variants += [(f'{name}, {h}-row tiles', {'tile_rows': h})
+                         for h in module.TILE_HEIGHTS]
+        for label, extra in variants:
+            ops = subject_ops(device)
+            setattr(ops, target, functools.partial(getattr(module, target), device.runner,
+                                                   version=v, **extra))
+            out.append((label, ops, TF32_TOLERANCE if tf32 else TOLERANCE))
+    return out
