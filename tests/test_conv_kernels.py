@@ -198,6 +198,16 @@ def test_version_2_refuses_tensors_past_int32_offsets():
         conv._check_int32_offsets("conv1", x=3, w=10, y=2 ** 31)
 
 
+@pytest.mark.parametrize("version", [2, 3])
+def test_launcher_checks_int32_offsets(emu, monkeypatch, version):
+    """...and the launcher really asks, with the sizes of x, w and y."""
+    calls = []
+    monkeypatch.setattr(conv, "_check_int32_offsets", lambda layer, **sizes: calls.append(sizes))
+    x, w, b = make_problem((1, 2, 5, 5), 3, 3, 3, 1, seed=7)
+    conv.conv_forward(emu, x, w, b, version=version)
+    assert calls == [dict(x=50, w=54, y=27)]
+
+
 def test_conv_default_version_is_2(emu):
     x, w, b = make_problem((1, 2, 5, 5), 3, 3, 3, 1, seed=7)
     _, cache = conv.conv_forward(emu, x, w, b)

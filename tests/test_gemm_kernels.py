@@ -9,7 +9,7 @@ of any float32 summation order; the tolerance scales with the result's magnitude
 import numpy as np
 import pytest
 
-from kernels import gemm
+from kernels import gemm, launch_utils
 from nn import reference as ref
 from tests.kernel_testing import (EMU_ORDERS_WITH_RANDOM, assert_close, tf32_round, uniform,
                                   zero_dy_near_relu_kink)
@@ -61,10 +61,12 @@ LAYOUTS = [(False, False), (False, True), (True, False), (True, True)]
 
 
 # (m, n, k): odd sizes inside one tile; sizes crossing v3's 128 tile with K not a multiple
-# of 4 (scalar edges); and multiples of 4 (float4 loads) with ragged tile edges.
+# of 4 (scalar edges); multiples of 4 (float4 loads) with ragged tile edges; and K a
+# multiple of 4 with N not (A's rows may take float4 loads, B's may not).
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["NN", "NT", "TN", "TT"])
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("mnk", [(5, 7, 3), (37, 19, 29), (131, 133, 21), (132, 136, 20)])
+@pytest.mark.parametrize("mnk", [(5, 7, 3), (37, 19, 29), (131, 133, 21), (132, 136, 20),
+                                 (13, 13, 16)])
 def test_matmul_matches_numpy(emu, mnk, version, layout):
     check_matmul(emu, *mnk, *layout, version)
 
@@ -126,6 +128,18 @@ def check_inner_product(runner, x_shape, o, relu, version, seed=0):
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("x_shape,o", [((3, 5, 3, 3), 7), ((1, 37), 133)])
 def test_inner_product_matches_reference(emu, x_shape, o, relu, version):
+    check_inner_product(emu, x_shape, o, relu, version)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("x_shape,o", [((3, 5, 3, 3), 7), ((1, 37), 133)])
+def test_inner_product_split_k_adds_bias_and_relu_once(emu, monkeypatch, x_shape, o, relu,
+                                                       version):
+    """Split into 16-deep slices (CaffeNet's small batches split fc6's K), the bias and
+    ReLU go in gemm_splitk_reduce, after the slices are summed (M > 1: a row/column mix-up
+    of the bias shows)."""
+    monkeypatch.setattr(launch_utils, "MIN_SPLIT_CHUNK", 16)
     check_inner_product(emu, x_shape, o, relu, version)
 
 

@@ -35,6 +35,7 @@ LARGE_ALPHA = dict(local_size=5, alpha=0.9, beta=0.75, k=0.5)
     ((1, 11, 2, 3), dict(local_size=3, alpha=0.5, beta=0.6, k=2.0)),
     ((2, 6, 4, 3), dict(local_size=1, alpha=0.7, beta=1.5, k=1.0)),
     ((1, 13, 3, 3), dict(local_size=9, alpha=0.3, beta=0.75, k=1.0)),
+    ((2, 3, 2, 3), dict(local_size=9, alpha=0.9, beta=0.75, k=0.5)),   # C < half window
 ])
 @pytest.mark.parametrize("version", lrn.VERSIONS)
 def test_lrn_matches_reference(emu, shape, params, version):

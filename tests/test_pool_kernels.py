@@ -90,6 +90,13 @@ def test_pool_v2_tile_comes_from_the_launcher(emu, monkeypatch):
     check_pool(emu, (2, 3, 19, 21), 3, 2, 1, 2, ties=True, seed=8)
 
 
+def test_pool_default_falls_back_to_v1_for_windows_too_big_for_shared_memory(emu):
+    """A 40x40 window at stride 40: v2's patch would need 1.3 MB of shared memory, so the
+    default (version=None) must pick v1, and still compute it right."""
+    assert pool._v2_shared_bytes(40, 40) > pool.SHARED_LIMIT
+    check_pool(emu, (1, 1, 200, 203), 40, 40, 0, None, seed=9)
+
+
 def test_pool_hand_worked(emu):
     """H = W = 4, kernel 3, stride 2, no pad: Ho = ceil(1/2) + 1 = 2; the second window in
     each direction is clipped to 2 rows/columns. Ties (the 5s) go to the first in

@@ -59,6 +59,12 @@ def test_sgd_bad_inputs(emu):
         sgd.sgd_update(emu, p, np.ones((4, 3), np.float32), p.copy(), **hyper)
     with pytest.raises(ValueError, match=r"sgd_update: history must be .*float32"):
         sgd.sgd_update(emu, p, p.copy(), np.ones((3, 4)), **hyper)
+    # grad's own dtype and layout (its shape is checked elsewhere too): on a GPU a float64
+    # or transposed grad would be read as the wrong numbers
+    with pytest.raises(ValueError, match=r"sgd_update: grad must be .*float32"):
+        sgd.sgd_update(emu, p, np.ones((3, 4)), p.copy(), **hyper)
+    with pytest.raises(ValueError, match=r"sgd_update: grad must be C-contiguous"):
+        sgd.sgd_update(emu, p, np.ones((4, 3), np.float32).T, p.copy(), **hyper)
     with pytest.raises(ValueError, match="sgd_update: lr"):
         sgd.sgd_update(emu, p, p.copy(), p.copy(), lr=float("nan"), momentum=0.9,
                        weight_decay=0.0)

@@ -49,6 +49,14 @@ def test_softmax_is_stable_for_large_scores(emu, version):
 
 
 @pytest.mark.parametrize("version", sm.VERSIONS)
+def test_softmax_of_very_negative_scores(emu, version):
+    """Every score near -1000: exp underflows to 0 unless the row's maximum (not 0, not
+    the scores' sum) is subtracted first."""
+    x = (-1000 + np.random.default_rng(5).standard_normal((3, 11))).astype(np.float32)
+    assert_close(sm.softmax(emu, x, version=version), ref.softmax(x.astype(np.float64)))
+
+
+@pytest.mark.parametrize("version", sm.VERSIONS)
 def test_softmax_grid_loops(emu, version, monkeypatch):
     monkeypatch.setattr(launch_utils, "MAX_BLOCKS", 1)
     check_softmax(emu, (3, 4, 11, 13), version, seed=2)

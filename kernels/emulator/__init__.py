@@ -20,7 +20,8 @@ It is stricter than a GPU: shared memory (static and dynamic) is filled with 0xF
 every block start (NaN as float, -1 as int), and the dynamic part ends at a guard page (an
 access past the launch's shared_mem bytes faults); every array argument is copied to just
 before a guard page for the launch (an access past its end faults, naming the argument;
-the few bytes of alignment padding around it read as 0xFF and must not be written);
+the few bytes of alignment padding around it read as a signalling NaN and must not be
+written);
 threads run in forward, reverse or seeded random
 order (a new random order after every barrier); a barrier that not all threads of a block
 reach raises KernelLaunchError("divergent barrier ..."); a failed device assert, or an

@@ -226,8 +226,17 @@ extern "C" void emu_assert_fail(const char* expr, const char* file, int line, co
 // float4 loads), so that reading or writing past an array's end faults and is reported
 // naming the argument. On a GPU such a read usually returns a neighbour's bytes silently.
 // The bytes around the array inside the data pages (up to 15 after it, the rest of the
-// page before it) hold 0xFF, like shared memory: a read there gives NaN (or -1), and a
-// write there is reported after the launch (emu_guarded_check).
+// page before it) hold the word 0xFF800001, a signalling NaN (as int, -8388607): a read
+// there gives NaN, and a write there is reported after the launch (emu_guarded_check).
+// Not 0xFF bytes as in shared memory: arithmetic on that NaN gives it back unchanged, so
+// y[n] = y[n] * 2 one past the end would go unseen; a signalling NaN comes back quieted.
+static const uint32_t kGuardWord = 0xFF800001u;
+
+// The byte of the guard pattern at address p (the pattern is laid down in aligned words).
+static unsigned char guard_byte(const unsigned char* p) {
+    return (unsigned char)(kGuardWord >> (8 * ((uintptr_t)p % 4)));
+}
+
 struct GlobalGuard {
     unsigned char* map;   // the whole mapping
     size_t map_bytes;
@@ -252,14 +261,15 @@ EMU_API void* emu_guarded_alloc(size_t bytes, size_t misalign, const char* label
     unsigned char* map = static_cast<unsigned char*>(p);
     mprotect(map, g_page, PROT_NONE);
     mprotect(map + g_page + data_pages, g_page, PROT_NONE);
-    memset(map + g_page, 0xFF, data_pages);
+    uint32_t* words = reinterpret_cast<uint32_t*>(map + g_page);
+    for (size_t i = 0; i < data_pages / 4; i++) words[i] = kGuardWord;
     uintptr_t end = (uintptr_t)(map + g_page + data_pages);   // the trailing guard page
     uintptr_t start = ((end - bytes - misalign) & ~(uintptr_t)15) + misalign;
     g_guards[g_n_guards++] = {map, map_bytes, (unsigned char*)start, bytes, label};
     return (void*)start;
 }
 
-// After a launch: 0 when the 0xFF bytes around every array are intact, else -1 and a
+// After a launch: 0 when the guard words around every array are intact, else -1 and a
 // message naming the first array written outside its bounds.
 EMU_API int emu_guarded_check(char* err, size_t err_len) {
     for (int i = 0; i < g_n_guards; i++) {
@@ -267,12 +277,12 @@ EMU_API int emu_guarded_check(char* err, size_t err_len) {
         const unsigned char* lo = g.map + g_page;
         const unsigned char* hi = g.map + g.map_bytes - g_page;
         for (const unsigned char* p = g.data + g.bytes; p < hi; p++)
-            if (*p != 0xFF) {
+            if (*p != guard_byte(p)) {
                 snprintf(err, err_len, "wrote past the end of the array of %s", g.label);
                 return -1;
             }
         for (const unsigned char* p = g.data; p > lo; p--)
-            if (p[-1] != 0xFF) {
+            if (p[-1] != guard_byte(p - 1)) {
                 snprintf(err, err_len, "wrote before the start of the array of %s",
                          g.label);
                 return -1;
