@@ -48,6 +48,18 @@ def test_softmax_is_stable_for_large_scores(emu, version):
     check_softmax(emu, (3, 11), version, spread=300.0, seed=1)
 
 
+@pytest.mark.parametrize("shape,kernel", [((1, 1000), "softmax_v2"), ((2, 63), "softmax_v1"),
+                                          ((1, 2, 9, 4), "softmax_v1")])
+def test_softmax_default_version(emu, monkeypatch, shape, kernel):
+    """v2 (a block per row) for long rows of a classifier, v1 (a thread per row) for short
+    rows and for maps: only speed depends on it, so only this test sees a wrong choice."""
+    launched = []
+    real = emu.kernel
+    monkeypatch.setattr(emu, "kernel", lambda f, name: launched.append(name) or real(f, name))
+    sm.softmax(emu, np.zeros(shape, np.float32))
+    assert launched == [kernel]
+
+
 @pytest.mark.parametrize("version", sm.VERSIONS)
 def test_softmax_of_very_negative_scores(emu, version):
     """Every score near -1000: exp underflows to 0 unless the row's maximum (not 0, not
