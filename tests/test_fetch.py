@@ -216,7 +216,7 @@ def _synthetic_files(tmp_path):
     return files
 
 
-def test_main_fetches_dataset_and_splits_from_a_mirror(server, tmp_path, monkeypatch):
+def test_main_fetches_dataset_and_splits_from_a_mirror(server, tmp_path, monkeypatch, capsys):
     files = _synthetic_files(tmp_path)
     dataset = {k: v for k, v in files.items() if not k.startswith("splits/")}
     server.files["/twitter_dataset.zip"] = _archive("zip", dataset)
@@ -233,6 +233,9 @@ def test_main_fetches_dataset_and_splits_from_a_mirror(server, tmp_path, monkeyp
     assert (strip(train), strip(test)) == (strip(expected[0]), strip(expected[1]))
     assert all(os.path.exists(p) for p, _ in train + test)
     assert (data_dir / "downloads" / "twitter_dataset.zip").exists()
+    # each split file's progress says which of the 30 train.txt/test.txt it is
+    err = capsys.readouterr().err
+    assert "twitter/splits/five_agrees/test2/train.txt: " in err
 
 
 class _no_warning:

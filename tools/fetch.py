@@ -287,7 +287,7 @@ def _folder_for_failure(folder):
 
 
 def download(url, dest, sha1=None, sha256=None, size=None, retries=3,
-             timeout=DEFAULT_TIMEOUT, retry_wait=2.0, stream=None):
+             timeout=DEFAULT_TIMEOUT, retry_wait=2.0, stream=None, label=None):
     """Download `url` to `dest` with resume, checks and progress; returns `dest`.
 
     An existing `dest` that passes the checks is kept (nothing is fetched). Bytes go to
@@ -296,11 +296,12 @@ def download(url, dest, sha1=None, sha256=None, size=None, retries=3,
     `timeout`: seconds the server may stay silent before that counts as an interruption.
     The finished file must match `size` (or the size the server announced), `sha1` and
     `sha256` when given; otherwise it is deleted and DownloadError raised. Folders created
-    for `dest` are removed again if the download fails and they are empty.
+    for `dest` are removed again if the download fails and they are empty. `label` names
+    the file in the progress lines (default: its file name).
     """
     stream = sys.stderr if stream is None else stream
     dest = os.fspath(dest)
-    label = os.path.basename(dest)
+    label = label or os.path.basename(dest)
     if os.path.exists(dest) and verify(dest, sha1, sha256, size) is None:
         stream.write(f"{label}: already there\n")
         return dest
@@ -459,7 +460,7 @@ def fetch_splits(data_dir, base_url=None, **kw):
         path = os.path.join(data_dir, source.dest)
         with _folder_for_failure(os.path.dirname(path)):   # also when the list is bad
             download(_url(source, base_url), path, source.sha1, source.sha256, source.size,
-                     **kw)
+                     label=source.dest, **kw)   # (30 files called train.txt or test.txt)
             try:
                 read_list(path)
             except DatasetError as e:
