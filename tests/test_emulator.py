@@ -191,6 +191,13 @@ extern "C" __global__ void read_shifted(const float* x, float* y, int n, int shi
     if (i < n) y[i] = x[i + shift];
 }
 
+// Writes its input through a cast-away const: on a GPU the caller's x would change.
+extern "C" __global__ void write_const(const float* x, float* y)
+{
+    ((float*)x)[threadIdx.x] = 7.0f;
+    y[threadIdx.x] = 1.0f;
+}
+
 extern "C" __global__ void null_write(float* y)
 {
     float* p = y + (threadIdx.x == 3 ? -(1L << 40) : 0);
@@ -492,6 +499,14 @@ def test_read_modify_write_one_past_an_array_is_caught(sources, n):
     with pytest.raises(KernelLaunchError, match=r"past the end of the array of argument 0 "
                                                 r"'y' \(float\*\)"):
         EmuRunner().kernel(sources['buggy.cu'], 'double_one_past')(1, 32, (y, np.int32(n)))
+
+
+def test_writing_a_const_argument_is_caught(sources):
+    x, y = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    with pytest.raises(KernelLaunchError, match=r"kernel write_const wrote to the array of "
+                                                r"argument 0 'x' \(const float\*\), which "
+                                                r"it declares const"):
+        EmuRunner().kernel(sources['buggy.cu'], 'write_const')(1, 8, (x, y))
 
 
 def test_views_of_one_buffer_share_memory_in_a_launch(runner, sources):

@@ -54,6 +54,7 @@ CXX = os.environ.get('CXX', 'g++')
 CXXFLAGS = ('-std=c++17', '-O2', '-fPIC', '-shared', '-fvisibility=hidden',
             '-fno-strict-aliasing', '-w')
 ORDERS = {'forward': 0, 'reverse': 1, 'random': 2}
+MAX_ARRAY_ARGS = 64   # guarded copies per launch: runtime.cpp's kMaxGuards
 
 _modules = {}  # (path, context, cache_dir argument) -> EmuModule
 _lock = threading.Lock()  # the runtime keeps global state: one launch at a time
@@ -178,6 +179,8 @@ class EmuModule:
         self._lib.emu_guarded_alloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t,
                                                 ctypes.c_char_p]
         self._lib.emu_guarded_free_all.restype = None
+        self._lib.emu_same_bytes.restype = ctypes.c_int
+        self._lib.emu_same_bytes.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
         self._lib.emu_guarded_check.restype = ctypes.c_int
         self._lib.emu_guarded_check.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         self._params, self._entries = {}, {}
@@ -209,7 +212,9 @@ class EmuModule:
         The kernel sees guarded copies of the arrays (runtime.cpp, "Guarded global
         memory"): an access past an array's end faults. Arrays that overlap (views of one
         buffer) share one copy, so writes through one are seen through the other; copies
-        of non-const arguments are copied back after the launch."""
+        of non-const arguments are copied back after the launch, those of const ones are
+        compared with their original (a write through a cast-away const is an error: on
+        a GPU it would change the caller's input)."""
         err = ctypes.create_string_buffer(2048)
         with _lock:
             try:
@@ -231,13 +236,21 @@ class EmuModule:
                                           (ctypes.c_uint * 3)(*grid),
                                           (ctypes.c_uint * 3)(*block), shared_mem,
                                           ORDERS[order], seed & (2**64 - 1), err, len(err))
-                for copy, original, size, writable in copies:
+                changed_const = None
+                for (copy, original, size, writable), label in zip(copies, labels):
                     if writable:
                         ctypes.memmove(original, copy, size)
+                    elif changed_const is None and not self._lib.emu_same_bytes(
+                            copy, original, size):
+                        changed_const = label.decode()
                 if rc == 0:
                     rc = self._lib.emu_guarded_check(err, len(err))
                     if rc != 0:
                         err.value = (f'kernel {name}: '.encode() + err.value)
+                if rc == 0 and changed_const is not None:
+                    rc = -1
+                    err.value = (f'kernel {name} wrote to the array of {changed_const}, '
+                                 'which it declares const').encode()
             finally:
                 self._lib.emu_guarded_free_all()
         if rc != 0:
@@ -258,6 +271,9 @@ class EmuModule:
                 merged[-1][2] += span[2]
             else:
                 merged.append(span)
+        if len(merged) > MAX_ARRAY_ARGS:
+            raise KernelLaunchError(f'{self.file}: the emulator guards at most '
+                                    f'{MAX_ARRAY_ARGS} array arguments, got {len(merged)}')
         pointers, copies, labels = {}, [], []
         for start, end, members in merged:
             labels.append(' and '.join(params[i].describe(i) for i in sorted(members)).encode())

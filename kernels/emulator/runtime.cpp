@@ -291,6 +291,11 @@ EMU_API int emu_guarded_check(char* err, size_t err_len) {
     return 0;
 }
 
+// Whether n bytes at a and b are equal (a const argument's copy against its original).
+EMU_API int emu_same_bytes(const void* a, const void* b, size_t n) {
+    return memcmp(a, b, n) == 0;
+}
+
 EMU_API void emu_guarded_free_all(void) {
     for (int i = 0; i < g_n_guards; i++) munmap(g_guards[i].map, g_guards[i].map_bytes);
     g_n_guards = 0;
