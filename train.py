@@ -253,8 +253,14 @@ def check_weights_file(args):
         raise TrainError(f"ImageNet weights {args.weights} not found: fetch and convert "
                          f"them with `python -m tools.fetch weights`, or train from "
                          f"Caffe's random initialisation with --init random")
+    if args.init != "imagenet":
+        return
     import h5py
-    if args.init == "imagenet" and not h5py.is_hdf5(args.weights):
+    try:
+        hdf5 = h5py.is_hdf5(args.weights)
+    except OSError as e:   # exists but cannot be read
+        raise TrainError(f"ImageNet weights {args.weights}: cannot read: {e}") from e
+    if not hdf5:
         raise TrainError(f"ImageNet weights {args.weights} is not an HDF5 file (convert a "
                          f".caffemodel with `python -m tools.convert_caffemodel`)")
 
@@ -565,12 +571,12 @@ def run(args, say, stop_at):
         folds = range(1, NUM_FOLDS + 1) if args.all_folds else (args.fold,)
         check_weights_file(args)
         check_outputs_free(args, [(agree, fold) for agree in agrees for fold in folds])
-        check_out_dir(args.out_dir)
         from nn.device import DeviceError, get_device
         try:
             device = get_device(args.device, tf32=args.tf32)
         except DeviceError as e:
             raise TrainError(str(e)) from e
+        check_out_dir(args.out_dir)   # (after the device: a refused one leaves no folders)
         data_dir = resolve_data_dir(args, say)
         results = {}
         with StopRequest() as stop:

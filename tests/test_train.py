@@ -179,6 +179,20 @@ def test_unwritable_out_dir_stops_before_any_data(in_tmp, capsys):
         assert err.startswith(f"train.py: cannot write to --out-dir {out_dir}: ")
         assert named in err and err.count("\n") == 1
     assert not os.path.exists("data")
+    # a device that is refused leaves no empty output folders behind
+    assert train.main(QUICK + ["--out-dir", "fresh", "--tf32"]) == 2
+    assert "TF32" in capsys.readouterr().err and not os.path.exists("fresh")
+
+
+def test_unreadable_weights_file_is_one_line(in_tmp, capsys, monkeypatch):
+    import h5py
+
+    def unreadable(path):
+        raise OSError(5, "Unable to determine if file is accessible as hdf5")
+    open("w.h5", "w").close()
+    monkeypatch.setattr(h5py, "is_hdf5", unreadable)
+    assert train.main(QUICK + ["--weights", "w.h5"]) == 2
+    assert capsys.readouterr().err.startswith("train.py: ImageNet weights w.h5: cannot read: ")
 
 
 def test_failed_writes_are_one_line_errors_keeping_the_checkpoint(in_tmp, monkeypatch,
