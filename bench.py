@@ -159,6 +159,7 @@ def run(args):
         """Write what is measured so far: a run cut off by a time limit keeps it."""
         if args.json:
             write_json(args.json, report(partial=True))
+            args.partial_written = True   # (Ctrl-C then points to it; an older file, not)
 
     todo = [(batch, case) for batch in (batches if run_kernels else [])
             for case in select(build_cases(layers, batch, sgd=batch == batches[0]),
@@ -233,7 +234,7 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         saved = (f'; the figures measured so far are in {args.json} ("partial": true)'
-                 if args.json and os.path.exists(args.json) else '')
+                 if getattr(args, 'partial_written', False) else '')
         print(f'bench.py: interrupted{saved}', file=sys.stderr)
         return 130
     if args.json:  # first: the figures survive a closed pipe on the table

@@ -330,6 +330,14 @@ def test_ctrl_c_says_where_the_figures_are(tmp_path, monkeypatch, capsys):
         'true)\n')
     report = json.loads(path.read_text())
     assert report['partial'] is True and len(report['kernels']) == 1
+    # interrupted before any figure: an older file there is not presented as this run's
+    path.write_text('{"partial": false}')
+    calls.clear()
+    monkeypatch.setattr(bench, 'bench_case', lambda *a, **k: (_ for _ in ()).throw(
+        KeyboardInterrupt))
+    assert bench.main(['--device', 'cpu', '--repeats', '1', '--warmup', '0', '--no-torch',
+                       '--batch', '1', '--only', 'relu7', '--json', str(path)]) == 130
+    assert capsys.readouterr().err == 'bench.py: interrupted\n'
 
 
 def test_cuda_without_gpu_says_so(capsys):
@@ -359,6 +367,11 @@ def test_versions_bind_the_launchers():
     assert [t for _, _, t in versions] == [TOLERANCE] * 4 + [TF32_TOLERANCE] * 3
     versions = kernel_versions(device, cases['fc6.gemm_forward'])
     assert [v for v, _, _ in versions] == ['1', '2', '3', '4 (TF32)']
+    # A GPU without TF32 tensor cores (before sm_80) is not offered the TF32 versions,
+    # which its launchers would refuse (and the run would then fail)
+    old_gpu = SimpleNamespace(runner=SimpleNamespace(compute_capability=75), ops=device.ops)
+    assert [v for v, _, _ in kernel_versions(old_gpu, cases['fc6.gemm_forward'])] == [
+        '1', '2', '3']
     layers = {l.name: l for l in flops.caffenet_layers()}
     cpu = get_device('cpu')
     assert kernel_versions(cpu, cases['conv2.forward'], layers['conv2']) == []

@@ -3,7 +3,7 @@ their tile heights, TF32), or on the CPU path the reference's convolution algori
 import functools
 import importlib
 
-from tools.bench.devices import subject_ops
+from tools.bench import devices   # (through the module: a test may patch subject_ops)
 from tools.bench.gate import TF32_TOLERANCE, TOLERANCE
 
 
@@ -21,7 +21,7 @@ def reference_algorithms(device, case, layer):
         return []
     out = []
     for algorithm in ('im2col', 'winograd'):
-        ops = subject_ops(device)
+        ops = devices.subject_ops(device)
         ops.conv_forward = functools.partial(device.ops.conv_forward, algorithm=algorithm)
         out.append((algorithm, ops, TOLERANCE))
     return out
@@ -31,7 +31,8 @@ def kernel_versions(device, case, layer=None):
     """[(label, ops, tolerance)] for each kept version of the kernel `case` times (kernel
     devices; on the CPU path, reference_algorithms: the convolution algorithms). A
     launcher whose TILED_VERSIONS can force their tile height (conv) adds those at each
-    height; its TF32_VERSION (tensor cores) is held to TF32_TOLERANCE.
+    height; its TF32_VERSION (tensor cores) is held to TF32_TOLERANCE, and left out on a
+    GPU older than sm_80, which has no TF32 tensor cores (its launcher would refuse it).
 
     The launcher module's VERSIONS tuple lists them. A backward that takes no `version=`
     follows its forward's (kernels/conv.py and gemm.py keep it in the cache), so the
@@ -50,15 +51,18 @@ def kernel_versions(device, case, layer=None):
                 'version' not in inspect.signature(getattr(module, target)).parameters:
             return []
     out = []
+    cc = device.runner.compute_capability   # None on the emulator: it has them all
     for v in module.VERSIONS:
         tf32 = v == getattr(module, 'TF32_VERSION', None)
+        if tf32 and cc is not None and cc < 80:
+            continue
         name = f'{v} (TF32)' if tf32 else str(v)
         variants = [(name, {})]
         if v in getattr(module, 'TILED_VERSIONS', ()):   # conv: each tile height too
             variants += [(f'{name}, {h}-row tiles', {'tile_rows': h})
                          for h in module.TILE_HEIGHTS]
         for label, extra in variants:
-            ops = subject_ops(device)
+            ops = devices.subject_ops(device)
             setattr(ops, target, functools.partial(getattr(module, target), device.runner,
                                                    version=v, **extra))
             out.append((label, ops, TF32_TOLERANCE if tf32 else TOLERANCE))
