@@ -332,7 +332,11 @@ def write_map(item, model, args):
     try:
         sentiment_map.save_png(item.png, overlay)
         if item.npy is not None:
-            sentiment_map.save_npy(item.npy, item.prob_map)
+            try:
+                sentiment_map.save_npy(item.npy, item.prob_map)
+            except OSError:   # no PNG without its .npy: a rerun would refuse to replace it
+                os.remove(item.png)
+                raise
     except OSError as exc:
         raise ImageFailure(f'{item.path}: cannot write its map: {exc}') from None
 
@@ -417,6 +421,15 @@ def main(argv=None, out=None, err=None):
     args = parser.parse_args(argv)
     check_args(parser, args)
     try:
+        return _run(args, out, err)
+    except KeyboardInterrupt:   # the maps written so far are whole (written atomically)
+        print('predict.py: interrupted', file=err)
+        return 130
+
+
+def _run(args, out, err):
+    """main() after parsing: set up the device and the model, then every image."""
+    try:
         from nn.device import DeviceError, get_device
         try:
             device = get_device(args.device, tf32=args.tf32)
@@ -440,9 +453,6 @@ def main(argv=None, out=None, err=None):
         return 2
     try:
         return _predict_all(model, args, out, err)
-    except KeyboardInterrupt:   # the maps written so far are whole (written atomically)
-        print('predict.py: interrupted', file=err)
-        return 130
     except BrokenPipeError:     # the reader went away (`| head`): stop quietly
         if out is sys.stdout:   # and keep Python from failing again when it flushes at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -487,6 +487,21 @@ def test_ctrl_c_stops_with_130(tmp_path, weights, monkeypatch):
     monkeypatch.setattr(predict, 'run_batch', interrupted)
     status, out, err = _run([img, '--weights', path])
     assert status == 130 and out == '' and err == 'predict.py: interrupted\n'
+    # also while the model loads (an emulator build can take seconds)
+    monkeypatch.setattr(predict, 'load_model', lambda *a: interrupted(None, None))
+    assert _run([img, '--weights', path]) == (130, '', 'predict.py: interrupted\n')
+
+
+def test_a_map_whose_npy_fails_leaves_no_png(tmp_path, weights, monkeypatch):
+    path, _ = weights
+    img = _save(tmp_path / 'f.png', _make_image(8, 240, 240))
+
+    def full_disk(out, array):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr('nn.sentiment_map.save_npy', full_disk)
+    status, out, err = _run([img, '--weights', path, '--map', '--save-npy'])
+    assert status == 1 and out.startswith(f'{img}: ') and 'cannot write its map' in err
+    assert os.listdir(tmp_path) == ['f.png']   # no f_map.png left behind
 
 
 def test_subprocess_exit_status(tmp_path, weights):
