@@ -132,3 +132,16 @@ def test_files_as_names_or_paths_and_the_json(nvrtc, tmp_path, monkeypatch, caps
         sass_stats.main(['relu.cu', '--no-sass', '--json', str(blocker / 'x.json')])
     assert exc.value.code == 2 and f'--json {blocker / "x.json"}: cannot write' in \
         capsys.readouterr().err
+
+
+def test_cuobjdump_finds_the_nvdisasm_beside_it(nvrtc, tmp_path):
+    # NVIDIA's wheels put cuobjdump and the nvdisasm it runs in one bin folder, not on PATH
+    for name, script in (('cuobjdump', 'command -v nvdisasm >/dev/null || '
+                                       '{ echo "Could not find nvdisasm" >&2; exit 1; }\n'),
+                         ('nvdisasm', 'exit 0\n')):
+        (tmp_path / name).write_text('#!/bin/sh\n' + script)
+        (tmp_path / name).chmod(0o755)
+    path = tmp_path / 'one.cu'
+    path.write_text('extern "C" __global__ void one(float* y) { y[0] = 1.0f; }\n')
+    stats = sass_stats.file_stats(str(path), 'sm_80', str(tmp_path / 'cuobjdump'))
+    assert stats['one']['main_loop'] is None    # (the fake prints no code: no loop)

@@ -7,10 +7,10 @@ of every kernel, and how many of its main loop's instructions are FMAs.
 Each file is compiled as CuPy compiles it on a GPU (NVRTC, CuPy's options, straight to a
 cubin: kernels/runner.py nvrtc_cubin), with ptxas asked for its report (registers, spill
 bytes, static shared memory). When cuobjdump is installed (any CUDA toolkit, or
-`pip install nvidia-cuda-cuobjdump`; never a project requirement) the cubin's machine code
-(SASS) is read too: the "main loop" of a kernel is its loop with the most FFMA
-instructions, innermost if several tie, and the table gives that loop's length and its
-FFMA share; for a kernel with a TF32 path, also the length of its loop with the most HMMA
+`pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm`, which it needs beside it; never
+a project requirement) the cubin's machine code (SASS) is read too: the "main loop" of a
+kernel is its loop with the most FFMA instructions, innermost if several tie, and the
+table gives that loop's length and its FFMA share; for a kernel with a TF32 path, also the length of its loop with the most HMMA
 (tensor-core) instructions and their count.
 
 Why the FFMA share matters: on sm_90 (H100, H200) a scheduler issues one instruction per
@@ -119,6 +119,14 @@ def find_cuobjdump():
     return next((c for c in candidates if os.access(c, os.X_OK)), None)
 
 
+def _with_nvdisasm(cuobjdump):
+    """The environment for running cuobjdump: it disassembles through nvdisasm, found on
+    PATH, which NVIDIA's wheels put in the same bin folder without adding it to PATH."""
+    env = dict(os.environ)
+    env['PATH'] = os.pathsep.join([os.path.dirname(cuobjdump), env.get('PATH', '')])
+    return env
+
+
 def file_stats(name, arch, cuobjdump=None):
     """{kernel: stats} for one kernels/ file (name or path): parse_ptxas_report's figures,
     plus 'main_loop' (see main_loop) when cuobjdump is given."""
@@ -135,7 +143,8 @@ def file_stats(name, arch, cuobjdump=None):
                 f.write(cubin)
             for kernel in stats:
                 sass = subprocess.run([cuobjdump, '-sass', '-fun', kernel, cubin_path],
-                                      capture_output=True, text=True, timeout=120)
+                                      capture_output=True, text=True, timeout=120,
+                                      env=_with_nvdisasm(cuobjdump))
                 if sass.returncode != 0:   # not to be mistaken for "no FMA loop"
                     raise RuntimeError(f'{cuobjdump} -sass -fun {kernel} failed: '
                                        f'{sass.stderr.strip() or sass.returncode}')
@@ -190,8 +199,9 @@ def main(argv=None):
             parser.error(f'--json {args.json}: {exc}')
     cuobjdump = None if args.no_sass else find_cuobjdump()
     if not args.no_sass and cuobjdump is None:
-        print('sass_stats: no cuobjdump found (pip install nvidia-cuda-cuobjdump, or a CUDA '
-              'toolkit); showing only what ptxas reports', file=sys.stderr)
+        print('sass_stats: no cuobjdump found (pip install nvidia-cuda-cuobjdump '
+              'nvidia-cuda-nvdisasm, or a CUDA toolkit); showing only what ptxas reports',
+              file=sys.stderr)
     try:
         # A path that exists from here (kernels/conv.cu) is taken as it is, anything
         # else as a name in kernels/.
