@@ -257,7 +257,6 @@ class EmuModule:
             raise KernelLaunchError(f'{err.value.decode(errors="replace")} [{self.file}, '
                                     f'grid {grid}, block {block}, order {order}]')
 
-
     def _guarded_copies(self, params, args):
         """Copy the array arguments into guarded memory: returns ({argument index: address
         the kernel gets}, [(copy, original address, bytes, writable)], labels to keep
