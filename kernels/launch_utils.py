@@ -71,11 +71,17 @@ def pick_version(version, available, default, layer, runner=None, tf32_version=N
     return version
 
 
-def check_tf32(runner, version, layer):
-    """A TF32 (tensor-core) version needs compute capability 8.0 (sm_80, A100) or newer:
-    refuse it by name on an older GPU, where its kernels would trap."""
+def tf32_capable(runner):
+    """Whether `runner` can run the TF32 (tensor-core) versions: compute capability 8.0
+    (sm_80, A100) or newer; the emulator (compute_capability None) has them all."""
     cc = runner.compute_capability
-    if cc is not None and cc < 80:
+    return cc is None or cc >= 80
+
+
+def check_tf32(runner, version, layer):
+    """Refuse a TF32 version by name on an older GPU, where its kernels would trap."""
+    if not tf32_capable(runner):
+        cc = runner.compute_capability
         fail(layer, f"version {version} (TF32 tensor cores) needs a GPU of compute "
                     f"capability 8.0 or newer; this one is {cc // 10}.{cc % 10}")
 

@@ -50,11 +50,11 @@ def kernel_versions(device, case, layer=None):
         if not hasattr(module, target) or \
                 'version' not in inspect.signature(getattr(module, target)).parameters:
             return []
+    from kernels.launch_utils import tf32_capable
     out = []
-    cc = device.runner.compute_capability   # None on the emulator: it has them all
     for v in module.VERSIONS:
         tf32 = v == getattr(module, 'TF32_VERSION', None)
-        if tf32 and cc is not None and cc < 80:
+        if tf32 and not tf32_capable(device.runner):
             continue
         name = f'{v} (TF32)' if tf32 else str(v)
         variants = [(name, {})]
