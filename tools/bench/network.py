@@ -10,7 +10,7 @@ import numpy as np
 from nn import flops
 from tools.bench.cases import DROPOUT_SEED, SGD_ARGS, normal
 from tools.bench.gate import TOLERANCE, check_rows, max_rel_error
-from tools.bench.timers import CpuTimer, GpuTimer, summary, timed
+from tools.bench.timers import summary, timed, torch_timer
 
 # The timed training steps use a tiny rate: speed does not depend on it, and a real one
 # would drive the random network to inf/NaN within a few repeated steps.
@@ -263,7 +263,7 @@ def _torch_network(torch, device, net, params, x_host, labels_host, want):
 
     fns = {'inference': lambda: infer(x), 'training_step': train_step,
            'latency': lambda: infer(x[:1]), 'inference_by_layer': infer_by_layer}
-    return info, fns, (GpuTimer('torch', torch) if dev == 'cuda' else CpuTimer())
+    return info, fns, torch_timer(torch, dev == 'cuda')
 
 
 class _ClockedOps:

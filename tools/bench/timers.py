@@ -116,6 +116,11 @@ class GpuTimer(_Timer):
         return ms / 1e3
 
 
+def torch_timer(torch, on_gpu):
+    """The timer for PyTorch's runs: its CUDA events on the GPU, the CPU clock otherwise."""
+    return GpuTimer('torch', torch) if on_gpu else CpuTimer()
+
+
 def summary(times, images=None):
     """{'time_s': median, 'times_s': all runs} (+ 'images_per_s' for `images` per run)."""
     out = {'time_s': statistics.median(times), 'times_s': times}

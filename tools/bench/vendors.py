@@ -4,7 +4,7 @@ import numpy as np
 
 from tools.bench.cases import PRODUCTS
 from tools.bench.devices import Library
-from tools.bench.timers import CpuTimer, GpuTimer
+from tools.bench.timers import GpuTimer, torch_timer
 
 
 def _torch_impls(torch):
@@ -109,7 +109,7 @@ def torch_vendor(torch, device_kind):
 
     lib = Library('torch', to_lib, lambda t: t.detach().cpu().numpy() if hasattr(t, 'detach')
                   else np.asarray(t))
-    timer = GpuTimer('torch', torch) if dev == 'cuda' else CpuTimer()
+    timer = torch_timer(torch, dev == 'cuda')
     what = 'PyTorch CUDA (cuDNN conv)' if dev == 'cuda' else 'PyTorch CPU'
     return Vendor(f'{what} {torch.__version__}', lib, timer, _torch_impls(torch))
 
