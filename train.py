@@ -249,12 +249,12 @@ def schedule(args, n_train):
 def check_weights_file(args):
     """With --init imagenet the weight file must exist and be HDF5 (checked before anything
     else runs; its layers are checked when loaded)."""
-    if args.init == "imagenet" and not os.path.isfile(args.weights):
+    if args.init != "imagenet":
+        return
+    if not os.path.isfile(args.weights):
         raise TrainError(f"ImageNet weights {args.weights} not found: fetch and convert "
                          f"them with `python -m tools.fetch weights`, or train from "
                          f"Caffe's random initialisation with --init random")
-    if args.init != "imagenet":
-        return
     import h5py
     try:
         hdf5 = h5py.is_hdf5(args.weights)
@@ -271,8 +271,7 @@ def check_outputs_free(args, runs):
     if args.force or args.resume:
         return
     for agree, fold in runs:
-        for ext in (".h5", ".json"):
-            path = os.path.join(args.out_dir, run_name(args, agree, fold) + ext)
+        for path in run_outputs(args, agree, fold):
             if os.path.exists(path):
                 raise TrainError(f"{path} exists (from an earlier run); use --force to "
                                  f"replace it, or --out-dir")
@@ -379,6 +378,12 @@ def run_name(args, agree, fold):
     return f"{dataset}_{agree}_fold{fold}"
 
 
+def run_outputs(args, agree, fold):
+    """(weights .h5, metrics .json) a finished run of this fold writes into --out-dir."""
+    stem = os.path.join(args.out_dir, run_name(args, agree, fold))
+    return stem + ".h5", stem + ".json"
+
+
 def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
     """Train one fold; returns the metrics dict (also written as JSON beside the weights).
 
@@ -400,8 +405,7 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
                     n_train=len(train),
                     n_test=len(test), weights=args.weights if args.init == "imagenet" else None)
     checkpoint = os.path.join(args.out_dir, "checkpoints", name + ".h5")
-    weights_path = os.path.join(args.out_dir, name + ".h5")
-    metrics_path = os.path.join(args.out_dir, name + ".json")
+    weights_path, metrics_path = run_outputs(args, agree, fold)
     if (args.resume and not args.force and os.path.isfile(weights_path)
             and os.path.isfile(metrics_path)):
         metrics = finished_run(metrics_path, settings)   # (--all-folds --resume: done folds)
