@@ -248,8 +248,15 @@ static const int kMaxGuards = 64;
 static GlobalGuard g_guards[kMaxGuards];
 static int g_n_guards = 0;
 
-// A guarded copy target of `bytes` bytes whose address is `misalign` modulo 16; nullptr
-// when out of guards or memory. Freed by emu_guarded_free_all.
+// Lay the guard word over [from, to), both 4-byte aligned.
+static void fill_guard_words(unsigned char* from, unsigned char* to) {
+    uint32_t* end = reinterpret_cast<uint32_t*>(to);
+    for (uint32_t* w = reinterpret_cast<uint32_t*>(from); w < end; ++w) *w = kGuardWord;
+}
+
+// A guarded copy target of `bytes` bytes whose address is `misalign` modulo 16, for the
+// caller to copy the array into; nullptr when out of guards or memory. Freed by
+// emu_guarded_free_all.
 EMU_API void* emu_guarded_alloc(size_t bytes, size_t misalign, const char* label) {
     g_page = (size_t)sysconf(_SC_PAGESIZE);
     if (g_n_guards == kMaxGuards || misalign >= 16) return nullptr;
@@ -261,10 +268,12 @@ EMU_API void* emu_guarded_alloc(size_t bytes, size_t misalign, const char* label
     unsigned char* map = static_cast<unsigned char*>(p);
     mprotect(map, g_page, PROT_NONE);
     mprotect(map + g_page + data_pages, g_page, PROT_NONE);
-    uint32_t* words = reinterpret_cast<uint32_t*>(map + g_page);
-    for (size_t i = 0; i < data_pages / 4; i++) words[i] = kGuardWord;
     uintptr_t end = (uintptr_t)(map + g_page + data_pages);   // the trailing guard page
     uintptr_t start = ((end - bytes - misalign) & ~(uintptr_t)15) + misalign;
+    // The guard words go around the array only: the array's own bytes are about to be
+    // copied in (a few words at its 16-byte-aligned edges are written twice).
+    fill_guard_words(map + g_page, (unsigned char*)((start + 15) & ~(uintptr_t)15));
+    fill_guard_words((unsigned char*)((start + bytes) & ~(uintptr_t)15), (unsigned char*)end);
     g_guards[g_n_guards++] = {map, map_bytes, (unsigned char*)start, bytes, label};
     return (void*)start;
 }
