@@ -43,8 +43,6 @@ import urllib.error
 import urllib.request
 import zipfile
 
-from PIL import Image
-
 from nn.twitter import AGREES, DEFAULT_DATA_DIR, NUM_FOLDS, DatasetError, default_splits_dir, \
     label_file, read_list, split_files
 
@@ -414,6 +412,7 @@ def _dataset_layout_problem(names):
     files = {path for path, is_dir in entries if not is_dir}
     missing = [name for name in (os.path.basename(label_file("", a)) for a in AGREES)
                if name not in files]
+    from PIL import Image   # (only an archive being checked needs it)
     image_types = Image.registered_extensions()
     if not any(os.path.splitext(path)[1].lower() in image_types
                and (path.startswith("images/") or "/" not in path) for path in files):
