@@ -12,9 +12,10 @@ the centre crop and on Caffe's ten-crop oversampling.
 
 Writes `<out-dir>/<dataset>_<agree>_fold<k>.h5` (weights) and `.json` (metrics and
 settings), replacing an earlier run's only with --force; checkpoints go to
-`<out-dir>/checkpoints/` every --checkpoint-every iterations and on Ctrl-C, and `--resume`
-continues a run so that it ends with exactly the weights of an uninterrupted one (same
-device, same seed).
+`<out-dir>/checkpoints/` every --checkpoint-every iterations, on Ctrl-C and after the last
+step (removed once the metrics are written), and `--resume` continues a run so that it
+ends with exactly the weights of an uninterrupted one (same device, same seed), or only
+evaluates it when its training had finished.
 """
 import argparse
 import json
@@ -122,7 +123,8 @@ def parse_args(argv=None):
     add_device_argument(g)
     g.add_argument("--out-dir", default="weights", help="where weights and metrics go")
     g.add_argument("--checkpoint-every", type=int, default=20,
-                   help="write a checkpoint every N SGD steps (0: only on Ctrl-C)")
+                   help="write a checkpoint every N SGD steps (0: only on Ctrl-C and after the "
+                        "last step, before the evaluation)")
     g.add_argument("--resume", action="store_true",
                    help="continue from this run's checkpoint in <out-dir>/checkpoints/")
     g.add_argument("--force", action="store_true",
@@ -481,8 +483,10 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
                 say(f"[{name}] step {done}/{max_iter}  loss {step_loss:.4f}  lr {lr:.2g}  "
                     f"{rate:.1f} img/s  epoch {loader.epoch}  left {format_seconds(eta)}")
             early = stop.requested or (stop_at is not None and done >= stop_at)
-            if early or (args.checkpoint_every and done % args.checkpoint_every == 0
-                         and done < max_iter):
+            # The last step is checkpointed too: an evaluation cut short (Ctrl-C, a crash)
+            # then resumes at the evaluation instead of training the last steps again.
+            if early or done == max_iter or (args.checkpoint_every
+                                             and done % args.checkpoint_every == 0):
                 write_or_stop(checkpoint, lambda: save(loader.state))
                 say(f"[{name}] checkpoint written: {checkpoint} (step {done})")
             if early and done < max_iter:

@@ -388,6 +388,40 @@ def test_ctrl_c_checkpoints_in_training_and_aborts_in_evaluation(in_tmp, monkeyp
     assert "Traceback" not in captured.err and "stopping after this step" not in captured.err
 
 
+def test_resume_after_an_interrupted_evaluation_only_evaluates(in_tmp, monkeypatch, capsys):
+    """Training's last step is checkpointed: Ctrl-C in the evaluation loses no training."""
+    args = [a for a in QUICK if a != "--quiet"] + ["--max-iter", "3"]
+    real_evaluate = train.evaluate
+
+    def evaluate_interrupted(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the Ctrl-C should have interrupted")
+    monkeypatch.setattr(train, "evaluate", evaluate_interrupted)
+    assert train.main(args) == 130
+    checkpoint = os.path.join("weights", "checkpoints", "synthetic_five_fold2.h5")
+    with h5py.File(checkpoint, "r") as f:
+        assert f["solver"].attrs["iter"] == 3
+    trained = read_weights(os.path.join("weights", "synthetic_five_fold2.h5"))
+    assert not os.path.exists(os.path.join("weights", "synthetic_five_fold2.json"))
+    capsys.readouterr()
+
+    def no_training(self, x, labels):
+        raise AssertionError("a finished training was resumed into more steps")
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    monkeypatch.setattr(CaffeNet, "loss_and_grads", no_training)
+    assert train.main(args + ["--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "at step 3" in out and "test accuracy" in out
+    with open(os.path.join("weights", "synthetic_five_fold2.json")) as f:
+        metrics = json.load(f)
+    assert len(metrics["losses"]) == 3 and metrics["n_test_evaluated"] > 0
+    again = read_weights(os.path.join("weights", "synthetic_five_fold2.h5"))
+    for layer, blobs in trained.items():
+        for blob, value in blobs.items():
+            np.testing.assert_array_equal(again[layer][blob], value)
+    assert not os.path.exists(checkpoint)
+
+
 @pytest.mark.slow
 def test_synthetic_training_beats_chance(in_tmp):
     """The offline job learns: clearly better than chance on its held-out fold."""
