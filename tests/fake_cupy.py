@@ -1,9 +1,13 @@
 """A stand-in for CuPy whose compiled functions run on the emulator, so that the code only
 a GPU would run (kernels/runner.py's CupyRunner, bench.py's GPU path) runs in CI.
 
-Its arrays are NumPy's (`ndarray` is numpy.ndarray, everything it does not define is
-NumPy's), `RawModule` compiles nothing and answers `get_function` with a function that
-runs the named kernel on the emulator, and CUDA events read the CPU clock. Use
+Its arrays are "device arrays" (`DeviceArray`, NumPy arrays underneath) that keep CuPy's
+boundary between host and device: `cupy.asarray` copies host data in, `.get()` and
+`cupy.asnumpy` copy it out, and mixing a device array with a NumPy array in an operation
+or a cupy function raises TypeError, as CuPy does, so code that forgets a copy fails here
+and not first on a GPU. Every other cupy function is NumPy's, on device arrays.
+`RawModule` compiles nothing and answers `get_function` with a function that runs the
+named kernel on the emulator, and CUDA events read the CPU clock. Use
 `install(monkeypatch)`: nn.device then finds this "GPU".
 """
 import os
@@ -18,6 +22,76 @@ from kernels import runner as runner_module
 from kernels.runner import CupyRunner, EmuRunner, resolve_source
 
 FAKE_REGISTERS, FAKE_LOCAL_BYTES = 40, 8   # what the stand-in reports for every kernel
+
+
+def _is_host_array(a):
+    """A NumPy array (not a 0-d one: CuPy takes NumPy scalars) that is not a device array."""
+    return isinstance(a, np.ndarray) and not isinstance(a, DeviceArray) and a.ndim > 0
+
+
+def _refuse_host_arrays(what, values):
+    for a in values:
+        if _is_host_array(a):
+            raise TypeError(f"stand-in for CuPy: {what} given a numpy.ndarray of shape "
+                            f"{a.shape} (CuPy: Unsupported type <class 'numpy.ndarray'>; "
+                            f"copy it to the device with cupy.asarray first)")
+
+
+def _host(a):
+    return a.view(np.ndarray) if isinstance(a, DeviceArray) else a
+
+
+def _device(a):
+    return a.view(DeviceArray) if type(a) is np.ndarray else a
+
+
+class DeviceArray(np.ndarray):
+    """Plays cupy.ndarray: NumPy's array, but it does not mix with NumPy's arrays."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        _refuse_host_arrays(f"{ufunc.__name__}.{method}", inputs + (out or ()))
+        if out is not None:
+            kwargs['out'] = tuple(_host(o) for o in out)
+        result = getattr(ufunc, method)(*(_host(a) for a in inputs), **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return tuple(map(_device, result)) if isinstance(result, tuple) else _device(result)
+
+    def get(self, stream=None, order='C', out=None):
+        """A host copy (cupy.ndarray.get)."""
+        host = np.array(self.view(np.ndarray), order=order)
+        if out is None:
+            return host
+        out[...] = host
+        return out
+
+
+def _cupy_function(name, fn):
+    """cupy.<name>: NumPy's function on device arrays, refusing host arrays."""
+    def on_device(*args, **kwargs):
+        _refuse_host_arrays(f"cupy.{name}", list(args) + list(kwargs.values()))
+        result = fn(*(_host(a) for a in args), **{k: _host(v) for k, v in kwargs.items()})
+        return _device(result)
+    return on_device
+
+
+def _no_implicit_copy(name, fn):
+    """np.<name> refusing a device array, as CuPy does (its arrays convert only through
+    .get() or cupy.asnumpy)."""
+    def host_only(a, *args, **kwargs):
+        if isinstance(a, DeviceArray):
+            raise TypeError(f"stand-in for CuPy: np.{name} given a cupy array (CuPy: "
+                            f"Implicit conversion to a NumPy array is not allowed; use "
+                            f"cupy.asnumpy or .get())")
+        return fn(a, *args, **kwargs)
+    return host_only
+
+
+def _to_device(a, dtype=None, order='K'):
+    """cupy.asarray of host data (always a copy; a device array of the right dtype as is)."""
+    if isinstance(a, DeviceArray) and (dtype is None or a.dtype == dtype):
+        return a
+    return np.array(_host(a), dtype=dtype, order=order).view(DeviceArray)
 
 
 class FakeCompileError(Exception):
@@ -39,7 +113,8 @@ class FakeFunction:
         # A GPU refuses a bad launch; the emulator would crash the process on one.
         runner_module.check_launch(info.name, grid, block, shared_mem, info.static_shared,
                                    info.max_threads)
-        self._run(grid, block, args, shared_mem)
+        # (the launcher has checked that the arrays are device arrays)
+        self._run(grid, block, tuple(_host(a) for a in args), shared_mem)
 
 
 class FakeRawModule:
@@ -81,9 +156,11 @@ class FakeCupy(types.ModuleType):
 
     def __init__(self):
         super().__init__('cupy')
-        self.ndarray = np.ndarray
+        self.ndarray = DeviceArray
         self.RawModule = FakeRawModule
-        self.asnumpy = np.asarray
+        self.asarray = self.array = _to_device
+        self.asnumpy = lambda a, stream=None, order='C': (
+            a.get(order=order) if isinstance(a, DeviceArray) else np.asarray(a, order=order))
         device = types.SimpleNamespace(compute_capability='90', id=0)
         runtime = types.SimpleNamespace(
             getDeviceProperties=lambda i: {'name': b'stand-in GPU (the emulator)',
@@ -99,7 +176,10 @@ class FakeCupy(types.ModuleType):
             free_all_blocks=lambda: None)
 
     def __getattr__(self, name):
-        return getattr(np, name)
+        value = getattr(np, name)
+        if callable(value) and not isinstance(value, type):   # (dtypes stay NumPy's)
+            return _cupy_function(name, value)
+        return value
 
 
 def install(monkeypatch):
@@ -109,6 +189,8 @@ def install(monkeypatch):
     monkeypatch.setattr(nn.device, 'import_cupy_with_gpu', FakeCupy)
     monkeypatch.setattr(runner_module, 'load_nvrtc', lambda: None)
     monkeypatch.setattr(CupyRunner, '_modules', {})
+    for name in ('array', 'asarray', 'asanyarray', 'ascontiguousarray'):
+        monkeypatch.setattr(np, name, _no_implicit_copy(name, getattr(np, name)))
     FakeRawModule.compiled.clear()
     FakeRawModule.calls.clear()
     return CupyRunner()

@@ -41,13 +41,38 @@ def test_kernel_info_reads_the_function_attributes(fake_runner):
     assert (info.registers, info.local_bytes, info.max_threads) == (
         FAKE_REGISTERS, FAKE_LOCAL_BYTES, 1024)
     assert fake_runner.loaded_kernels() == [info]
-    x = np.linspace(-1, 1, 37, dtype=np.float32)
-    y = np.empty_like(x)
+    cupy = fake_runner.xp
+    x_host = np.linspace(-1, 1, 37, dtype=np.float32)
+    x = cupy.asarray(x_host)
+    y = cupy.empty_like(x)
     launch((1, 1, 1), (64, 1, 1), (x, y, np.int32(x.size)))
-    np.testing.assert_array_equal(y, np.maximum(x, 0))
-    # The checks before a launch hold on this runner too: a Python int for an int.
+    np.testing.assert_array_equal(y.get(), np.maximum(x_host, 0))
+    # The checks before a launch hold on this runner too: a Python int for an int, and a
+    # host (NumPy) array where the kernel needs a device one.
     with pytest.raises(runner_module.KernelLaunchError, match='int'):
         launch((1, 1, 1), (64, 1, 1), (x, y, x.size))
+    with pytest.raises(runner_module.KernelLaunchError,
+                       match="argument 0 'x' .*expected a cupy array .* got numpy.ndarray"):
+        launch((1, 1, 1), (64, 1, 1), (x_host, y, np.int32(x.size)))
+
+
+def test_the_stand_in_keeps_host_and_device_apart(fake_runner):
+    """Like CuPy, the stand-in refuses to mix host and device arrays: code that forgets a
+    copy fails in CI, not first on a GPU."""
+    cupy = fake_runner.xp
+    host = np.arange(5, dtype=np.float32)
+    dev = cupy.asarray(host)
+    assert isinstance(dev, cupy.ndarray) and not isinstance(host, cupy.ndarray)
+    dev[0] = 7                                   # a copy: the host array is untouched
+    assert host[0] == 0 and cupy.asnumpy(dev)[0] == 7
+    assert isinstance(dev + 1, cupy.ndarray) and isinstance(cupy.zeros(3), cupy.ndarray)
+    for mixed in (lambda: dev + host, lambda: np.maximum(host, dev),
+                  lambda: cupy.matmul(dev, host), lambda: cupy.copyto(dev, host)):
+        with pytest.raises(TypeError, match="numpy.ndarray of shape"):
+            mixed()
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(dev)
+    assert type(dev.get()) is np.ndarray and type(cupy.asnumpy(dev)) is np.ndarray
 
 
 def test_a_compile_error_names_the_file(fake_runner, monkeypatch):
