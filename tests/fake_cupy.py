@@ -133,7 +133,9 @@ class FakeRawModule:
         FakeRawModule.compiled.append(os.path.basename(self.display))
 
     def get_function(self, name):
-        path, display = resolve_source(os.path.basename(self.display))   # kernels/<file>
+        # A project file is named relative to the repository, a test's own by its path.
+        file = self.display if os.path.isabs(self.display) else os.path.basename(self.display)
+        path, display = resolve_source(file)
         info, run = self.emu._load(path, display, name)
         return FakeFunction(info, run, FakeRawModule.calls)
 

@@ -6,6 +6,10 @@ attributes into KernelInfo, the checks before a launch, passing grid, block, arg
 shared memory to the function) otherwise runs only on a GPU, where time is scarce; the
 tiny network going through it must compute what the reference computes.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -83,3 +87,15 @@ def test_a_compile_error_names_the_file(fake_runner, monkeypatch):
                         lambda path, display: '#line 1 "broken.cu"\n')
     with pytest.raises(runner_module.KernelCompileError, match=r'NVRTC failed to compile broken.cu:3'):
         fake_runner.kernel('broken.cu', 'anything')
+
+
+def test_the_gpu_tests_run_on_the_stand_in_with_its_plugin():
+    """tests/stand_in_gpu.py makes `pytest -m gpu` run (not skip) on the stand-in."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.stand_in_gpu",
+                          "-m", "gpu", "-p", "no:cacheprovider",
+                          "tests/test_relu_kernels.py::test_relu_gpu_caffenet_shapes[1-1]"],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout and "skipped" not in run.stdout
+
