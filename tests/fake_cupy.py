@@ -19,7 +19,8 @@ import numpy as np
 
 import nn.device
 from kernels import runner as runner_module
-from kernels.runner import CupyRunner, EmuRunner, resolve_source
+from kernels import emulator
+from kernels.runner import CupyRunner, EmuRunner, KernelCompileError, resolve_source
 
 FAKE_REGISTERS, FAKE_LOCAL_BYTES = 40, 8   # what the stand-in reports for every kernel
 
@@ -118,25 +119,29 @@ class FakeFunction:
 
 
 class FakeRawModule:
-    """Plays cupy.RawModule: compiled once; its functions run on the emulator."""
+    """Plays cupy.RawModule: compiled once (by the emulator's g++ build, so a source that
+    does not compile fails as it would in NVRTC); its functions run on the emulator."""
     emu = EmuRunner()
     compiled, calls = [], []
 
     def __init__(self, code, options):
-        # The assembled source names its file in a '#line 1 "<file>"' directive.
-        self.display = re.findall(r'#line 1 "([^"]+)"', code)[-1]
+        # The assembled source names its file in a '#line 1 "<file>"' directive: a project
+        # file relative to the repository (found in kernels/), a test's own by its path.
+        display = re.findall(r'#line 1 "([^"]+)"', code)[-1]
+        self.path, self.display = resolve_source(
+            display if os.path.isabs(display) else os.path.basename(display))
         self.options = options
 
     def compile(self):
-        if 'broken' in self.display:
-            raise FakeCompileError(f'{self.display}(3): error: expected a ";"')
+        try:
+            emulator.load_module(self.path, self.display)
+        except KernelCompileError as e:   # g++'s "f:3:5: error:" in NVRTC's form "f(3): error:"
+            nvrtc_log = re.sub(r'^(.+?):(\d+):\d+: error:', r'\1(\2): error:', e.log, flags=re.M)
+            raise FakeCompileError(nvrtc_log) from None
         FakeRawModule.compiled.append(os.path.basename(self.display))
 
     def get_function(self, name):
-        # A project file is named relative to the repository, a test's own by its path.
-        file = self.display if os.path.isabs(self.display) else os.path.basename(self.display)
-        path, display = resolve_source(file)
-        info, run = self.emu._load(path, display, name)
+        info, run = self.emu._load(self.path, self.display, name)
         return FakeFunction(info, run, FakeRawModule.calls)
 
 

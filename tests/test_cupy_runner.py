@@ -79,14 +79,19 @@ def test_the_stand_in_keeps_host_and_device_apart(fake_runner):
     assert type(dev.get()) is np.ndarray and type(cupy.asnumpy(dev)) is np.ndarray
 
 
-def test_a_compile_error_names_the_file(fake_runner, monkeypatch):
-    monkeypatch.setattr(runner_module, 'resolve_source',
-                        lambda file: ('/nowhere/broken.cu', 'broken.cu'))
-    monkeypatch.setattr(runner_module, 'read_text', lambda path: '')
-    monkeypatch.setattr(runner_module, 'assemble_source',
-                        lambda path, display: '#line 1 "broken.cu"\n')
-    with pytest.raises(runner_module.KernelCompileError, match=r'NVRTC failed to compile broken.cu:3'):
-        fake_runner.kernel('broken.cu', 'anything')
+def test_a_compile_error_names_the_file_and_line(fake_runner, tmp_path):
+    """CupyRunner turns CuPy's CompileException (NVRTC's log) into KernelCompileError."""
+    path = tmp_path / "broken.cu"
+    path.write_text('extern "C" __global__ void broken(float* y) {\n'
+                    '    y[0] = 1.0f;\n'
+                    '    y[1] = undefined_name;\n'
+                    '}\n')
+    with pytest.raises(runner_module.KernelCompileError) as info:
+        fake_runner.kernel(str(path), 'broken')
+    assert info.value.file == str(path) and info.value.line == 3
+    assert str(info.value).startswith(f'NVRTC failed to compile {path}:3')
+    assert 'undefined_name' in str(info.value) and f'{path}(3): error:' in info.value.log
+    assert not FakeRawModule.compiled
 
 
 def test_the_gpu_tests_run_on_the_stand_in_with_its_plugin():
