@@ -219,30 +219,14 @@ class EmuModule:
         with _lock:
             try:
                 pointers, copies, labels = self._guarded_copies(params, args)
-                keep = []  # ctypes objects that must live until the call returns
-                for i, (p, a) in enumerate(zip(params, args)):
-                    if p.is_pointer:
-                        value = ctypes.c_void_p(pointers[i])
-                    elif p.dtype == np.float32:
-                        value = ctypes.c_float(float(a))
-                    elif p.dtype == np.int32:
-                        value = ctypes.c_int32(int(a))
-                    else:
-                        value = ctypes.c_uint32(int(a))
-                    keep.append(value)
-                argv = (ctypes.c_void_p * max(1, len(keep)))(
-                    *[ctypes.addressof(v) for v in keep])
+                values = _c_values(params, args, pointers)   # alive until the call returns
+                argv = (ctypes.c_void_p * max(1, len(values)))(
+                    *[ctypes.addressof(v) for v in values])
                 rc = self._lib.emu_launch(self._entries[name], argv, name.encode(),
                                           (ctypes.c_uint * 3)(*grid),
                                           (ctypes.c_uint * 3)(*block), shared_mem,
                                           ORDERS[order], seed & (2**64 - 1), err, len(err))
-                changed_const = None
-                for (copy, original, size, writable), label in zip(copies, labels):
-                    if writable:
-                        ctypes.memmove(original, copy, size)
-                    elif changed_const is None and not self._lib.emu_same_bytes(
-                            copy, original, size):
-                        changed_const = label.decode()
+                changed_const = self._copy_back(copies, labels)
                 if rc == 0:
                     rc = self._lib.emu_guarded_check(err, len(err))
                     if rc != 0:
@@ -256,6 +240,17 @@ class EmuModule:
         if rc != 0:
             raise KernelLaunchError(f'{err.value.decode(errors="replace")} [{self.file}, '
                                     f'grid {grid}, block {block}, order {order}]')
+
+    def _copy_back(self, copies, labels):
+        """After a launch: the copies of non-const arrays back into the caller's arrays;
+        returns the label of the first const array whose copy changed, else None."""
+        changed_const = None
+        for (copy, original, size, writable), label in zip(copies, labels):
+            if writable:
+                ctypes.memmove(original, copy, size)
+            elif changed_const is None and not self._lib.emu_same_bytes(copy, original, size):
+                changed_const = label.decode()
+        return changed_const
 
     def _guarded_copies(self, params, args):
         """Copy the array arguments into guarded memory: returns ({argument index: address
@@ -286,6 +281,22 @@ class EmuModule:
             for i in members:
                 pointers[i] = copy + (args[i].ctypes.data - start)
         return pointers, copies, labels
+
+
+def _c_values(params, args, pointers):
+    """Each argument as the ctypes value the kernel's parameter takes: an array as its
+    guarded copy's address (pointers[i]), a scalar as float, int or unsigned int."""
+    values = []
+    for i, (p, a) in enumerate(zip(params, args)):
+        if p.is_pointer:
+            values.append(ctypes.c_void_p(pointers[i]))
+        elif p.dtype == np.float32:
+            values.append(ctypes.c_float(float(a)))
+        elif p.dtype == np.int32:
+            values.append(ctypes.c_int32(int(a)))
+        else:
+            values.append(ctypes.c_uint32(int(a)))
+    return values
 
 
 def load_module(path, display, context='asm', cache_dir=None):
