@@ -248,6 +248,20 @@ static const int kMaxGuards = 64;
 static GlobalGuard g_guards[kMaxGuards];
 static int g_n_guards = 0;
 
+// A fresh mapping of `data_bytes` (whole pages) read-write bytes followed by a PROT_NONE
+// guard page, and preceded by one when `leading` (the data then starts a page in);
+// nullptr when out of memory. The caller unmaps data_bytes plus the guard pages.
+static unsigned char* map_between_guards(size_t data_bytes, bool leading) {
+    size_t lead = leading ? g_page : 0;
+    void* p = mmap(nullptr, lead + data_bytes + g_page, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return nullptr;
+    unsigned char* map = static_cast<unsigned char*>(p);
+    if (leading) mprotect(map, g_page, PROT_NONE);
+    mprotect(map + lead + data_bytes, g_page, PROT_NONE);
+    return map;
+}
+
 // Lay the guard word over [from, to), both 4-byte aligned.
 static void fill_guard_words(unsigned char* from, unsigned char* to) {
     uint32_t* end = reinterpret_cast<uint32_t*>(to);
@@ -262,12 +276,8 @@ EMU_API void* emu_guarded_alloc(size_t bytes, size_t misalign, const char* label
     if (g_n_guards == kMaxGuards || misalign >= 16) return nullptr;
     size_t data_pages = (bytes + 16 + g_page - 1) / g_page * g_page;
     size_t map_bytes = data_pages + 2 * g_page;
-    void* p = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
-    if (p == MAP_FAILED) return nullptr;
-    unsigned char* map = static_cast<unsigned char*>(p);
-    mprotect(map, g_page, PROT_NONE);
-    mprotect(map + g_page + data_pages, g_page, PROT_NONE);
+    unsigned char* map = map_between_guards(data_pages, true);
+    if (map == nullptr) return nullptr;
     uintptr_t end = (uintptr_t)(map + g_page + data_pages);   // the trailing guard page
     uintptr_t start = ((end - bytes - misalign) & ~(uintptr_t)15) + misalign;
     // The guard words go around the array only: the array's own bytes are about to be
@@ -378,16 +388,9 @@ static bool place_dynamic_shared(size_t bytes) {
         if (g_dyn_map) munmap(g_dyn_map, g_dyn_capacity + g_page);
         size_t capacity = (rounded + g_page - 1) / g_page * g_page;
         if (capacity == 0) capacity = g_page;
-        void* p = mmap(nullptr, capacity + g_page, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) {
-            g_dyn_map = nullptr;
-            g_dyn_capacity = 0;
-            return false;
-        }
-        g_dyn_map = static_cast<unsigned char*>(p);
-        g_dyn_capacity = capacity;
-        mprotect(g_dyn_map + capacity, g_page, PROT_NONE);
+        g_dyn_map = map_between_guards(capacity, false);
+        g_dyn_capacity = g_dyn_map ? capacity : 0;
+        if (g_dyn_map == nullptr) return false;
     }
     g_dyn_shared = g_dyn_map + g_dyn_capacity - rounded;
     g_dyn_shared_size = rounded;
