@@ -204,6 +204,14 @@ extern "C" __global__ void null_write(float* y)
     *p = 1.0f;
 }
 
+// Locals of 68,000 bytes: more than a fiber's 64 KiB stack.
+extern "C" __global__ void big_locals(float* y)
+{
+    volatile float local[17000];
+    for (int i = 0; i < 17000; i += 1000) local[i] = (float)i;
+    y[threadIdx.x] = local[16000];
+}
+
 extern "C" __global__ void big_static(float* y)
 {
     __shared__ float big[4096];  // 16 KiB
@@ -456,6 +464,11 @@ def test_invalid_memory_access_raises_instead_of_crashing(sources):
     out = np.zeros(1, np.float32)
     EmuRunner().kernel(sources['good.cu'], 'block_sum')(1, 128, (x, out, np.int32(5)))
     assert out[0] == 5.0
+    # A stack overflow says so (the fiber stacks are small; a GPU's are not).
+    with pytest.raises(KernelLaunchError, match=r"below the thread's stack: .*more than "
+                                                r"the emulator's 64 KiB per thread.* in "
+                                                r"kernel big_locals, .*thread \(0,0,0\)"):
+        EmuRunner().kernel(sources['buggy.cu'], 'big_locals')(1, 2, (y,))
 
 
 @pytest.mark.parametrize('n', [1, 37, 1024, 1025])
@@ -677,6 +690,25 @@ def test_cache_hit_loads_without_objdump(sources, tmp_path, monkeypatch):
     assert again is not first
     assert {k: again.static_shared(k) for k in again.kernels} == \
         {k: first.static_shared(k) for k in first.kernels}
+
+
+def test_the_cache_keeps_compilers_apart(sources, tmp_path, monkeypatch):
+    """A compiler wrapper (CXX, say one adding -g for gdb) gets its own libraries: it
+    reports the same --version as the compiler it calls."""
+    import os
+    from kernels import emulator
+    path, display = resolve_source(sources['good.cu'])
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    emulator.load_module(path, display, cache_dir=str(cache))
+    wrapper = tmp_path / 'g++-debug'
+    wrapper.write_text(f'#!/bin/sh\nexec {emulator.CXX} "$@" -g\n')
+    os.chmod(wrapper, 0o755)
+    monkeypatch.setattr(emulator, 'CXX', str(wrapper))
+    monkeypatch.setattr(emulator, '_compiler_id', None)
+    monkeypatch.setattr(emulator, '_modules', {})
+    emulator.load_module(path, display, cache_dir=str(cache))
+    assert len(list(cache.glob('*.so'))) == 2
 
 
 def test_unknown_kernel_and_unsupported_parameter(sources):

@@ -76,7 +76,8 @@ def _compiler_version():
             out = subprocess.run([CXX, '--version'], capture_output=True, text=True, check=True)
         except (OSError, subprocess.CalledProcessError) as e:
             raise RuntimeError(f'the kernel emulator needs a C++ compiler ({CXX}): {e}') from e
-        _compiler_id = out.stdout.splitlines()[0] if out.stdout else CXX
+        # The command too: a wrapper that adds flags (say -g) reports the same version.
+        _compiler_id = f"{CXX}: {out.stdout.splitlines()[0] if out.stdout else ''}"
     return _compiler_id
 
 

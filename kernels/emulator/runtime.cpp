@@ -323,6 +323,14 @@ EMU_API void emu_guarded_free_all(void) {
 // ", past the end of argument ..." when addr is in a guard page, else "".
 static void describe_guard(const unsigned char* addr, char* out, size_t len) {
     out[0] = '\0';
+    // Below the running fiber's stack (its guard page, or past it for a large frame).
+    uintptr_t a = (uintptr_t)addr, stack = g_current ? (uintptr_t)g_current->stack_base : 0;
+    if (stack && a + kStackSize >= stack && a < stack + g_page) {
+        snprintf(out, len, ", below the thread's stack: its local variables need more "
+                 "than the emulator's %zu KiB per thread (kStackSize in runtime.cpp)",
+                 kStackSize / 1024);
+        return;
+    }
     const unsigned char* guard = g_dyn_map ? g_dyn_map + g_dyn_capacity : nullptr;
     if (guard && addr >= guard && addr < guard + g_page) {
         snprintf(out, len, ", past the end of the launch's shared_mem bytes");
