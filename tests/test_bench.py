@@ -64,6 +64,7 @@ def test_cpu_layer_json(tmp_path):
     assert report['settings']['device'] == 'cpu'
     assert report['settings']['batches'] == [3]
     assert report['settings']['repeats'] == 1
+    assert report['settings']['tolerance_max_rel_error'] == TOLERANCE
     assert report['machine']['device_name'].startswith('CPU')
     assert report['peaks']['bandwidth_GBps'] > 0 and report['peaks']['fp32_GFLOPs'] > 0
     assert report['network'] == []  # --only conv3: no whole-network figures
@@ -167,6 +168,7 @@ def test_whole_network_cpu(tmp_path, capsys):
                                   'pool1', 'pool2', 'pool5']
         assert all(changed <= max(1, TOLERANCE * n) for changed, n in routes.values())
         assert r['images_per_s'] == pytest.approx(1 / r['time_s'])
+        assert r['gflops'] == pytest.approx(r['flops'] / r['time_s'] / 1e9)
         assert r['flops'] == flops.network_counts(layers, 1, train=train).flops
         floor = r['flops'] / (report['peaks']['fp32_GFLOPs'] * 1e9)
         assert r['floor_s'] == pytest.approx(floor)
@@ -608,3 +610,330 @@ def test_gpu_path_on_a_stand_in_for_cupy(tmp_path, monkeypatch, capsys):
     compiled = report['compiled_kernels']
     assert compiled and all(k['registers'] == fake_cupy.FAKE_REGISTERS for k in compiled)
     assert 'stand-in GPU' in capsys.readouterr().out
+
+
+# ---- the gate, the rates and the timers, each alone ---------------------------------------
+
+def _cases(batch):
+    return {c.name: c for c in build_cases(flops.caffenet_layers(num_classes=3), batch)}
+
+
+def _gate_subject(case, change=lambda outs: outs, batch=3, full_change=None):
+    """gate() on `case` with the float32 NumPy ops as the subject, its outputs passed
+    through `change` (on the check rows) and `full_change` (on the whole batch)."""
+    from tools.bench.gate import gate
+    _, _, lib = open_device('cpu')
+    ops = reference_ops()
+    inputs = case.make(np.random.default_rng(), batch)
+
+    def run(t):
+        return tuple(change(tuple(case.run(ops, case.prepare(ops, t)))))
+    full = (full_change or change)(tuple(case.run(ops, case.prepare(ops, lib.convert(inputs)))))
+    return gate(case, run, lib, inputs, full)
+
+
+def test_gate_rejects_every_kind_of_wrong_result():
+    case = _cases(3)['fc8.backward']          # three outputs: dx (per image), dw, db
+    ok, err = _gate_subject(case)
+    # the truth is float64: a float32 subject shows its rounding, within the tolerance
+    assert ok and 0 < err <= TOLERANCE
+
+    def nan_in_dx(outs):
+        dx = outs[0].copy()
+        dx.reshape(-1)[0] = np.nan
+        return (dx,) + outs[1:]
+
+    def wrong_db(outs):                       # the last output only
+        return outs[:2] + (outs[2] * np.float32(1.01),)
+
+    def dw_reshaped(outs):                    # right values in memory, wrong shape
+        return (outs[0], outs[1].reshape(outs[1].shape[::-1]), outs[2])
+
+    for change in (nan_in_dx, wrong_db, dw_reshaped, lambda outs: outs[:2]):
+        ok, err = _gate_subject(case, change)
+        assert not ok and not err <= TOLERANCE, change
+
+    def last_image_wrong(outs):               # right on the check rows run alone
+        dx = outs[0].copy()
+        dx[-1] *= np.float32(1.01)
+        return (dx,) + outs[1:]
+    ok, _ = _gate_subject(case, full_change=last_image_wrong)
+    assert not ok
+
+
+def test_conv_weight_gradient_case_checks_the_bias_gradient_too():
+    case = _cases(1)['conv5.backward_weights']
+
+    def wrong_db(outs):
+        return tuple(o * np.float32(1.01) if o.ndim == 1 else o for o in outs)
+    assert _gate_subject(case, batch=1)[0]
+    assert not _gate_subject(case, wrong_db, batch=1)[0]
+
+
+def test_a_kernel_wrong_only_in_a_larger_batch_is_reported(tmp_path, monkeypatch):
+    """The check rows are run alone, but the timed full-batch outputs are compared too: a
+    kernel whose last image goes wrong only in batches of more than two is WRONG."""
+    def corrupt(y):
+        if len(y) > 2:
+            y = y.copy()
+            y[-1] *= np.float32(1.01)
+        return y
+    monkeypatch.setattr(bench, 'subject_ops', _broken('relu_forward', corrupt))
+    rc, report = _run(tmp_path, '--batch', '4', '--only', 'relu7.forward')
+    (row,) = report['kernels']
+    assert rc == 1 and row['status'] == 'WRONG' and 'time_s' not in row
+
+
+def test_dropout_is_checked_on_the_whole_batch(tmp_path):
+    # its masks follow the flat index: the check rows alone would have other masks
+    rc, report = _run(tmp_path, '--batch', '3', '--only', 'drop7')
+    assert rc == 0
+    assert [r['status'] for r in report['kernels']] == ['ok', 'ok']
+
+
+def test_rates_by_hand():
+    peaks = {'fp32_GFLOPs': 1000.0, 'bandwidth_GBps': 100.0}
+    # 2 GFLOP take 2 ms at the peak, 1 GB takes 10 ms: memory bound, 10 ms its floor
+    counts = flops.Counts(1 << 20, 2_000_000_000, 1_000_000_000)
+    rates = _rates(counts, 0.04, peaks)
+    assert rates['gflops'] == pytest.approx(50.0) and rates['gbps'] == pytest.approx(25.0)
+    assert rates['bound'] == 'memory' and rates['roofline_fraction'] == pytest.approx(0.25)
+    counts = flops.Counts(1 << 20, 20_000_000_000, 1_000_000_000)   # 20 ms of arithmetic
+    rates = _rates(counts, 0.08, peaks)
+    assert rates['bound'] == 'compute' and rates['roofline_fraction'] == pytest.approx(0.25)
+
+
+class _RecordingTimer:
+    """A timer that runs fn once per measure and records the batch of what it ran."""
+    name = 'recording'
+
+    def __init__(self, seconds):
+        self.seconds, self.batches = seconds, []
+
+    def measure(self, fn, warmup, repeats, flush=True):
+        self.batches.append(len(fn()[0]))
+        return [self.seconds] * repeats
+
+
+def test_the_whole_batch_is_timed_not_the_check_rows():
+    case = _cases(5)['relu7.forward']
+    layer = next(l for l in flops.caffenet_layers(num_classes=3) if l.name == 'relu7')
+    device, _, lib = open_device('cpu')
+    timer = _RecordingTimer(0.5)
+    args = SimpleNamespace(seed=0, warmup=0, repeats=3)
+    peaks = {'fp32_GFLOPs': None, 'bandwidth_GBps': 1.0}
+    row = bench_case(case, layer, devices.subject_ops(device), lib, timer, None, args, 5, peaks)
+    assert row['status'] == 'ok' and timer.batches == [5]
+    assert row['time_s'] == 0.5 and row['times_s'] == [0.5] * 3
+    assert row['gflops'] == pytest.approx(5 * 4096 / 0.5 / 1e9)   # one max per element
+
+
+def test_case_counts_are_the_layers_work():
+    layers = {l.name: l for l in flops.caffenet_layers()}
+    cases = {c.name: c for c in build_cases(flops.caffenet_layers(), 4)}
+    fc7 = flops.layer_counts(layers['fc7'], 4)
+    # the fc backward does both products: dx and dw (+ db)
+    assert cases['fc7.backward'].counts == fc7['backward_data'] + fc7['backward_weights']
+    for pass_ in ('forward', 'backward_data', 'backward_weights'):
+        assert cases[f'conv2.{pass_}'].counts == flops.layer_counts(layers['conv2'], 4)[pass_]
+    # SGD on fc6's 4096 x 9216 weights, whatever the batch
+    assert cases['sgd.fc6'].counts == flops.sgd_counts(4096 * 9216)
+
+
+def test_summary_is_the_median():
+    from tools.bench.timers import summary
+    out = summary([3.0, 1.0, 11.0], images=6)
+    assert out['time_s'] == 3.0 and out['images_per_s'] == 2.0
+    assert out['times_s'] == [3.0, 1.0, 11.0]
+
+
+def test_layer_times_are_medians():
+    class SquaresTimer:   # the k-th call takes k**2 seconds: 1, 4, 9
+        calls = 0
+
+        def flush(self):
+            pass
+
+        def time_once(self, fn):
+            fn()
+            self.calls += 1
+            return float(self.calls ** 2)
+    (times,) = layer_times([(lambda clock: clock('x', lambda: None), SquaresTimer())],
+                           SimpleNamespace(warmup=0, repeats=3))
+    assert times == {'x': 4.0}
+
+
+def test_timer_flushes_before_each_timed_run_after_the_warmup():
+    from tools.bench.timers import _Timer
+    log = []
+
+    class LogTimer(_Timer):
+        def flush(self):
+            log.append('flush')
+
+        def time_once(self, fn):
+            fn()
+            log.append('timed')
+            return 1.0
+    assert LogTimer().measure(lambda: log.append('run'), 2, 3) == [1.0] * 3
+    assert log == ['run', 'run'] + ['flush', 'run', 'timed'] * 3
+    log.clear()
+    LogTimer().measure(lambda: log.append('run'), 0, 2, flush=False)
+    assert log == ['run', 'timed'] * 2
+
+
+def test_peaks_by_hand():
+    """A copy of 16 MiB (the test's size) in 1 ms reads and writes 33.5 GB/s; a 256^3
+    product (2 x 256^3 FLOPs) in 1 ms is 33.5 GFLOP/s. The best run counts, and the
+    fastest of the products on offer."""
+    class FixedTimer:
+        def __init__(self):
+            self.calls = 0
+
+        def measure(self, fn, warmup, runs, flush=True):
+            fn()
+            self.calls += 1
+            # the copy, then NumPy's product (4 ms at best), then the stand-in torch's (1 ms)
+            best = {1: 1e-3, 2: 4e-3, 3: 1e-3}[self.calls]
+            return [2 * best, best]
+    fake_torch = SimpleNamespace(from_numpy=np.asarray, matmul=np.matmul,
+                                 empty=lambda *s: np.empty(s, np.float32))
+    device = SimpleNamespace(name='cpu', xp=np)
+    peaks = measure_peaks(device, FixedTimer(), fake_torch)
+    assert peaks['bandwidth_GBps'] == pytest.approx(2 * 16 * 2 ** 20 / 1e-3 / 1e9)
+    assert peaks['fp32_GFLOPs'] == pytest.approx(2 * 256 ** 3 / 1e-3 / 1e9)
+    assert peaks['fp32_how'].startswith('torch.matmul 256x256')
+
+
+def test_gpu_timer_reports_seconds():
+    from tools.bench.timers import GpuTimer
+
+    class Event:
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+    cuda = SimpleNamespace(Event=Event, get_elapsed_time=lambda start, end: 2.5)  # ms
+    module = SimpleNamespace(cuda=cuda, float32=np.float32,
+                             empty=lambda n, dtype: np.empty(1, dtype))
+    assert GpuTimer('cupy', module).time_once(lambda: None) == pytest.approx(2.5e-3)
+
+
+def test_table_shows_each_figure_in_its_column(capsys):
+    row = {'name': 'conv3.forward', 'batch': 2, 'status': 'ok', 'time_s': 2e-3,
+           'gflops': 123.4, 'gbps': 5.6, 'bound': 'memory', 'roofline_fraction': 0.25}
+    network = {'name': 'net.inference', 'batch': 1, 'status': 'ok', 'time_s': 4e-3,
+               'images_per_s': 250.0,
+               'layers': [{'layer': 'conv1', 'time_s': 1e-3, 'torch_time_s': 3e-3}]}
+    print_table({'machine': {'device_name': 'test'}, 'kernels': [row], 'network': [network],
+                 'notes': [], 'peaks': {'bandwidth_GBps': 1.0, 'fp32_GFLOPs': 2.0}})
+    lines = capsys.readouterr().out.splitlines()
+    kernel = next(l for l in lines if l.startswith('conv3.forward')).split()
+    assert kernel[1:] == ['2', 'ok', '2.000', '123.4', '5.6', 'memory', '25.0%']
+    conv1 = next(l for l in lines if l.strip().startswith('conv1')).split()
+    assert conv1 == ['conv1', '1.000', '|', '3.000', '3.00']   # ms, PyTorch ms, torch/ours
+
+
+def _network_with(change_ops, batch):
+    """bench_network's rows for a network whose op set `change_ops(ops)` alters."""
+    args = bench.parse_args(['--device', 'cpu', '--repeats', '1', '--warmup', '0',
+                             '--no-torch', '--classes', '3'])
+    device, timer, _ = open_device('cpu')
+    ops = devices.subject_ops(device)
+    change_ops(ops)
+    return bench_network(device, device.with_ops(ops), timer, None, args, batch)
+
+
+@pytest.mark.parametrize('min_batch', [2, 3])
+def test_network_wrong_in_its_last_image_is_reported(min_batch):
+    """Scores wrong in the last image of batches of at least `min_batch`: the check
+    images (first and last) are compared run alone (2) and inside the whole batch (3)."""
+    def wrong_fc8(ops):
+        real = ops.inner_product_forward
+
+        def fc_forward(x, w, b, **kwargs):
+            y, cache = real(x, w, b, **kwargs)
+            if kwargs.get('layer') == 'fc8' and len(y) >= min_batch:
+                y = y.copy()
+                y[-1] += np.float32(0.01) * np.abs(y).max()
+            return y, cache
+        ops.inner_product_forward = fc_forward
+    rows = _network_with(wrong_fc8, 3)
+    assert all(r['status'] == 'WRONG' and 'time_s' not in r for r in rows)
+
+
+@pytest.mark.parametrize('wrong', ['loss', 'bias_gradient'])
+def test_network_gate_checks_the_loss_and_the_bias_gradients(wrong):
+    def change(ops):
+        if wrong == 'loss':
+            real = ops.softmax_loss_forward
+
+            def loss_forward(x, labels):
+                loss, cache = real(x, labels)
+                return loss * 1.01, cache
+            ops.softmax_loss_forward = loss_forward
+        else:
+            real = ops.inner_product_backward
+
+            def fc_backward(dy, cache):
+                dx, dw, db = real(dy, cache)
+                return dx, dw, (db * 1.1 if dw.shape[1] == 9216 else db)   # fc6's bias
+            ops.inner_product_backward = fc_backward
+    rows = _network_with(change, 1)
+    assert all(r['status'] == 'WRONG' and r['max_rel_error'] > 5e-3 for r in rows)
+
+
+def test_gate_tolerance_is_the_boundary():
+    case = _cases(2)['fc8.forward']
+    for scale, ok in ((1 + 3e-5, True), (1 + 3e-4, False)):
+        assert _gate_subject(case, lambda outs: tuple(o * np.float32(scale) for o in outs),
+                             batch=2)[0] is ok, scale
+
+
+def test_dropout_case_times_training_dropout():
+    case = _cases(2)['drop7.forward']
+    ops = reference_ops()
+    inputs = case.make(np.random.default_rng(), 2)
+    (y,) = case.run(ops, case.prepare(ops, inputs))
+    dropped = np.mean(y == 0)
+    assert 0.45 < dropped < 0.55     # ratio 0.5: not the identity of test mode
+
+
+def test_conv_backward_cases_compute_only_their_own_gradients():
+    cases = _cases(1)
+    calls = []
+
+    def conv_backward(dy, cache, need_dx=True, need_dw=True):
+        calls.append((need_dx, need_dw))
+        return 'dx', 'dw', 'db'
+    ops = SimpleNamespace(conv_backward=conv_backward)
+    state = ('cache', 'dy')
+    assert cases['conv3.backward_data'].run(ops, state) == ('dx',)
+    assert cases['conv3.backward_weights'].run(ops, state) == ('dw', 'db')
+    assert calls == [(True, False), (False, True)]
+
+
+def test_sgd_update_is_checked_and_timed(tmp_path):
+    rc, report = _run(tmp_path, '--batch', '1', '--only', 'sgd')
+    (row,) = report['kernels']
+    assert rc == 0 and row['status'] == 'ok' and row['time_s'] > 0
+    assert row['flops'] == 7 * 4096 * 9216
+
+
+def test_a_wrong_pytorch_network_is_reported_not_compared(monkeypatch):
+    torch = pytest.importorskip('torch')
+    import tools.bench.network as network
+    real = network.torch_caffenet
+
+    def off_by_one_percent(torch, spec, params, device):   # PyTorch given other weights
+        return real(torch, spec, {n: {'weight': b['weight'] * np.float32(1.01),
+                                      'bias': b['bias']} for n, b in params.items()}, device)
+    monkeypatch.setattr(network, 'torch_caffenet', off_by_one_percent)
+    args = bench.parse_args(['--device', 'cpu', '--repeats', '1', '--warmup', '0',
+                             '--classes', '3'])
+    device, timer, _ = open_device('cpu')
+    rows = bench_network(device, device, timer, torch, args, 1)
+    for r in rows:
+        assert r['status'] == 'ok' and r['time_s'] > 0
+        assert r['torch']['status'] == 'WRONG' and 'time_s' not in r['torch']

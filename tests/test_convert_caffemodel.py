@@ -281,3 +281,90 @@ def test_unwritable_output_is_a_clean_error(tmp_path, weights, capsys):
     assert err.startswith(f"tools.convert_caffemodel: error: {out}: cannot write: ")
     assert err.count("\n") == 1
     assert sorted(os.listdir(tmp_path)) == ["blocker", "m.caffemodel"]   # nothing half-written
+
+
+def test_unpacked_shape_dims_and_fixed_width_data():
+    # BlobShape.dim and the data may each come unpacked, one field per value
+    rng = np.random.default_rng()
+    weight = _rand(rng, 3, 4)
+    shape = field_bytes(7, field_varint(1, 3) + field_varint(1, 4))
+    unpacked = shape + b"".join(key(5, 5) + struct.pack("<f", v) for v in weight.ravel())
+    (_, _, (got, _)), = cc.parse_layers(new_layer("fc", "InnerProduct",
+                                                  [unpacked, blob(np.ones(3))]))
+    np.testing.assert_array_equal(got, weight)
+
+
+@pytest.mark.parametrize("payload, message", [
+    # packed floats whose byte count is not a multiple of 4
+    (field_bytes(7, field_bytes(1, varint(2))) + field_bytes(5, b"\x00" * 6),
+     "packed data of 6 bytes is not a multiple of 4"),
+    # a double_data value written as fixed32
+    (field_bytes(7, field_bytes(1, varint(1))) + key(8, 5) + struct.pack("<f", 1.0),
+     "blob data with wire type 5, expected packed or fixed64"),
+    # two negative dimensions whose product matches the data count
+    (field_bytes(7, field_bytes(1, varint(-2) + varint(-3)))
+     + field_bytes(5, struct.pack("<6f", *[0.5] * 6)), r"negative blob dimension in \(-2, -3\)"),
+])
+def test_malformed_blobs_are_rejected(payload, message):
+    with pytest.raises(cc.CaffemodelError, match=message):
+        cc.parse_layers(new_layer("fc", "InnerProduct", [payload, blob(np.ones(2))]))
+
+
+def test_weight_shapes_are_checked():
+    rng = np.random.default_rng()
+    bias = blob(_rand(rng, 3))
+    for layer, message in (
+            # an InnerProduct weight with a leading dimension that is not 1
+            (new_layer("fc7", "InnerProduct", [blob(_rand(rng, 2, 1, 3, 4)), bias]),
+             r"'fc7'.*weight shape \(2, 1, 3, 4\), expected \(out, in\) or \(1, 1, out, in\)"),
+            (new_layer("conv1", "Convolution", [blob(_rand(rng, 3, 4)), bias]),
+             r"'conv1'.*weight shape \(3, 4\), expected \(K, C, kh, kw\)"),
+            (new_layer("", "InnerProduct", [blob(_rand(rng, 3, 4)), bias]),
+             "a layer with blobs has no name")):
+        with pytest.raises(cc.CaffemodelError, match=message):
+            cc.to_params(cc.parse_layers(layer))
+
+
+def test_a_layer_and_its_conv_twin_are_not_both_written():
+    # fc6 and fc6-conv would both become fc6: the second must not replace the first
+    rng = np.random.default_rng()
+    model = (new_layer("fc6", "InnerProduct", [blob(_rand(rng, 2, 3)), blob(_rand(rng, 2))])
+             + new_layer("fc6-conv", "Convolution", [blob(_rand(rng, 2, 3, 1, 1)),
+                                                     blob(_rand(rng, 2))]))
+    with pytest.raises(cc.CaffemodelError, match="second layer is written as 'fc6'"):
+        cc.to_params(cc.parse_layers(model))
+
+
+def test_class_names_must_match_the_classes(tmp_path, weights, capsys):
+    src = tmp_path / "m.caffemodel"
+    src.write_bytes(new_model(weights))
+    out = tmp_path / "m.h5"
+    assert cc.main([str(src), str(out), "--num-classes", "2", "--class-names", "a,b,c"]) == 1
+    assert "3 class names given for 2 classes" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_too_few_bias_values_or_classes_are_rejected(tmp_path, weights, capsys):
+    rng = np.random.default_rng()
+    short_bias = new_layer("fc7", "InnerProduct", [blob(_rand(rng, 3, 4)), blob(_rand(rng, 2))])
+    with pytest.raises(cc.CaffemodelError, match="bias has 2 values, expected 3"):
+        cc.to_params(cc.parse_layers(short_bias))
+    src = tmp_path / "m.caffemodel"
+    src.write_bytes(new_model(weights))
+    assert cc.main([str(src), str(tmp_path / "x.h5"), "--num-classes", "1"]) == 1
+    assert "has 2 outputs, but num_classes is 1" in capsys.readouterr().err
+
+
+def test_layers_are_written_in_file_order(tmp_path):
+    # a classifier named so that it sorts first: the file's order is the network's
+    rng = np.random.default_rng()
+    w = {"fc6": (_rand(rng, 4, 3), _rand(rng, 4)), "classifier": (_rand(rng, 2, 4), _rand(rng, 2))}
+    src = tmp_path / "m.caffemodel"
+    src.write_bytes(b"".join(new_layer(n, "InnerProduct", [blob(a), blob(b)])
+                             for n, (a, b) in w.items()))
+    assert cc.main([str(src), str(tmp_path / "m.h5")]) == 0
+    from nn.weights import load_weights
+    params, attrs = load_weights(str(tmp_path / "m.h5"))
+    assert list(params) == attrs["layer_order"] == ["fc6", "classifier"]
+    assert attrs["num_classes"] == 2
+    np.testing.assert_array_equal(params["classifier"]["weight"], w["classifier"][0])

@@ -112,3 +112,49 @@ def test_bad_input_is_named():
         flops.weight_shape(caffenet_layers()[1])
     with pytest.raises(ValueError, match='kernel 11'):
         caffenet_layers(input_size=8)
+
+
+def test_tiny_network_totals_by_hand():
+    # one fc layer, 4 inputs -> 3 outputs, then the loss; one image
+    layers = flops.layers_from_spec([{'type': 'fc', 'name': 'fc1', 'num_output': 3}],
+                                    input_size=2, in_channels=1)
+    # fc1 forward: 12 MACs, 24 + 3 (bias) FLOPs, x 4 + w 12 + b 3 + y 3 floats;
+    # loss forward: 4 x 3 + 1 FLOPs, 3 scores and one int32 label
+    assert flops.network_counts(layers, 1) == Counts(12, 27 + 13, 4 * 22 + 4 * 3 + 4)
+    # training: + fc1's weight gradient (27 FLOPs, 22 floats), not its data gradient (the
+    # input's); + the loss backward (6 x 3 FLOPs, 2 x 3 floats and the label); + SGD on
+    # 15 parameters (7 FLOPs and 5 floats each)
+    train = flops.network_counts(layers, 1, train=True)
+    assert train == Counts(24, 27 + 13 + 27 + 18 + 105,
+                           4 * 22 + 16 + 4 * 22 + 28 + 4 * 5 * 15)
+
+
+def test_lrn_dropout_loss_counts_by_hand():
+    L = _by_name(caffenet_layers())
+    n = 2 * 96 * 27 * 27
+    norm1 = layer_counts(L['norm1'], 2)   # local_size 5
+    assert norm1['forward'] == Counts(0, (1 + 5 + 2 + 1 + 1) * n, 4 * 2 * n)
+    assert norm1['backward'] == Counts(0, (2 + 5 + 2 + 3) * n, 4 * 3 * n)
+    drop7 = layer_counts(L['drop7'], 2)
+    assert drop7['backward'] == Counts(0, 2 * 2 * 4096, 4 * 2 * 2 * 4096)
+    loss = layer_counts(L['loss'], 2)
+    assert loss['forward'] == Counts(0, 4 * 2000 + 2, 4 * 2000 + 4 * 2)
+    assert loss['backward'] == Counts(0, 6 * 2000, 4 * 2 * 2000 + 4 * 2)
+
+
+def test_padded_pool_windows_are_clipped():
+    # 5 wide, kernel 3 stride 2 pad 1: windows [-1,2) [1,4) [3,6) hold 2 + 3 + 2 pixels
+    layer = Layer('p', 'pool', (4, 5, 5), (4, 3, 3), {'kernel': 3, 'stride': 2, 'pad': 1})
+    c = layer_counts(layer, 3)
+    assert c['forward'].flops == 3 * 4 * 7 * 7
+    assert c['backward'].flops == 3 * 4 * 9   # one gradient routed per output
+
+
+def test_bad_specs_are_named():
+    with pytest.raises(ValueError, match="'conv1': group 2 must divide its 4 input channels "
+                                         "and 5 outputs"):
+        flops.layers_from_spec([{'type': 'conv', 'name': 'conv1', 'kernel': 1,
+                                 'num_output': 5, 'group': 2}], input_size=3, in_channels=4)
+    with pytest.raises(ValueError, match="'pool1'.*output map is empty"):
+        flops.layers_from_spec([{'type': 'pool', 'name': 'pool1', 'kernel': 3, 'stride': 2}],
+                               input_size=1, in_channels=1)

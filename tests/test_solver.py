@@ -231,3 +231,43 @@ def test_checkpoint_keeps_a_float64_net_bit_exact(tmp_path):
             np.testing.assert_array_equal(resumed.params[name][blob], net.params[name][blob])
             np.testing.assert_array_equal(resumed_solver.history[name][blob],
                                           solver.history[name][blob])
+
+
+def _checkpoint(tmp_path, settings):
+    from nn.checkpoint import save_checkpoint
+    net = small_net()
+    path = tmp_path / "ckpt.h5"
+    save_checkpoint(path, net, SGDSolver(net, base_lr=0.01, lr_policy="fixed"),
+                    {"epoch": 0, "position": 0}, settings)
+    return path
+
+
+def test_resume_is_refused_when_any_setting_differs(tmp_path):
+    """Every key of must_match is compared, the last as much as the first, and a setting
+    the checkpoint does not record counts as different; the net is left untouched."""
+    from nn.checkpoint import CheckpointError, load_checkpoint
+    path = _checkpoint(tmp_path, {"seed": 4, "lr": 0.01, "batch_size": 8})
+    net = CaffeNet(spec=SPEC, input_size=11, device="cpu", seed=5, dtype=np.float64)
+    before = {n: {b: a.copy() for b, a in blobs.items()} for n, blobs in net.params.items()}
+    keys = ("seed", "lr", "batch_size", "tf32")
+    for settings, named in (
+            ({"seed": 4, "lr": 0.01, "batch_size": 16}, "batch_size: checkpoint 8, now 16"),
+            ({"seed": 4, "lr": 0.01, "batch_size": 8, "tf32": True},
+             "tf32: checkpoint None, now True")):
+        with pytest.raises(CheckpointError, match=named):
+            load_checkpoint(path, net, SGDSolver(net, base_lr=0.01, lr_policy="fixed"),
+                            settings, keys)
+    for name, blobs in before.items():
+        for blob, array in blobs.items():
+            np.testing.assert_array_equal(net.params[name][blob], array)
+
+
+def test_checkpoint_missing_a_layer_is_refused(tmp_path):
+    from nn.checkpoint import CheckpointError, load_checkpoint
+    path = _checkpoint(tmp_path, {"seed": 4})
+    with h5py.File(path, "a") as f:
+        del f["weights"][list(f["weights"])[-1]]
+    net = small_net()
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(path, net, SGDSolver(net, base_lr=0.01, lr_policy="fixed"),
+                        {"seed": 4}, ("seed",))

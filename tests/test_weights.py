@@ -152,3 +152,42 @@ def test_string_list_attribute_must_be_a_list(tmp_path):
     with pytest.raises(WeightsError, match="class_names must be a list of strings"):
         save_weights(tmp_path / "w.h5", _params(), class_names="negative")
     assert not os.listdir(tmp_path)
+
+
+def test_save_rejects_extra_blobs_and_empty_params(tmp_path):
+    params = _params()
+    params["conv1"]["mean"] = np.zeros(5, np.float32)   # would be dropped silently
+    with pytest.raises(WeightsError, match="conv1.*exactly 'weight' and 'bias'"):
+        save_weights(tmp_path / "w.h5", params)
+    with pytest.raises(WeightsError, match="non-empty dict"):
+        save_weights(tmp_path / "w.h5", {})
+    assert not os.listdir(tmp_path)
+
+
+def test_layer_order_defaults_to_the_params_order(tmp_path):
+    # not alphabetical: num_classes is checked against the last layer of that order
+    path = tmp_path / "w.h5"
+    params = _params()
+    reordered = {"fc8_twitter": params["fc8_twitter"], "conv1": params["conv1"]}
+    save_weights(path, reordered, num_classes=5)
+    loaded, attrs = load_weights(path)
+    assert list(loaded) == attrs["layer_order"] == ["fc8_twitter", "conv1"]
+    np.testing.assert_array_equal(loaded["conv1"]["bias"], params["conv1"]["bias"])
+
+
+@pytest.mark.parametrize("attrs, message", [
+    (dict(num_classes=True), "num_classes must be a positive integer"),
+    (dict(mean_bgr=["104", "117", "123"]), "mean_bgr must be 3 numbers"),
+])
+def test_attributes_of_the_wrong_type(tmp_path, attrs, message):
+    path = tmp_path / "w.h5"
+    save_weights(path, _params(), **attrs)
+    with pytest.raises(WeightsError, match=message):
+        load_weights(path)
+
+
+def test_attributes_given_as_none_are_left_out(tmp_path):
+    path = tmp_path / "w.h5"
+    save_weights(path, _params(), num_classes=None, class_names=None, architecture="CaffeNet")
+    _, attrs = load_weights(path)
+    assert sorted(attrs) == ["architecture", "layer_order"]
