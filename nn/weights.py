@@ -68,6 +68,12 @@ def save_weights(path, params, **attrs):
         if isinstance(attrs.get(key), (str, bytes)):
             raise WeightsError(f"{path}: attribute {key} must be a list of strings, got the "
                                f"string {attrs[key]!r}")
+    # Refuse now what load_weights would refuse: a file written must read back.
+    unknown = [name for name in attrs["layer_order"] if name not in params]
+    if unknown:
+        raise WeightsError(f"{path}: layer_order names {unknown[0]!r}, which is not among "
+                           f"the layers given ({', '.join(params)})")
+    _check_attrs(path, params, {k: v for k, v in attrs.items() if v is not None})
 
     def write(tmp):
         with h5py.File(tmp, "w") as f:

@@ -98,9 +98,21 @@ def test_malformed_file_names_file_and_layer(tmp_path, datasets, message):
         load_weights(_raw_file(tmp_path / "w.h5", datasets))
 
 
+def _with_raw_attrs(path, **attrs):
+    """A weight file whose root attributes `attrs` were set through h5py directly, as
+    another writer might (save_weights refuses contradictory ones)."""
+    save_weights(path, _params())
+    with h5py.File(path, "a") as f:
+        for key, value in attrs.items():
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                f.attrs.create(key, value, dtype=h5py.string_dtype("utf-8"))
+            else:
+                f.attrs[key] = value
+
+
 def test_layer_order_naming_a_missing_group(tmp_path):
     path = tmp_path / "w.h5"
-    save_weights(path, _params(), layer_order=["conv1", "fc8_twitter", "fc9"])
+    _with_raw_attrs(path, layer_order=["conv1", "fc8_twitter", "fc9"])
     with pytest.raises(WeightsError, match="'fc9'"):
         load_weights(path)
 
@@ -126,11 +138,19 @@ def test_damaged_file_names_the_file(tmp_path):
     (dict(num_classes=2.5), "num_classes must be a positive integer"),
     (dict(input_size=0), "input_size must be a positive integer"),
     (dict(mean_bgr=[104.0, 117.0]), "mean_bgr must be 3 numbers"),
+    (dict(num_classes=True), "num_classes must be a positive integer"),
+    (dict(mean_bgr=["104", "117", "123"]), "mean_bgr must be 3 numbers"),
 ])
 def test_contradictory_root_attributes(tmp_path, attrs, message):
+    """Refused when saving (a file written must read back), and when loading a file
+    written otherwise."""
     path = tmp_path / "w.h5"
-    save_weights(path, _params(), **attrs)
-    with pytest.raises(WeightsError, match="w.h5: (root attribute )?" + message):
+    message = "w.h5: (root attribute )?" + message
+    with pytest.raises(WeightsError, match=message):
+        save_weights(path, _params(), **attrs)
+    assert not os.listdir(tmp_path)
+    _with_raw_attrs(path, **attrs)
+    with pytest.raises(WeightsError, match=message):
         load_weights(path)
 
 
@@ -175,15 +195,12 @@ def test_layer_order_defaults_to_the_params_order(tmp_path):
     np.testing.assert_array_equal(loaded["conv1"]["bias"], params["conv1"]["bias"])
 
 
-@pytest.mark.parametrize("attrs, message", [
-    (dict(num_classes=True), "num_classes must be a positive integer"),
-    (dict(mean_bgr=["104", "117", "123"]), "mean_bgr must be 3 numbers"),
-])
-def test_attributes_of_the_wrong_type(tmp_path, attrs, message):
-    path = tmp_path / "w.h5"
-    save_weights(path, _params(), **attrs)
-    with pytest.raises(WeightsError, match=message):
-        load_weights(path)
+def test_save_refuses_a_file_it_could_not_read_back(tmp_path):
+    with pytest.raises(WeightsError, match="layer_order names 'fc9', which is not among"):
+        save_weights(tmp_path / "w.h5", _params(), layer_order=["conv1", "fc9"])
+    with pytest.raises(WeightsError, match=r"num_classes=3"):
+        save_weights(tmp_path / "w.h5", _params(), num_classes=3)   # the last bias has 2
+    assert not os.listdir(tmp_path)
 
 
 def test_attributes_given_as_none_are_left_out(tmp_path):
