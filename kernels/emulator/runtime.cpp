@@ -323,12 +323,14 @@ EMU_API void emu_guarded_free_all(void) {
 // ", past the end of argument ..." when addr is in a guard page, else "".
 static void describe_guard(const unsigned char* addr, char* out, size_t len) {
     out[0] = '\0';
-    // Below the running fiber's stack (its guard page, or past it for a large frame).
+    // The running fiber's stack guard page, or (checked last: an array's guard page may
+    // lie just below a stack) further below for a very large frame.
     uintptr_t a = (uintptr_t)addr, stack = g_current ? (uintptr_t)g_current->stack_base : 0;
-    if (stack && a + kStackSize >= stack && a < stack + g_page) {
-        snprintf(out, len, ", below the thread's stack: its local variables need more "
-                 "than the emulator's %zu KiB per thread (kStackSize in runtime.cpp)",
-                 kStackSize / 1024);
+    const char* overflow = ", below the thread's stack: its local variables need more than "
+                           "the emulator's 64 KiB per thread (kStackSize in runtime.cpp)";
+    static_assert(kStackSize == 64 * 1024, "the message above names the stack size");
+    if (stack && a >= stack && a < stack + g_page) {
+        snprintf(out, len, "%s", overflow);
         return;
     }
     const unsigned char* guard = g_dyn_map ? g_dyn_map + g_dyn_capacity : nullptr;
@@ -349,6 +351,7 @@ static void describe_guard(const unsigned char* addr, char* out, size_t len) {
             return;
         }
     }
+    if (stack && a + kStackSize >= stack && a < stack) snprintf(out, len, "%s", overflow);
 }
 
 // ---------------------------------------------------------------------------------------
