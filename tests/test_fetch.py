@@ -18,8 +18,10 @@ from tools import fetch
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves server.files {path: bytes}; honours Range unless server.ignore_range;
-    for paths in server.drop_once, the first response stops after half the body."""
+    """Serves server.files {path: bytes}; honours Range unless server.ignore_range (and
+    resumes server.shift bytes off the asked start, saying so in Content-Range); for paths
+    in server.drop_once, the first response stops after half the body; server.no_length
+    leaves out Content-Length (the body ends when the connection closes)."""
 
     def log_message(self, *args):      # keep test output quiet
         pass
@@ -41,9 +43,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            status = 206
+            start, status = start + server.shift, 206
         self.send_response(status)
-        self.send_header("Content-Length", str(len(body) - start))
+        if not server.no_length:
+            self.send_header("Content-Length", str(len(body) - start))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         self.end_headers()
@@ -64,6 +67,7 @@ def server(monkeypatch):
     monkeypatch.delenv(fetch.BASE_URL_ENV, raising=False)
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.files, httpd.requests, httpd.drop_once, httpd.ignore_range = {}, [], set(), False
+    httpd.shift, httpd.no_length = 0, False
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02},
                               daemon=True)
@@ -466,3 +470,143 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == (
         "python -m tools.fetch: interrupted during splits; run the same command again to "
         "resume\n")
+
+
+# ------------------------------------------------------- review additions (mutation round 4)
+
+
+def test_checksums_compare_every_digit_any_case_and_sizes_both_ways(server, tmp_path):
+    body = _payload(5_003, seed=int(np.random.default_rng().integers(1 << 30)))
+    server.files["/v.bin"] = body
+    path = tmp_path / "v.bin"
+    path.write_bytes(body)
+    sha1, sha256 = hashlib.sha1(body).hexdigest(), hashlib.sha256(body).hexdigest()
+    assert fetch.verify(path, sha1.upper(), sha256.upper(), len(body)) is None
+    last = "0" if sha1[-1] != "0" else "1"                   # wrong in the last digit only
+    assert fetch.verify(path, sha1=sha1[:-1] + last) == f"SHA1 is {sha1}, expected " \
+                                                        f"{sha1[:-1] + last}"
+    last = "0" if sha256[-1] != "0" else "1"
+    assert fetch.verify(path, sha256=sha256[:-1] + last).startswith("SHA256 is ")
+    assert fetch.verify(path, size=len(body) - 1) == \
+        f"size is {len(body)} bytes, expected {len(body) - 1}"   # longer than it should be
+    with pytest.raises(fetch.DownloadError, match="size is .*the download was deleted"):
+        fetch.download(server.url + "/v.bin", tmp_path / "w.bin", size=len(body) - 1,
+                       retries=0)
+
+
+def test_an_existing_file_that_fails_its_check_is_downloaded_again(server, tmp_path, capsys):
+    body = _payload(8_009, seed=6)
+    server.files["/e.bin"] = body
+    dest = tmp_path / "e.bin"
+    dest.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))     # one bit off
+    fetch.download(server.url + "/e.bin", dest, sha256=hashlib.sha256(body).hexdigest(),
+                   retries=0)
+    assert dest.read_bytes() == body and len(server.requests) == 1
+    assert "already there" not in capsys.readouterr().err
+
+
+def test_a_resume_cut_short_without_content_length_is_not_accepted(server, tmp_path):
+    body = _payload(60_001, seed=7)
+    server.files["/n.bin"] = body
+    server.no_length = True
+    server.drop_once.add("/n.bin")
+    half = len(body) // 2
+    (tmp_path / "n.bin.part").write_bytes(body[:half])
+    try:   # the resumed response ends early and nothing but its Content-Range says so
+        fetch.download(server.url + "/n.bin", tmp_path / "n.bin", retries=0)
+    except fetch.DownloadError as e:
+        assert f"expected {len(body)}" in str(e)
+    assert not (tmp_path / "n.bin").exists() or (tmp_path / "n.bin").read_bytes() == body
+    assert server.requests == [("/n.bin", f"bytes={half}-")]
+
+
+def test_a_server_resuming_at_another_byte_is_refused(server, tmp_path):
+    body = _payload(30_011, seed=8)
+    server.files["/s.bin"] = body
+    server.shift = -10
+    (tmp_path / "s.bin.part").write_bytes(body[:1000])
+    with pytest.raises(fetch.DownloadError, match="server resumed at byte 990, asked 1000"):
+        fetch.download(server.url + "/s.bin", tmp_path / "s.bin", retries=0)
+    assert not (tmp_path / "s.bin").exists()
+
+
+def test_a_stale_part_longer_than_the_file_starts_again(server, tmp_path, capsys):
+    body = _payload(7_001, seed=9)
+    server.files["/l.bin"] = body
+    (tmp_path / "l.bin.part").write_bytes(_payload(len(body) + 5, seed=10))
+    fetch.download(server.url + "/l.bin", tmp_path / "l.bin", retries=1, retry_wait=0)
+    assert (tmp_path / "l.bin").read_bytes() == body
+    assert "the server refused to resume; starting again" in capsys.readouterr().err
+    assert server.requests == [("/l.bin", f"bytes={len(body) + 5}-"), ("/l.bin", None)]
+
+
+def test_unpack_twice_replaces_folders_and_takes_a_lone_top_file(tmp_path):
+    target = tmp_path / "twitter"
+    for version in (b"one", b"two"):
+        archive = tmp_path / "a.zip"
+        archive.write_bytes(_archive("zip", {"images/x.jpg": version, "labels.txt": version}))
+        fetch.unpack(archive, target)
+        assert (target / "images" / "x.jpg").read_bytes() == version
+    single = tmp_path / "single.zip"
+    with zipfile.ZipFile(single, "w") as z:
+        z.writestr("notes.txt", b"only file")
+    fetch.unpack(single, target)
+    assert (target / "notes.txt").read_bytes() == b"only file"
+    assert sorted(os.listdir(target)) == ["images", "labels.txt", "notes.txt"]
+
+
+@pytest.mark.parametrize("member", ["/abs.txt", "\\abs.txt", "C:/drive.txt", "a/../../up.txt"])
+def test_unpack_refuses_absolute_and_drive_paths(tmp_path, member):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("ok.txt", b"fine")
+        z.writestr(member, b"no")
+    with pytest.raises(fetch.DownloadError, match="unsafe member path"):
+        fetch.unpack(evil, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["evil.zip"]
+
+
+def test_archive_with_images_outside_images_folder_is_refused(tmp_path):
+    labels = {f"twitter_{a}_agrees.txt": b"x.jpg 1\n" for a in twitter.AGREES}
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(_archive("zip", dict(labels, **{"pictures/x.jpg": b"jpeg"})))
+    with pytest.raises(fetch.DownloadError, match="no images"):
+        fetch.unpack(archive, tmp_path / "twitter", check=fetch._dataset_layout_problem)
+    archive.write_bytes(_archive("zip", dict(labels, **{"images/x.jpg": b"jpeg"})))
+    fetch.unpack(archive, tmp_path / "twitter", check=fetch._dataset_layout_problem)
+
+
+def test_a_relative_link_in_a_tar_is_refused_too(tmp_path):
+    archive = tmp_path / "link.tar"
+    with tarfile.open(archive, "w") as t:
+        data = b"real"
+        info = tarfile.TarInfo("images/a.jpg")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("images/b.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "a.jpg"
+        t.addfile(link)
+    with pytest.raises(fetch.DownloadError, match="'images/b.jpg' is a link or device"):
+        fetch.unpack(archive, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["link.tar"]
+
+
+def test_one_failing_target_does_not_stop_the_next_and_dataset_url_wins(server, tmp_path,
+                                                                       capsys):
+    files = _synthetic_files(tmp_path)
+    for name, data in files.items():
+        if name.startswith("splits/"):
+            server.files["/ground_truth/" + name[len("splits/"):]] = data
+    data_dir = tmp_path / "data"
+    args = ["dataset", "splits", "--data-dir", str(data_dir), "--base-url", server.url,
+            "--retries", "0"]
+    assert fetch.main(args) == 1                       # no dataset archive on the mirror
+    err = capsys.readouterr().err
+    assert "error: dataset: " in err and "HTTP 404" in err and "error: splits" not in err
+    assert len(list((data_dir / "twitter" / "splits").rglob("*.txt"))) == 30
+    # --dataset-url names the archive's own address, also when a mirror is given
+    dataset = {k: v for k, v in files.items() if not k.startswith("splits/")}
+    server.files["/elsewhere/release.zip"] = _archive("zip", dataset)
+    assert fetch.main(["dataset"] + args[2:] + ["--dataset-url",
+                                                server.url + "/elsewhere/release.zip"]) == 0
+    assert (data_dir / "twitter" / "images").is_dir()

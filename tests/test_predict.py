@@ -516,3 +516,124 @@ def test_subprocess_exit_status(tmp_path, weights):
     assert run.returncode == 1
     assert run.stdout.startswith(f'{good}: ') and run.stdout.count('\n') == 1
     assert run.stderr == f'predict.py: error: {missing}: no such file or folder\n'
+
+
+# ------------------------------------------------------- review additions (mutation round 4)
+
+
+def test_folder_discovery_skips_hidden_files_and_subfolders_and_names_empty_folders(
+        tmp_path, weights):
+    path, _ = weights
+    folder, empty = tmp_path / 'photos', tmp_path / 'empty'
+    folder.mkdir()
+    empty.mkdir()
+    (empty / 'notes.txt').write_text('no image here')
+    img = _save(folder / 'a.png', _make_image(40, 233, 241))
+    _save(folder / '.hidden.jpg', _make_image(41, 233, 241))     # e.g. a macOS sidecar
+    (folder / 'sub.jpg').mkdir()                                 # a folder named like an image
+    status, records, err = _json_records([empty, folder, '--weights', path, '--map'])
+    assert status == 1
+    assert [r['file'] for r in records] == [str(empty), img]
+    assert 'error' in records[0] and 'no image files' in records[0]['error']
+    assert err.count('\n') == 1 and str(empty) in err
+    # Without --save-npy only the PNG is written.
+    assert sorted(os.listdir(folder)) == ['.hidden.jpg', 'a.png', 'a_map.png', 'sub.jpg']
+    assert 'npy' not in records[1]
+
+
+def test_an_existing_npy_is_not_overwritten_without_force(tmp_path, weights):
+    path, _ = weights
+    img = _save(tmp_path / 'g.png', _make_image(42, 240, 240))
+    npy = tmp_path / 'g_map.npy'
+    npy.write_bytes(b'precious')
+    status, out, err = _run([img, '--weights', path, '--map', '--save-npy'])
+    assert status == 1 and str(npy) in err and '--force' in err
+    assert npy.read_bytes() == b'precious' and not (tmp_path / 'g_map.png').exists()
+    status, _, _ = _run([img, '--weights', path, '--map', '--save-npy', '--force'])
+    assert status == 0 and np.load(npy).shape == (2, 8, 8)
+
+
+def test_weights_with_another_mean_and_a_replaced_file(tmp_path, weights):
+    """A file trained with another mean_bgr gets inputs minus that mean; a weight file
+    changed in place is read again (not the cached network of the old contents)."""
+    import shutil
+    path, net = weights
+    rgb = _make_image(43, 260, 244)
+    img = _save(tmp_path / 'h.png', rgb)
+    copy = str(tmp_path / 'copy.h5')
+    shutil.copyfile(path, copy)
+    _, (before,), _ = _json_records([img, '--weights', copy])
+    np.testing.assert_allclose([before['probs'][c] for c in CLASSES],
+                               net.predict(_crop_by_hand(rgb)[None])[0], rtol=1e-5, atol=1e-7)
+    delta = np.random.default_rng().uniform(-40, 40, 3)
+    delta += 10 * np.sign(delta)                              # at least 10 levels per channel
+    with h5py.File(copy, 'a') as f:
+        f.attrs['mean_bgr'] = np.asarray(MEAN_BGR, dtype=np.float64) + delta
+    status, (after,), err = _json_records([img, '--weights', copy])
+    assert status == 0, err
+    # The network expects pixels minus its own mean: (x - MEAN_BGR) - delta.
+    x = _crop_by_hand(rgb) - delta.astype(np.float32)[:, None, None]
+    expected = net.predict(x[None])[0]
+    got = [after['probs'][c] for c in CLASSES]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert abs(got[1] - before['probs']['positive']) > 1e-4   # the mean did matter
+
+
+def test_argument_limits_and_combinations(tmp_path, capsys):
+    parser = predict.build_parser()
+    args = parser.parse_args(['x.png', '--map', '--map-size', str(predict.MAX_MAP_SIZE)])
+    predict.check_args(parser, args)                          # the largest size is allowed
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder')
+    for argv, message in ((['x.png', '--out', tmp_path / 'maps'], '--out needs --map'),
+                          (['x.png', '--map', '--out', blocker], 'exists and is not a folder')):
+        with pytest.raises(SystemExit) as exc:                # refused before any weights
+            predict.main([str(a) for a in argv] + ['--weights', str(tmp_path / 'none.h5')],
+                         out=io.StringIO(), err=io.StringIO())
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / 'maps').exists()
+
+
+def test_text_line_of_five_classes_keeps_their_order():
+    probs = {f'class{i}': p for i, p in enumerate([0.1, 0.3, 0.05, 0.4, 0.15])}
+    line = predict.text_line({'file': 'y.jpg', 'label': 'class3', 'probs': probs})
+    assert line == ('y.jpg: class3  p(class0)=0.1000  p(class1)=0.3000  p(class2)=0.0500  '
+                    'p(class3)=0.4000  p(class4)=0.1500')
+
+
+def test_map_pixel_budget_runs_a_batch_early(tmp_path, weights, monkeypatch):
+    path, _ = weights
+    sizes = [(240, 230), (250, 231), (229, 260)]
+    imgs = [_save(tmp_path / f'{i}.png', _make_image(50 + i, w, h))
+            for i, (w, h) in enumerate(sizes)]
+    batches = []
+    real = predict.run_batch
+
+    def spy(model, items):
+        batches.append([os.path.basename(item.path) for item in items])
+        return real(model, items)
+    monkeypatch.setattr(predict, 'run_batch', spy)
+    # Room for the pixels of two images: the batch of 8 is run once they are reached.
+    monkeypatch.setattr(predict, 'MAP_PIXEL_BUDGET', 240 * 230 + 250 * 231)
+    status, out, err = _run(imgs + ['--weights', path, '--map', '--out', tmp_path / 'm'])
+    assert status == 0, err
+    assert batches == [['0.png', '1.png'], ['2.png']] and out.count('\n') == 3
+
+
+def test_map_of_a_network_that_is_not_about_sentiment_is_refused(tmp_path, monkeypatch):
+    img = _save(tmp_path / 'x.png', _make_image(18, 230, 230))
+    model = predict.Model(None, ['cat', 'dog', 'bird'], np.zeros((3, 1, 1), np.float32))
+    monkeypatch.setattr(predict, 'load_model', lambda path, device: model)
+    status, out, err = _run([img, '--weights', tmp_path / 'any.h5', '--map'])
+    assert status == 2 and out == '' and err.count('\n') == 1
+    assert err.startswith('predict.py: error: --map: ') and "'cat', 'dog', 'bird'" in err
+    assert os.listdir(tmp_path) == ['x.png']
+
+
+def test_the_same_image_by_two_names_is_mapped_once(tmp_path, weights, monkeypatch):
+    path, _ = weights
+    img = _save(tmp_path / 'k.png', _make_image(44, 235, 240))
+    monkeypatch.chdir(tmp_path)
+    status, out, err = _run([img, 'k.png', '--weights', path, '--map', '--out', 'maps'])
+    assert status == 1 and out.count('\n') == 2
+    assert err == 'predict.py: error: k.png: given twice; its map is written once\n'

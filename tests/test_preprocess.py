@@ -320,3 +320,11 @@ def test_average_over_crops_is_one_forward_then_the_mean_per_image():
     # The centre crop is the ten crops' CENTER_OF_TEN.
     img = _coded(7, 9)
     np.testing.assert_array_equal(pp.ten_crops(img, 4)[pp.CENTER_OF_TEN], pp.center_crop(img, 4))
+
+
+def test_crop_image_refuses_every_window_that_does_not_fit():
+    img = _coded(9, 11)
+    for top, left in ((0, 7), (0, -1), (5, 0), (-1, 0), (5, 7)):    # a 5-crop fits up to (4, 6)
+        with pytest.raises(ValueError, match="does not fit"):
+            pp.crop_image(img, top, left, 5)
+    np.testing.assert_array_equal(pp.crop_image(img, 4, 6, 5), img[:, 4:9, 6:11])

@@ -207,3 +207,80 @@ def test_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(RuntimeError):
         sm._atomic_write(str(target), explode)
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- review additions (round 4)
+
+
+def test_overlays_of_a_network_with_more_classes_use_the_named_ones():
+    """With a third class p(negative) + p(positive) < 1: red must be p(negative) itself and
+    the smooth scale p(positive) itself, not one minus the other."""
+    rng = np.random.default_rng()
+    height, width, h, w = 23, 31, 3, 4
+    image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    probs = rng.dirichlet([1.0, 1.0, 1.0], size=(h, w)).transpose(2, 0, 1)   # (3, h, w)
+    neg, pos = 2, 0                                   # e.g. ['positive', 'neutral', 'negative']
+    np.testing.assert_array_equal(sm.render_overlay(image, probs, neg, pos, style='paper'),
+                                  _paper_by_loop(image, probs, neg, pos))
+    smooth = sm.render_overlay(image, probs, neg, pos, style='smooth')
+    p_up = np.asarray(Image.fromarray(probs[pos].astype(np.float32), mode='F').resize(
+        (width, height), Image.BILINEAR))
+    expected = sm.blend_half(image, sm.diverging_colours(p_up))
+    body = height - sm.legend_height(height) - 1
+    diff = np.abs(smooth[:body].astype(int) - expected[:body])
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.95
+
+
+def _text_mask(text, size):
+    """Pixels Pillow's default font covers when it writes `text`, cropped to their box."""
+    from PIL import ImageDraw
+    canvas = Image.new('L', size, 0)
+    ImageDraw.Draw(canvas).text((0, 0), text, fill=255)
+    mask = np.asarray(canvas) > 0
+    rows, cols = np.nonzero(mask)
+    return mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+
+
+def _similarity(a, b):
+    """Overlap / union of two boolean masks aligned at their top-left corners."""
+    h, w = max(a.shape[0], b.shape[0]), max(a.shape[1], b.shape[1])
+    pa, pb = np.zeros((h, w), bool), np.zeros((h, w), bool)
+    pa[:a.shape[0], :a.shape[1]], pb[:b.shape[0], :b.shape[1]] = a, b
+    return (pa & pb).sum() / (pa | pb).sum()
+
+
+def test_legend_labels_negative_at_the_red_end_and_positive_at_the_green_end():
+    height, width = 400, 320
+    image, probs = _random_case(9, height, width, 2, 2)
+    got = sm.render_overlay(image, probs, style='smooth')
+    strip = sm.legend_height(height)
+    scale = np.broadcast_to(sm.diverging_colours(np.linspace(0, 1, width)), (strip, width, 3))
+    drawn = (got[height - strip:] != scale).any(axis=2)       # where the labels are
+    words = {w: _text_mask(w, (200, strip)) for w in ('negative', 'positive')}
+    for side, word, other in ((slice(0, width // 2), 'negative', 'positive'),
+                              (slice(width // 2, width), 'positive', 'negative')):
+        part = drawn[:, side]
+        rows, cols = np.nonzero(part)
+        label = part[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert _similarity(label, words[word]) > _similarity(label, words[other]) + 0.1, word
+
+
+@pytest.mark.parametrize('save, data', [(sm.save_png, np.zeros((4, 5, 3), np.uint8)),
+                                        (sm.save_npy, np.zeros((2, 3, 3), np.float32))])
+def test_a_write_that_fails_midway_keeps_the_previous_file(tmp_path, monkeypatch, save, data):
+    target = tmp_path / 'old_map'
+    target.write_bytes(b'previous map')
+
+    def fail_midway(*args, **kwargs):                 # PIL's Image.save / np.save
+        dest = args[1] if args and isinstance(args[0], Image.Image) else args[0]
+        if isinstance(dest, (str, os.PathLike)):
+            with open(dest, 'wb') as f:
+                f.write(b'partial')
+        else:
+            dest.write(b'partial')
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(Image.Image, 'save', fail_midway)
+    monkeypatch.setattr(np, 'save', fail_midway)
+    with pytest.raises(OSError):
+        save(str(target), data)
+    assert target.read_bytes() == b'previous map' and os.listdir(tmp_path) == ['old_map']

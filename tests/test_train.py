@@ -430,3 +430,135 @@ def test_synthetic_training_beats_chance(in_tmp):
         metrics = json.load(f)
     assert metrics["accuracy_center"] >= 0.8
     assert metrics["losses"][-1] < metrics["losses"][0]
+
+
+# ------------------------------------------------------- review additions (mutation round 4)
+
+
+class _CornerNet:
+    """A stand-in network: p(positive) = sigmoid(blue value - mean at the crop's top-left
+    pixel / 10), so each crop's vote is set by one pixel of the 256 x 256 image."""
+
+    def predict(self, x):
+        s = 1 / (1 + np.exp(-x[:, 0, 0, 0].astype(np.float64) / 10))
+        return np.stack([1 - s, s], axis=1)
+
+
+def test_evaluate_centre_crop_and_ten_crops_and_skipped(tmp_path):
+    from PIL import Image
+    # Top-left pixels of Caffe's ten 227-crops of a 256 x 256 image: four corners and the
+    # centre, then the same windows mirrored (their top-left is the window's top-right).
+    centre = (14, 14)
+    others = [(0, 0), (0, 29), (29, 0), (29, 29), (0, 226), (0, 255), (29, 226),
+              (29, 255), (14, 240)]
+    rng = np.random.default_rng()
+
+    def image(name, centre_bright, others_bright):
+        rgb = rng.integers(90, 120, size=(256, 256, 3), dtype=np.uint8)   # near the mean
+        rgb[centre + (2,)] = 255 if centre_bright else 0                  # blue channel
+        for at in others:
+            rgb[at + (2,)] = 255 if others_bright else 0
+        path = str(tmp_path / name)
+        Image.fromarray(rgb).save(path)
+        return path
+
+    broken = str(tmp_path / "broken.jpg")
+    open(broken, "w").write("not an image")
+    items = [(image("a.png", True, False), 1),      # centre right, ten crops wrong
+             (image("b.png", False, True), 1),      # centre wrong, ten crops right
+             (broken, 1),                           # left out of both
+             (image("c.png", True, True), 1),       # both right
+             (image("d.png", False, False), 0),     # both right
+             (image("e.png", True, False), 1)]      # centre right, ten crops wrong
+    with pytest.warns(RuntimeWarning, match="broken.jpg"):
+        centre_acc, ten_acc, skipped = train.evaluate(_CornerNet(), items, 2, True)
+    assert (centre_acc, ten_acc, skipped) == (pytest.approx(4 / 5), pytest.approx(3 / 5),
+                                              [broken])
+    with pytest.warns(RuntimeWarning, match="broken.jpg"):
+        assert train.evaluate(_CornerNet(), items, 4, False) == (pytest.approx(4 / 5), None,
+                                                                 [broken])
+
+
+def test_summary_table_without_oversampling_and_all_folds_of_all_subsets(in_tmp, monkeypatch,
+                                                                         capsys):
+    runs = [dict(accuracy_center=a, accuracy_oversampled=None) for a in (0.5, 0.7)]
+    row = train.summary_table({"four": runs}).splitlines()[1].split()
+    assert row == ["four-agree", "2", "0.600", "+-", "0.100", "-"]
+    # --all-folds --agree all: every fold of every subset is trained and in the table
+    rng = np.random.default_rng()
+    acc = {(a, k): float(rng.uniform(0.5, 0.9)) for a in ("five", "four", "three")
+           for k in range(1, 6)}
+    done = []
+
+    def fake_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
+        done.append((agree, fold))
+        return dict(accuracy_center=acc[agree, fold], accuracy_oversampled=None)
+    monkeypatch.setattr(train, "train_fold", fake_fold)
+    assert train.main(QUICK + ["--all-folds", "--agree", "all"]) == 0
+    assert done == list(acc)
+    lines = capsys.readouterr().out.splitlines()[-3:]
+    for line, agree in zip(lines, ("five", "four", "three")):
+        values = [acc[agree, k] for k in range(1, 6)]
+        assert line.split() == [f"{agree}-agree", "5", f"{np.mean(values):.3f}", "+-",
+                                f"{np.std(values):.3f}", "-"]
+    with pytest.raises(SystemExit):
+        train.parse_args(["--agree", "all"])          # needs --all-folds
+    assert "--agree all needs --all-folds" in capsys.readouterr().err
+
+
+def test_metrics_of_a_resumed_run_and_resume_refusals(in_tmp, monkeypatch, capsys):
+    args = QUICK + ["--max-iter", "2", "--seed", "2"]
+    assert train.main(args, stop_at=1) == 0
+    checkpoint = os.path.join("weights", "checkpoints", "synthetic_five_fold2.h5")
+    with h5py.File(checkpoint, "a") as f:   # (a day of training before the stop)
+        before = json.loads(f.attrs["extra"])
+        f.attrs["extra"] = json.dumps(dict(before, train_seconds=86400.0))
+    rng = np.random.default_rng()
+    centre, ten = (float(v) for v in rng.uniform(0.3, 0.9, 2))
+    skipped = ["x.jpg"]
+    monkeypatch.setattr(train, "evaluate", lambda *a: (centre, ten, skipped))
+    assert train.main(args + ["--resume"]) == 0
+    with open(os.path.join("weights", "synthetic_five_fold2.json")) as f:
+        metrics = json.load(f)
+    assert (metrics["accuracy_center"], metrics["accuracy_oversampled"]) == (centre, ten)
+    assert metrics["test_images_skipped"] == skipped
+    assert len(metrics["losses"]) == 2 and metrics["losses"][0] == before["losses"][0]
+    assert metrics["final_loss"] == metrics["losses"][-1] != metrics["losses"][0]
+    assert 86400 < metrics["train_seconds"] < 86400 + 3600
+    assert f"centre crop {centre:.3f}, 10-crop oversampled {ten:.3f}" in capsys.readouterr().out
+    # A finished run is kept on --resume only with the same settings; each of these is
+    # refused (checked before any network is built).
+    for flag, value, key in (("--base-lr", "0.002", "base_lr"), ("--momentum", "0.8", "momentum"),
+                             ("--weight-decay", "0.001", "weight_decay"),
+                             ("--gamma", "0.5", "gamma"), ("--stepsize", "1", "stepsize"),
+                             ("--max-iter", "3", "max_iter"), ("--batch-size", "8", "batch_size"),
+                             ("--iter-size", "2", "iter_size"), ("--init", "random", "init")):
+        changed = list(args)
+        if flag in changed:
+            changed[changed.index(flag) + 1] = value
+        else:
+            changed += [flag, value]
+        assert train.main(changed + ["--resume"]) == 2, flag
+        assert f"finished run with other settings ({key}: " in capsys.readouterr().err
+    # --resume --force trains the finished run again (it does not keep it); a stop asked
+    # for at the last step still evaluates and writes the metrics
+    monkeypatch.setattr(train, "evaluate", lambda *a: (0.5, 0.5, []))
+    assert train.main([a for a in args if a != "--quiet"] + ["--resume", "--force"],
+                      stop_at=2) == 0
+    out = capsys.readouterr().out
+    assert "already finished" not in out and "step 2/2" in out
+    with open(os.path.join("weights", "synthetic_five_fold2.json")) as f:
+        assert json.load(f)["accuracy_center"] == 0.5
+
+
+def test_missing_images_are_counted_in_a_note(tmp_path):
+    present = [(str(tmp_path / f"{i}.jpg"), i % 2) for i in range(5)]
+    for path, _ in present:
+        open(path, "w").close()
+    gone = [(str(tmp_path / f"gone{i}.jpg"), 0) for i in range(2)]
+    items = [present[0], gone[0], *present[1:4], gone[1], present[4]]
+    notes = []
+    assert train.present_images(items, "test", notes.append) == present
+    assert notes == [f"note: 2 of the 7 test images are missing and left out (e.g. {gone[0][0]})"]
+    notes.clear()
+    assert train.present_images(present, "test", notes.append) == present and notes == []
