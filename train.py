@@ -40,7 +40,7 @@ SYNTHETIC_DIR = os.path.join("data", "synthetic")
 # Settings that may not change between an interrupted run and its --resume.
 RESUME_MUST_MATCH = ("data", "agree", "fold", "init", "seed", "batch_size", "iter_size",
                      "base_lr", "momentum", "weight_decay", "gamma", "stepsize", "max_iter",
-                     "device", "tf32", "n_train", "n_test")
+                     "device", "tf32", "n_train", "n_test", "weights")
 # How to get the dataset (README: the archive comes from the authors' project page).
 FETCH_DATA = ("`python -m tools.fetch dataset --dataset-archive FILE` and "
               "`python -m tools.fetch splits`")
@@ -405,7 +405,8 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
                     weight_decay=args.weight_decay, gamma=args.gamma, stepsize=stepsize,
                     max_iter=max_iter, device=device.name, tf32=device.tf32,
                     n_train=len(train),
-                    n_test=len(test), weights=args.weights if args.init == "imagenet" else None)
+                    n_test=len(test),
+                    weights=os.path.normpath(args.weights) if args.init == "imagenet" else None)
     checkpoint = os.path.join(args.out_dir, "checkpoints", name + ".h5")
     weights_path, metrics_path = run_outputs(args, agree, fold)
     if (args.resume and not args.force and os.path.isfile(weights_path)

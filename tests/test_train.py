@@ -168,6 +168,20 @@ def test_resume_keeps_a_finished_run_of_the_same_settings(in_tmp, capsys):
     assert "notanh5.h5 is not an HDF5 file" in capsys.readouterr().err
 
 
+def test_resume_refuses_other_imagenet_weights(in_tmp, capsys):
+    """A run started from other ImageNet weights is another run: --resume does not keep
+    (or continue) it; the same file named another way is the same run."""
+    assert train.main(QUICK + ["--max-iter", "1", "--out-dir", "a"]) == 0
+    trunk = os.path.join("a", "synthetic_five_fold2.h5")   # stands in for ImageNet's
+    shutil.copy(trunk, "other.h5")
+    args = QUICK + ["--max-iter", "1", "--init", "imagenet", "--out-dir", "b"]
+    assert train.main(args + ["--weights", trunk]) == 0
+    capsys.readouterr()
+    assert train.main(args + ["--weights", "other.h5", "--resume"]) == 2
+    assert "finished run with other settings (weights: " in capsys.readouterr().err
+    assert train.main(args + ["--weights", os.path.join(".", trunk), "--resume"]) == 0
+
+
 def test_unwritable_out_dir_stops_before_any_data(in_tmp, capsys):
     open("afile", "w").close()
     os.makedirs("out")
