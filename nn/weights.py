@@ -69,10 +69,6 @@ def save_weights(path, params, **attrs):
             raise WeightsError(f"{path}: attribute {key} must be a list of strings, got the "
                                f"string {attrs[key]!r}")
     # Refuse now what load_weights would refuse: a file written must read back.
-    unknown = [name for name in attrs["layer_order"] if name not in params]
-    if unknown:
-        raise WeightsError(f"{path}: layer_order names {unknown[0]!r}, which is not among "
-                           f"the layers given ({', '.join(params)})")
     _check_attrs(path, params, {k: v for k, v in attrs.items() if v is not None})
 
     def write(tmp):
@@ -145,10 +141,16 @@ def _read_blob(path, layer, group, blob):
 
 def _check_attrs(path, params, attrs):
     """Raise WeightsError when the root attributes contradict each other or the layers:
-    num_classes vs class_names and vs the bias of the last layer of layer_order,
-    input_size a positive int, mean_bgr three numbers. Absent attributes are not checked."""
+    layer_order naming a layer not in params, num_classes vs class_names and vs the bias
+    of the last layer of layer_order, input_size a positive int, mean_bgr three numbers.
+    Absent attributes are not checked."""
     def fail(message):
         raise WeightsError(f"{path}: {message}")
+
+    unknown = [name for name in attrs.get("layer_order") or () if name not in params]
+    if unknown:
+        fail(f"layer_order names {unknown[0]!r}, which is not among the layers "
+             f"({', '.join(params)})")
 
     def is_int(v):
         return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
@@ -200,12 +202,8 @@ def load_weights(path):
         attrs = {key: _plain(key, value) for key, value in f.attrs.items()}
         names = list(f.keys())
         order = attrs.get("layer_order")
-        if order is not None:
-            missing = [name for name in order if name not in f]
-            if missing:
-                raise WeightsError(f"{path}: layer {missing[0]!r} is listed in layer_order "
-                                   "but has no group in the file")
-            names = list(order) + [n for n in names if n not in order]
+        if order is not None:   # (a name with no group in the file: _check_attrs says so)
+            names = [n for n in order if n in f] + [n for n in names if n not in order]
         params = read_params(path, f, names)
     _check_attrs(path, params, attrs)
     return params, attrs
