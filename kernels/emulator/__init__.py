@@ -219,7 +219,7 @@ class EmuModule:
         err = ctypes.create_string_buffer(2048)
         with _lock:
             try:
-                pointers, copies, labels = self._guarded_copies(params, args)
+                pointers, copies = self._guarded_copies(params, args)
                 values = _c_values(params, args, pointers)   # alive until the call returns
                 argv = (ctypes.c_void_p * max(1, len(values)))(
                     *[ctypes.addressof(v) for v in values])
@@ -227,7 +227,7 @@ class EmuModule:
                                           (ctypes.c_uint * 3)(*grid),
                                           (ctypes.c_uint * 3)(*block), shared_mem,
                                           ORDERS[order], seed & (2**64 - 1), err, len(err))
-                changed_const = self._copy_back(copies, labels)
+                changed_const = self._copy_back(copies)
                 if rc == 0:
                     rc = self._lib.emu_guarded_check(err, len(err))
                     if rc != 0:
@@ -242,11 +242,11 @@ class EmuModule:
             raise KernelLaunchError(f'{err.value.decode(errors="replace")} [{self.file}, '
                                     f'grid {grid}, block {block}, order {order}]')
 
-    def _copy_back(self, copies, labels):
+    def _copy_back(self, copies):
         """After a launch: the copies of non-const arrays back into the caller's arrays;
         returns the label of the first const array whose copy changed, else None."""
         changed_const = None
-        for (copy, original, size, writable), label in zip(copies, labels):
+        for copy, original, size, writable, label in copies:
             if writable:
                 ctypes.memmove(original, copy, size)
             elif changed_const is None and not self._lib.emu_same_bytes(copy, original, size):
@@ -255,8 +255,9 @@ class EmuModule:
 
     def _guarded_copies(self, params, args):
         """Copy the array arguments into guarded memory: returns ({argument index: address
-        the kernel gets}, [(copy, original address, bytes, writable)], labels to keep
-        alive). Overlapping arrays are merged into one span and copied once."""
+        the kernel gets}, [(copy, original address, bytes, writable, label)]); the labels
+        (bytes the runtime points to until emu_guarded_free_all) are kept alive there.
+        Overlapping arrays are merged into one span and copied once."""
         spans = sorted([a.ctypes.data, a.ctypes.data + a.nbytes, [i]]
                        for i, (p, a) in enumerate(zip(params, args)) if p.is_pointer)
         merged = []
@@ -269,19 +270,19 @@ class EmuModule:
         if len(merged) > MAX_ARRAY_ARGS:
             raise KernelLaunchError(f'{self.file}: the emulator guards at most '
                                     f'{MAX_ARRAY_ARGS} array arguments, got {len(merged)}')
-        pointers, copies, labels = {}, [], []
+        pointers, copies = {}, []
         for start, end, members in merged:
-            labels.append(' and '.join(params[i].describe(i) for i in sorted(members)).encode())
-            copy = self._lib.emu_guarded_alloc(end - start, start % 16, labels[-1])
+            label = ' and '.join(params[i].describe(i) for i in sorted(members)).encode()
+            copy = self._lib.emu_guarded_alloc(end - start, start % 16, label)
             if not copy:
                 raise KernelLaunchError(f'{self.file}: the emulator could not map '
                                         f'{end - start} bytes of guarded memory')
             ctypes.memmove(copy, start, end - start)
             copies.append((copy, start, end - start,
-                           any(not params[i].const for i in members)))
+                           any(not params[i].const for i in members), label))
             for i in members:
                 pointers[i] = copy + (args[i].ctypes.data - start)
-        return pointers, copies, labels
+        return pointers, copies
 
 
 def _c_values(params, args, pointers):
