@@ -154,17 +154,6 @@ static void fiber_main() {
     for (;;) switch_to_scheduler();
 }
 
-static bool map_stacks(int n) {
-    for (; g_num_stacks < n; g_num_stacks++) {
-        size_t size = kStackSize + g_page;
-        void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) return false;
-        mprotect(p, g_page, PROT_NONE);  // guard page: a stack overflow faults here
-        g_fibers[g_num_stacks].stack_base = static_cast<char*>(p);
-    }
-    return true;
-}
-
 // Make fiber f start at fiber_main on its next switch.
 static void reset_fiber(Fiber* f) {
     f->state = RUNNING;
@@ -260,6 +249,17 @@ static unsigned char* map_between_guards(size_t data_bytes, bool leading) {
     if (leading) mprotect(map, g_page, PROT_NONE);
     mprotect(map + lead + data_bytes, g_page, PROT_NONE);
     return map;
+}
+
+// Stacks for the first n fibers, each above a guard page (a stack overflow faults there;
+// the guard above the top is never reached). Kept for the life of the process.
+static bool map_stacks(int n) {
+    for (; g_num_stacks < n; g_num_stacks++) {
+        unsigned char* map = map_between_guards(kStackSize, true);
+        if (map == nullptr) return false;
+        g_fibers[g_num_stacks].stack_base = reinterpret_cast<char*>(map);
+    }
+    return true;
 }
 
 // Lay the guard word over [from, to), both 4-byte aligned.
