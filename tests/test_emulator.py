@@ -102,6 +102,20 @@ extern "C" __global__ void write_then_read(float* w, const float* r, float* out)
     out[t] = r[blockDim.x - 1 - t];
 }
 
+// Records in which order the blocks of a 3D grid ran (a ticket per block, thread 0).
+extern "C" __global__ void block_tickets(int* counter, int* ticket)
+{
+    int b = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    if (threadIdx.x == 0) ticket[b] = atomicAdd(counter, 1);
+}
+
+// Copies four floats a thread with one 16-byte load and store (x and y must be aligned).
+extern "C" __global__ void copy_float4(const float* x, float* y)
+{
+    int t = threadIdx.x;
+    *(float4*)(y + 4 * t) = *(const float4*)(x + 4 * t);
+}
+
 // A parameter type the runner does not support.
 extern "C" __global__ void takes_double(double* x) { x[0] = 1.0; }
 '''
@@ -210,6 +224,14 @@ extern "C" __global__ void big_locals(float* y)
     volatile float local[17000];
     for (int i = 0; i < 17000; i += 1000) local[i] = (float)i;
     y[threadIdx.x] = local[16000];
+}
+
+// A running sum that assumes block b - 1 has finished before block b starts: no GPU
+// promises that (it runs blocks in any order, many at once).
+extern "C" __global__ void sum_from_previous_block(const float* x, float* y)
+{
+    int b = blockIdx.x;
+    if (threadIdx.x == 0) y[b] = (b > 0 ? y[b - 1] : 0.0f) + x[b];
 }
 
 extern "C" __global__ void big_static(float* y)
@@ -353,6 +375,56 @@ def test_thread_orders(sources):
     assert sorted(random1) == list(range(50))
     assert not np.array_equal(random1, forward) and not np.array_equal(random1, reverse)
     np.testing.assert_array_equal(random1, random2)  # seeded: reproducible
+
+
+def _block_tickets(runner, sources, grid=(3, 2, 2)):
+    counter = np.zeros(1, np.int32)
+    ticket = np.full(int(np.prod(grid)), -1, np.int32)
+    runner.kernel(sources['good.cu'], 'block_tickets')(grid, 5, (counter, ticket))
+    return ticket
+
+
+def test_block_orders(sources):
+    """Blocks run in the runner's order too, by their linear index x + X * (y + Y * z)."""
+    forward = _block_tickets(EmuRunner(order='forward'), sources)
+    reverse = _block_tickets(EmuRunner(order='reverse'), sources)
+    random1 = _block_tickets(EmuRunner(order='random', seed=5), sources)
+    random2 = _block_tickets(EmuRunner(order='random', seed=5), sources)
+    random3 = _block_tickets(EmuRunner(order='random', seed=6), sources)
+    np.testing.assert_array_equal(forward, np.arange(12))
+    np.testing.assert_array_equal(reverse, np.arange(12)[::-1])
+    assert sorted(random1) == list(range(12))
+    assert not np.array_equal(random1, forward) and not np.array_equal(random1, reverse)
+    np.testing.assert_array_equal(random1, random2)  # seeded: reproducible
+    assert not np.array_equal(random1, random3)
+
+
+def test_block_depending_on_an_earlier_block_is_caught(sources):
+    """A kernel that reads another block's output works when blocks run in index order
+    (as the emulator once always ran them) and fails under reverse and random order."""
+    x = np.random.default_rng(9).uniform(0.5, 1.5, 9).astype(np.float32)
+    expected = np.cumsum(x, dtype=np.float32)
+    results = {}
+    for order in ORDERS:
+        y = np.zeros(9, np.float32)
+        EmuRunner(order=order, seed=2).kernel(sources['buggy.cu'],
+                                              'sum_from_previous_block')(9, 4, (x, y))
+        results[order] = np.allclose(y, expected, rtol=1e-6)
+    assert results == {'forward': True, 'reverse': False, 'random': False}
+
+
+def test_misaligned_float4_access_is_caught(sources):
+    """A float4 load or store needs a 16-byte aligned address on a GPU ('misaligned
+    address'); the emulator keeps each array's address modulo 16 and faults too."""
+    kernel = EmuRunner().kernel(sources['good.cu'], 'copy_float4')
+    buf = np.random.default_rng(10).standard_normal(40).astype(np.float32)
+    start = (-buf.ctypes.data % 16) // 4            # the first 16-byte aligned element
+    x, y = buf[start:start + 16], np.zeros(16, np.float32)
+    kernel(1, 4, (x, y))
+    np.testing.assert_array_equal(y, x)
+    with pytest.raises(KernelLaunchError, match=r"misaligned vector access .* in kernel "
+                                                r"copy_float4, block \(0,0,0\)"):
+        kernel(1, 4, (buf[start + 1:start + 17], y))
 
 
 def test_order_from_environment(monkeypatch):

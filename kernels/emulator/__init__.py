@@ -5,7 +5,7 @@ How it works
 The unchanged .cu file is compiled by g++ (C++17, -O2) together with `shim.h` (CUDA's
 qualifiers, built-in variables, vector types, atomics, math intrinsics, device assert) and
 `runtime.cpp` (the scheduler). Each block's threads run as fibers on one OS thread, switching
-only in `__syncthreads()`; blocks run one after another. Python finds the kernels by the
+only in `__syncthreads()`; blocks run one after another, in the runner's order. Python finds the kernels by the
 regex for `extern "C" __global__ void NAME(` and appends `EMU_LAUNCHER(NAME)` for each,
 which exports an entry point plus the arity and one type code per parameter, taken from the
 kernel's own C++ type; that is what the arguments are checked against.
@@ -23,7 +23,9 @@ before a guard page for the launch (an access past its end faults, naming the ar
 the few bytes of alignment padding around it read as a signalling NaN and must not be
 written);
 threads run in forward, reverse or seeded random
-order (a new random order after every barrier); a barrier that not all threads of a block
+order (a new random order after every barrier), and so do the blocks of the grid (a kernel
+whose blocks depend on each other's writes shows it); a float4/int4 access at an address
+that is not a multiple of 16 faults, as on a GPU; a barrier that not all threads of a block
 reach raises KernelLaunchError("divergent barrier ..."); a failed device assert, or an
 invalid memory access, raises KernelLaunchError with kernel, place, block and thread instead
 of killing Python.

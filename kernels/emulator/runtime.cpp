@@ -1,6 +1,8 @@
 // kernels/emulator/runtime.cpp -- runs a CUDA grid on one CPU thread.
 //
-// Blocks run one after another. The threads of a block are fibers (each with its own
+// Blocks run one after another, in forward, reverse or seeded-random order of their linear
+// index (a GPU runs them in any order, so a kernel whose blocks depend on each other's
+// writes gives different results). The threads of a block are fibers (each with its own
 // 64 KiB stack and a guard page) that run one at a time and switch only inside
 // __syncthreads(): the scheduler runs every live thread up to its next barrier (one
 // "round"), checks that all of them stopped at the same barrier, then starts the next round.
@@ -18,6 +20,7 @@
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -364,7 +367,15 @@ static void on_fault(int sig, siginfo_t* info, void*) {
         return;
     }
     char where[256];
-    describe_guard(static_cast<const unsigned char*>(info->si_addr), where, sizeof(where));
+    if (sig == SIGSEGV && info->si_code == SI_KERNEL)
+        // x86-64 reports a general-protection fault without an address. In a kernel that
+        // is almost always a float4/int4 access at an address that is not a multiple of
+        // 16: the shim's 16-byte aligned vector types compile to aligned SSE moves.
+        snprintf(where, sizeof(where), ": a general-protection fault, most likely a misaligned "
+                 "vector access (a float4 or int4 load or store at an address that is not a "
+                 "multiple of 16 bytes; a GPU reports 'misaligned address')");
+    else
+        describe_guard(static_cast<const unsigned char*>(info->si_addr), where, sizeof(where));
     fail("invalid memory access (%s at address %p%s) in kernel %s, block (%u,%u,%u), "
          "thread (%u,%u,%u)",
          sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", info->si_addr, where, g_kernel,
@@ -380,16 +391,21 @@ static uint64_t next_random(uint64_t* state) {
     return z ^ (z >> 31);
 }
 
+// Shuffle a[0..n) in place (Fisher-Yates) with the seeded generator.
+template <typename T>
+static void shuffle(T* a, uint64_t n, uint64_t* rng) {
+    for (uint64_t i = n; i > 1; i--) {   // a[i - 1] swaps with a random one of a[0..i)
+        uint64_t j = next_random(rng) % i;
+        T t = a[i - 1];
+        a[i - 1] = a[j];
+        a[j] = t;
+    }
+}
+
+// order[0..n) = the thread order of a round: forward (mode 0), reverse (1), random (2).
 static void make_order(int* order, int n, int mode, uint64_t* rng) {
     for (int i = 0; i < n; i++) order[i] = mode == 1 ? n - 1 - i : i;
-    if (mode == 2) {  // Fisher-Yates
-        for (int i = n - 1; i > 0; i--) {
-            int j = (int)(next_random(rng) % (uint64_t)(i + 1));
-            int t = order[i];
-            order[i] = order[j];
-            order[j] = t;
-        }
-    }
+    if (mode == 2) shuffle(order, (uint64_t)n, rng);
 }
 
 // Place `bytes` of dynamic shared memory just below the guard page (see g_dyn_shared).
@@ -505,6 +521,19 @@ EMU_API int emu_launch(void (*entry)(void**), void** args, const char* kernel,
     static int order_fixed[kMaxThreads], order[kMaxThreads];
     make_order(order_fixed, n, order_mode == 2 ? 0 : order_mode, nullptr);
     uint64_t rng = seed;
+    // Blocks run in the same kind of order as threads: a GPU promises no order among them.
+    uint64_t n_blocks = (uint64_t)grid[0] * grid[1] * grid[2];
+    uint64_t* block_order = nullptr;   // the random order; forward and reverse need none
+    if (order_mode == 2 && n_blocks > 1) {
+        block_order = static_cast<uint64_t*>(malloc(sizeof(uint64_t) * n_blocks));
+        if (block_order == nullptr) {
+            snprintf(err, err_len, "kernel %s: cannot allocate the order of %llu blocks",
+                     kernel, (unsigned long long)n_blocks);
+            return -1;
+        }
+        for (uint64_t b = 0; b < n_blocks; b++) block_order[b] = b;
+        shuffle(block_order, n_blocks, &rng);
+    }
 
     // Catch invalid memory accesses on an alternate signal stack, restoring the previous
     // handlers (e.g. Python's faulthandler) afterwards.
@@ -522,14 +551,15 @@ EMU_API int emu_launch(void (*entry)(void**), void** args, const char* kernel,
 
     if (sigsetjmp(g_fault_jmp, 1) == 0) {
         g_in_kernel = 1;
-        for (unsigned int z = 0; z < grid[2] && !g_failed; z++)
-            for (unsigned int y = 0; y < grid[1] && !g_failed; y++)
-                for (unsigned int x = 0; x < grid[0] && !g_failed; x++) {
-                    blockIdx = {x, y, z};
-                    run_block(n, order_fixed, order, order_mode, &rng);
-                }
+        for (uint64_t k = 0; k < n_blocks && !g_failed; k++) {
+            uint64_t b = block_order ? block_order[k] : order_mode == 1 ? n_blocks - 1 - k : k;
+            blockIdx = {(unsigned int)(b % grid[0]), (unsigned int)(b / grid[0] % grid[1]),
+                        (unsigned int)(b / ((uint64_t)grid[0] * grid[1]))};
+            run_block(n, order_fixed, order, order_mode, &rng);
+        }
     }
     g_in_kernel = 0;
+    free(block_order);
     sigaction(SIGSEGV, &old_segv, nullptr);
     sigaction(SIGBUS, &old_bus, nullptr);
     sigaltstack(&old_ss, nullptr);
