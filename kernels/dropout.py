@@ -28,7 +28,7 @@ def dropout_forward(runner, x, ratio, seed, train=True, layer='dropout', version
 
     train: y = x * keep / (1 - ratio), keep[i] = hash32(seed, i) > threshold; test: y = x
     (the same array, like the reference). Returns (y, cache); cache is None in test mode,
-    else the (seed, threshold, scale) triple that backward needs.
+    else ((seed, threshold, scale), x's shape), what backward needs.
     """
     # check_array also bounds the size by the kernel's int element index (< 2**31).
     check_array(runner, x, "x", layer, "(N, ...)")

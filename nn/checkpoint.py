@@ -2,8 +2,10 @@
 
 One HDF5 file, written atomically (a crash mid-write leaves the previous checkpoint):
 
-    weights/<layer>/{weight,bias}   the network's parameters (Caffe blob shapes, the
-                                    network's dtype; nn/weights.py's write_params)
+    weights/<layer>/{weight,bias}   the network's parameters (in the shapes the network
+                                    holds them: Caffe blob shapes, but fc layers 4-D in a
+                                    fully convolutional net; the network's dtype;
+                                    nn/weights.py's write_params)
     solver/...                      SGDSolver.save_to_h5: iteration, momentum history,
                                     dropout counter
     attrs: loader_epoch, loader_position   where the shuffled data stream continues

@@ -9,8 +9,9 @@ Pipeline for one image (every array is float32, channels first, BGR, mean subtra
          --random_crop / center_crop / ten_crops--> (3, 227, 227) or (10, 3, 227, 227)
 
 `load_resized(path)` does the first two steps with S = 256 (training and testing);
-`load_resized(path, size)` with any S serves the fully convolutional sentiment map, which
-resizes the image to 451 x 451 directly and uses no crop.
+`resize_image(rgb, size)` with any S serves the fully convolutional sentiment map
+(predict.py, which keeps the decoded RGB for the overlay), resizing the image to 451 x 451
+(--map-size) directly, with no crop.
 
 Colour modes (Pillow names) are turned into 8-bit RGB like this:
 

@@ -6,7 +6,8 @@ Layout (see docs/design.md)::
     /<layer>/bias     float32, (num_output,)
     root attributes:  architecture ("CaffeNet"), num_classes, class_names (list of str),
                       input_size (227), mean_bgr ([104.0070, 116.6688, 122.6789]),
-                      layer_order (list of layer names, input to output)
+                      layer_order (list of layer names, input to output); CaffeNet.save
+                      also writes dropout_seed and dropout_iter (the dropout counter)
 
 Files are read with h5py only (never pickle) and written atomically: a temporary file
 next to the target, then ``os.replace``, so a crash never leaves half a file behind.

@@ -6,8 +6,9 @@ boundary between host and device: `cupy.asarray` copies host data in, `.get()` a
 `cupy.asnumpy` copy it out, and mixing a device array with a NumPy array in an operation
 or a cupy function raises TypeError, as CuPy does, so code that forgets a copy fails here
 and not first on a GPU. Every other cupy function is NumPy's, on device arrays.
-`RawModule` compiles nothing and answers `get_function` with a function that runs the
-named kernel on the emulator, and CUDA events read the CPU clock. Use
+`RawModule` compiles the source with the emulator's g++ build (a compile error is
+reported in NVRTC's form) and answers `get_function` with a function that runs the named
+kernel on the emulator, and CUDA events read the CPU clock. Use
 `install(monkeypatch)`: nn.device then finds this "GPU".
 """
 import os

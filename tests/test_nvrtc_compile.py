@@ -1,4 +1,4 @@
-"""Every kernels/*.cu compiles for the GPU (NVRTC, sm_80 and sm_90), without needing a GPU.
+"""Every kernels/*.cu compiles for the GPU (NVRTC, sm_75, sm_80 and sm_90), without a GPU.
 
 The source is assembled exactly as CupyRunner does (prelude + `#line 1 "<file>"` + file) and
 compiled with NVRTC's low-level calls, which work on machines without a CUDA device, with
