@@ -458,42 +458,45 @@ def train_fold(args, data_dir, agree, fold, device, say, stop, stop_at=None):
                          "train_seconds": seconds_before + time.time() - started})
 
     started, start_iter, images_seen = time.time(), solver.iter, 0
-    stop.training = True      # until the loop ends, the first Ctrl-C stops after a step
-    with TrainLoader(train, args.batch_size, seed=args.seed, epoch=loader_state["epoch"],
-                     position=loader_state["position"]) as loader:
-        while solver.iter < max_iter:
-            total, step_loss = None, 0.0
-            for _ in range(args.iter_size):
-                images, labels = next(loader)
-                loss, grads, _ = net.loss_and_grads(images, labels)
-                if not math.isfinite(loss):
-                    raise TrainError(f"[{name}] the loss diverged ({loss}) at step "
-                                     f"{solver.iter}: stopping; {kept()}. Try a smaller "
-                                     f"--base-lr.")
-                total = accumulate(total, grads)
-                step_loss += loss / args.iter_size
-                images_seen += images.shape[0]
-            lr = solver.lr
-            solver.step(total)
-            losses.append(step_loss)
-            done = solver.iter
-            if done % args.display == 0 or done == max_iter:
-                elapsed = time.time() - started
-                rate = images_seen / max(elapsed, 1e-9)
-                eta = (max_iter - done) * elapsed / max(done - start_iter, 1)
-                say(f"[{name}] step {done}/{max_iter}  loss {step_loss:.4f}  lr {lr:.2g}  "
-                    f"{rate:.1f} img/s  epoch {loader.epoch}  left {format_seconds(eta)}")
-            early = stop.requested or (stop_at is not None and done >= stop_at)
-            # The last step is checkpointed too: an evaluation cut short (Ctrl-C, a crash)
-            # then resumes at the evaluation instead of training the last steps again.
-            if early or done == max_iter or (args.checkpoint_every
-                                             and done % args.checkpoint_every == 0):
-                write_or_stop(checkpoint, lambda: save(loader.state))
-                say(f"[{name}] checkpoint written: {checkpoint} (step {done})")
-            if early and done < max_iter:
-                say(f"[{name}] stopped at step {done}; continue with --resume")
-                return None
-    stop.training = False     # from here Ctrl-C interrupts at once (StopRequest)
+    # A run resumed at its last step (checkpointed before the evaluation) only evaluates:
+    # no loader, whose threads would load and augment training batches for nothing.
+    if solver.iter < max_iter:
+        stop.training = True      # until the loop ends, the first Ctrl-C stops after a step
+        with TrainLoader(train, args.batch_size, seed=args.seed, epoch=loader_state["epoch"],
+                         position=loader_state["position"]) as loader:
+            while solver.iter < max_iter:
+                total, step_loss = None, 0.0
+                for _ in range(args.iter_size):
+                    images, labels = next(loader)
+                    loss, grads, _ = net.loss_and_grads(images, labels)
+                    if not math.isfinite(loss):
+                        raise TrainError(f"[{name}] the loss diverged ({loss}) at step "
+                                         f"{solver.iter}: stopping; {kept()}. Try a smaller "
+                                         f"--base-lr.")
+                    total = accumulate(total, grads)
+                    step_loss += loss / args.iter_size
+                    images_seen += images.shape[0]
+                lr = solver.lr
+                solver.step(total)
+                losses.append(step_loss)
+                done = solver.iter
+                if done % args.display == 0 or done == max_iter:
+                    elapsed = time.time() - started
+                    rate = images_seen / max(elapsed, 1e-9)
+                    eta = (max_iter - done) * elapsed / max(done - start_iter, 1)
+                    say(f"[{name}] step {done}/{max_iter}  loss {step_loss:.4f}  lr {lr:.2g}  "
+                        f"{rate:.1f} img/s  epoch {loader.epoch}  left {format_seconds(eta)}")
+                early = stop.requested or (stop_at is not None and done >= stop_at)
+                # The last step is checkpointed too: an evaluation cut short (Ctrl-C, a crash)
+                # then resumes at the evaluation instead of training the last steps again.
+                if early or done == max_iter or (args.checkpoint_every
+                                                 and done % args.checkpoint_every == 0):
+                    write_or_stop(checkpoint, lambda: save(loader.state))
+                    say(f"[{name}] checkpoint written: {checkpoint} (step {done})")
+                if early and done < max_iter:
+                    say(f"[{name}] stopped at step {done}; continue with --resume")
+                    return None
+        stop.training = False     # from here Ctrl-C interrupts at once (StopRequest)
     train_seconds = seconds_before + time.time() - started
 
     write_or_stop(weights_path, lambda: net.save(weights_path))

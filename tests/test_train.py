@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+import nn.batches
 import train
 from nn.caffenet import CaffeNet
 from nn.checkpoint import CheckpointError, load_checkpoint
@@ -403,8 +404,13 @@ def test_ctrl_c_checkpoints_in_training_and_aborts_in_evaluation(in_tmp, monkeyp
 
 
 def test_resume_after_an_interrupted_evaluation_only_evaluates(in_tmp, monkeypatch, capsys):
-    """Training's last step is checkpointed: Ctrl-C in the evaluation loses no training."""
+    """Training's last step is checkpointed: Ctrl-C in the evaluation loses no training, and
+    the resumed run opens no training loader (its threads would prepare batches for nothing)
+    yet ends with the metrics of a run that was never interrupted."""
     args = [a for a in QUICK if a != "--quiet"] + ["--max-iter", "3"]
+    assert train.main(args + ["--out-dir", "straight"]) == 0
+    with open(os.path.join("straight", "synthetic_five_fold2.json")) as f:
+        straight = json.load(f)
     real_evaluate = train.evaluate
 
     def evaluate_interrupted(*a, **kw):
@@ -423,12 +429,19 @@ def test_resume_after_an_interrupted_evaluation_only_evaluates(in_tmp, monkeypat
         raise AssertionError("a finished training was resumed into more steps")
     monkeypatch.setattr(train, "evaluate", real_evaluate)
     monkeypatch.setattr(CaffeNet, "loss_and_grads", no_training)
+
+    def no_loader(*a, **kw):
+        raise AssertionError("a finished training opened the training loader")
+    monkeypatch.setattr(nn.batches, "TrainLoader", no_loader)
     assert train.main(args + ["--resume"]) == 0
     out = capsys.readouterr().out
     assert "resumed from" in out and "at step 3" in out and "test accuracy" in out
     with open(os.path.join("weights", "synthetic_five_fold2.json")) as f:
         metrics = json.load(f)
     assert len(metrics["losses"]) == 3 and metrics["n_test_evaluated"] > 0
+    for key in ("accuracy_center", "accuracy_oversampled", "n_test_evaluated",
+                "test_images_skipped", "final_loss", "losses", "settings"):
+        assert metrics[key] == straight[key], key
     again = read_weights(os.path.join("weights", "synthetic_five_fold2.h5"))
     for layer, blobs in trained.items():
         for blob, value in blobs.items():
