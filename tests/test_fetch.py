@@ -576,6 +576,58 @@ def test_archive_with_images_outside_images_folder_is_refused(tmp_path):
     fetch.unpack(archive, tmp_path / "twitter", check=fetch._dataset_layout_problem)
 
 
+def _files_under(folder):
+    """The files under `folder`, as sorted '/'-separated relative paths."""
+    return sorted(os.path.relpath(os.path.join(parent, name), folder).replace(os.sep, "/")
+                  for parent, _, names in os.walk(folder) for name in names)
+
+
+@pytest.mark.parametrize("members, top, laid_out", [
+    (["top/a.txt", "top/b/c.txt"], "top", ["a.txt", "b/c.txt"]),     # one top folder: stripped
+    (["./top/a.txt"], "top", ["a.txt"]),                             # ('.' is no folder)
+    (["top/a.txt", "notes.txt"], None, ["notes.txt", "top/a.txt"]),  # and a file: kept
+    (["notes.txt"], None, ["notes.txt"]),                            # a lone file: no folder
+    pytest.param(["top\\a.txt"], None, ["top\\a.txt"],               # one file of that name
+                 marks=pytest.mark.skipif(os.sep != "/", reason="a separator on Windows")),
+])
+def test_unpack_strips_the_top_folder_that_the_member_names_give(tmp_path, members, top,
+                                                                  laid_out):
+    """unpack and _dataset_layout_problem share _single_top_folder: what it names from the
+    member names is what unpack strips."""
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in members:
+            z.writestr(name, b"x")
+        names = z.namelist()
+    assert fetch._single_top_folder(fetch._member_paths(names)) == top
+    fetch.unpack(archive, tmp_path / "out")
+    assert _files_under(tmp_path / "out") == laid_out
+
+
+def test_the_layout_check_strips_only_the_single_top_folder():
+    dataset = [f"twitter_{a}_agrees.txt" for a in twitter.AGREES] + ["images/x.jpg"]
+    assert fetch._dataset_layout_problem(dataset) is None
+    in_folder = [f"release/{name}" for name in dataset]
+    assert fetch._dataset_layout_problem(in_folder) is None
+    # beside a top-level file the folder is kept (as unpack keeps it): no label files on top
+    problem = fetch._dataset_layout_problem(in_folder + ["README.txt"])
+    assert problem.startswith("not the Twitter dataset: no twitter_five_agrees.txt")
+
+
+@pytest.mark.skipif(os.sep != "/", reason="on Windows a backslash separates folders")
+def test_a_zip_with_backslash_paths_is_refused_where_they_unpack_as_file_names(tmp_path):
+    """On Linux zipfile extracts 'release\\images\\x.jpg' as one file of that name at the
+    top, where nn/twitter.py would never find it: the layout check refuses the archive."""
+    names = [f"twitter_{a}_agrees.txt" for a in twitter.AGREES] + ["images\\x.jpg"]
+    archive = tmp_path / "windows.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in names:
+            z.writestr("release\\" + name, b"x.jpg 1\n")
+    with pytest.raises(fetch.DownloadError, match="not the Twitter dataset: no twitter_five"):
+        fetch.unpack(archive, tmp_path / "twitter", check=fetch._dataset_layout_problem)
+    assert sorted(os.listdir(tmp_path)) == ["windows.zip"]
+
+
 def test_a_relative_link_in_a_tar_is_refused_too(tmp_path):
     archive = tmp_path / "link.tar"
     with tarfile.open(archive, "w") as t:

@@ -344,8 +344,9 @@ def unpack(archive, dest_dir, check=None):
     """Extract a zip or tar (plain, gz, bz2, xz) archive into dest_dir; returns dest_dir.
 
     Everything is extracted to a temporary folder first; if the archive holds a single
-    top-level folder, its contents are used. Entries then replace same-named entries in
-    dest_dir (other entries, e.g. splits/, stay). Links and unsafe paths are refused.
+    top-level folder (_single_top_folder), its contents are used. Entries then replace
+    same-named entries in dest_dir (other entries, e.g. splits/, stay). Links and unsafe
+    paths are refused.
     check(names): called with the member names (folders end in '/') before anything is
     extracted; a sentence it returns refuses the archive (DownloadError).
     """
@@ -371,6 +372,7 @@ def unpack(archive, dest_dir, check=None):
             problem = check(names) if check else None
             if problem:
                 raise DownloadError(f"{archive}: {problem}; nothing was extracted")
+            top = _single_top_folder(_member_paths(names))
             with _folder_for_failure(os.path.dirname(tmp)):
                 shutil.rmtree(tmp, ignore_errors=True)
                 os.makedirs(tmp)
@@ -379,10 +381,7 @@ def unpack(archive, dest_dir, check=None):
                         opened.extractall(tmp, filter="data")         # belt and braces
                     else:
                         opened.extractall(tmp)
-                    root = tmp
-                    entries = os.listdir(tmp)
-                    if len(entries) == 1 and os.path.isdir(os.path.join(tmp, entries[0])):
-                        root = os.path.join(tmp, entries[0])
+                    root = os.path.join(tmp, top) if top else tmp
                     os.makedirs(dest_dir, exist_ok=True)
                     for entry in os.listdir(root):
                         target = os.path.join(dest_dir, entry)
@@ -398,17 +397,39 @@ def unpack(archive, dest_dir, check=None):
     return dest_dir
 
 
+def _member_paths(names):
+    """(path, is_dir) for each archive member name, as extracting it lays it out here:
+    '/'-separated, without '.' parts or a trailing '/'. A backslash separates folders only
+    where the system's separator is one: on Linux, zipfile and tarfile extract
+    'top\\a.txt' as one file of that name at the top."""
+    entries = []
+    for name in names:
+        name = name.replace(os.sep, "/")
+        path = posixpath.normpath(name)
+        if path != ".":   # ('./' in a tar: the archive's own top)
+            entries.append((path, name.endswith("/")))
+    return entries
+
+
+def _single_top_folder(entries):
+    """The folder whose contents unpack uses instead of the archive's top: the name of the
+    one top-level entry of `entries` (from _member_paths) when it is a folder, else None.
+    Decided from the member names alone, so that _dataset_layout_problem, which sees
+    nothing extracted, strips exactly what unpack strips."""
+    tops = {path.split("/")[0] for path, _ in entries}
+    if len(tops) == 1 and any(is_dir or "/" in path for path, is_dir in entries):
+        return tops.pop()
+    return None
+
+
 def _dataset_layout_problem(names):
     """None if archive member `names` hold the layout nn/twitter.py reads (the label files
     and images, at the top or in one top folder, as unpack strips it), else what is missing."""
-    entries = [(posixpath.normpath(name.replace("\\", "/")), name.endswith("/"))
-               for name in names]
-    entries = [(path, is_dir) for path, is_dir in entries if path != "."]
-    tops = {path.split("/")[0] for path, _ in entries}
-    if len(tops) == 1 and any(is_dir or "/" in path for path, is_dir in entries):
-        top = tops.pop() + "/"   # the single top folder that unpack strips
-        entries = [(path[len(top):], is_dir) for path, is_dir in entries
-                   if path.startswith(top)]
+    entries = _member_paths(names)
+    top = _single_top_folder(entries)
+    if top:
+        entries = [(path[len(top) + 1:], is_dir) for path, is_dir in entries
+                   if path.startswith(top + "/")]
     files = {path for path, is_dir in entries if not is_dir}
     missing = [name for name in (os.path.basename(label_file("", a)) for a in AGREES)
                if name not in files]
