@@ -234,6 +234,27 @@ extern "C" __global__ void sum_from_previous_block(const float* x, float* y)
     if (threadIdx.x == 0) y[b] = (b > 0 ? y[b - 1] : 0.0f) + x[b];
 }
 
+// A dot product split over blocks, each adding its part to out[0] without an atomic:
+// right when blocks run one after another, a lost update on a GPU.
+extern "C" __global__ void dot_racy(const float* a, const float* b, float* out, int n)
+{
+    __shared__ float part[32];
+    int t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    part[t] = i < n ? a[i] * b[i] : 0.0f;
+    __syncthreads();
+    if (t == 0) {
+        float s = 0.0f;
+        for (int k = 0; k < 32; ++k) s += part[k];
+        out[0] += s;
+    }
+}
+
+// Every block writes its own index to y[k]: the last block to run wins.
+extern "C" __global__ void last_block_wins(float* y, int k)
+{
+    if (threadIdx.x == 0) y[k] = (float)(blockIdx.x + 10 * blockIdx.y);
+}
+
 extern "C" __global__ void big_static(float* y)
 {
     __shared__ float big[4096];  // 16 KiB
@@ -411,6 +432,46 @@ def test_block_depending_on_an_earlier_block_is_caught(sources):
                                               'sum_from_previous_block')(9, 4, (x, y))
         results[order] = np.allclose(y, expected, rtol=1e-6)
     assert results == {'forward': True, 'reverse': False, 'random': False}
+
+
+@pytest.mark.parametrize('order', ORDERS)
+def test_two_blocks_writing_one_element_is_a_race(sources, order):
+    """out[0] += part from every block gives the right sum when blocks run one after
+    another; on a GPU the updates race. The emulator reports the two blocks and the
+    element, under every order."""
+    rng = np.random.default_rng(11)
+    a, b = rng.standard_normal(70).astype(np.float32), rng.standard_normal(70).astype(np.float32)
+    out = np.zeros(1, np.float32)
+    kernel = EmuRunner(order=order).kernel(sources['buggy.cu'], 'dot_racy')
+    kernel(1, 32, (a, b, out, np.int32(70)))            # one block: no race
+    with pytest.raises(KernelLaunchError, match=r"race between blocks in kernel dot_racy: "
+                                                r"blocks \(\d,0,0\) and \(\d,0,0\) both "
+                                                r"wrote element 0 of the array of argument 2 "
+                                                r"'out' \(float\*\)"):
+        kernel(3, 32, (a, b, out, np.int32(70)))
+
+
+def test_race_report_names_the_element_and_the_blocks(sources):
+    """The element counts from the start of the array as the kernel sees it (here a view
+    that starts 3 floats into its buffer); the blocks are named by their 2D index."""
+    buf = np.full(5000, -1.0, np.float32)
+    kernel = EmuRunner(order='forward').kernel(sources['buggy.cu'], 'last_block_wins')
+    with pytest.raises(KernelLaunchError, match=r"blocks \(0,0,0\) and \(1,0,0\) both wrote "
+                                                r"element 1234 of the array of argument 0 'y'"):
+        kernel((2, 2), 8, (buf[3:], np.int32(1234)))
+    buf[:] = 0.0     # now block (0,0,0) writes the 0 already there: no change, not seen
+    with pytest.raises(KernelLaunchError, match=r"blocks \(1,0,0\) and \(0,1,0\) both wrote"):
+        kernel((2, 2), 8, (buf[3:], np.int32(1234)))
+
+
+def test_atomics_and_equal_values_from_several_blocks_are_no_race(sources):
+    """An atomic counter updated by every block (block_tickets), and an element that
+    every block sets to the value it already holds, leave the same result in any order."""
+    assert sorted(_block_tickets(EmuRunner(order='random', seed=4), sources)) == list(range(12))
+    y = np.full(3, 7.0, np.float32)
+    y[1] = 0.0       # last_block_wins writes blockIdx.x + 10 blockIdx.y: 0 for block (0,0)
+    EmuRunner().kernel(sources['buggy.cu'], 'last_block_wins')((1, 1), 8, (y, np.int32(1)))
+    np.testing.assert_array_equal(y, [7.0, 0.0, 7.0])
 
 
 def test_misaligned_float4_access_is_caught(sources):
@@ -614,6 +675,8 @@ def test_ucontext_fallback_gives_same_results(sources):
                                rtol=1e-5)
     with pytest.raises(KernelLaunchError, match='divergent barrier'):
         r.kernel(sources['buggy.cu'], 'barrier_in_branch')(1, 32, (np.zeros(32, np.float32),))
+    with pytest.raises(KernelLaunchError, match='race between blocks'):   # (the write faults)
+        r.kernel(sources['buggy.cu'], 'dot_racy')(3, 32, (x, x, out, np.int32(70)))
 
 
 # ---------------------------------------------------------------------------------------

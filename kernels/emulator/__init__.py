@@ -24,7 +24,10 @@ the few bytes of alignment padding around it read as a signalling NaN and must n
 written);
 threads run in forward, reverse or seeded random
 order (a new random order after every barrier), and so do the blocks of the grid (a kernel
-whose blocks depend on each other's writes shows it); a float4/int4 access at an address
+whose blocks depend on each other's writes shows it); two blocks that change one element of
+an array without an atomic raise KernelLaunchError("race between blocks ..."), found by
+making the arrays' pages read-only and comparing each page a block wrote (runtime.cpp,
+"Races between blocks"); a float4/int4 access at an address
 that is not a multiple of 16 faults, as on a GPU; a barrier that not all threads of a block
 reach raises KernelLaunchError("divergent barrier ..."); a failed device assert, or an
 invalid memory access, raises KernelLaunchError with kernel, place, block and thread instead
@@ -180,7 +183,7 @@ class EmuModule:
         self._lib.emu_static_shared_bytes.restype = ctypes.c_size_t
         self._lib.emu_guarded_alloc.restype = ctypes.c_void_p
         self._lib.emu_guarded_alloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t,
-                                                ctypes.c_char_p]
+                                                ctypes.c_char_p, ctypes.c_int]
         self._lib.emu_guarded_free_all.restype = None
         self._lib.emu_same_bytes.restype = ctypes.c_int
         self._lib.emu_same_bytes.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
@@ -275,13 +278,13 @@ class EmuModule:
         pointers, copies = {}, []
         for start, end, members in merged:
             label = ' and '.join(params[i].describe(i) for i in sorted(members)).encode()
-            copy = self._lib.emu_guarded_alloc(end - start, start % 16, label)
+            writable = any(not params[i].const for i in members)
+            copy = self._lib.emu_guarded_alloc(end - start, start % 16, label, writable)
             if not copy:
                 raise KernelLaunchError(f'{self.file}: the emulator could not map '
                                         f'{end - start} bytes of guarded memory')
             ctypes.memmove(copy, start, end - start)
-            copies.append((copy, start, end - start,
-                           any(not params[i].const for i in members), label))
+            copies.append((copy, start, end - start, writable, label))
             for i in members:
                 pointers[i] = copy + (args[i].ctypes.data - start)
         return pointers, copies

@@ -235,6 +235,16 @@ struct GlobalGuard {
     unsigned char* data;  // where the array starts
     size_t bytes;
     const char* label;    // e.g. "argument 2 'y' (float*)", owned by Python
+    // Writes by more than one block (see "Races between blocks"); for writable arrays only.
+    unsigned char* pages;  // the data pages (map + one guard page), read-only while tracked
+    size_t n_pages;
+    unsigned char* track;  // one mapping for the four below
+    size_t track_bytes;
+    unsigned char* saved;  // n_pages pages: each page as it was when the block first wrote it
+    int64_t* writer;       // per 4-byte word of the pages: 0, writing block + 1, or kShared
+    size_t* written;       // the pages the running block has written (made writable) ...
+    size_t n_written;
+    unsigned char* dirty;  // ... and per page, whether it is among them
 };
 static const int kMaxGuards = 64;
 static GlobalGuard g_guards[kMaxGuards];
@@ -271,10 +281,29 @@ static void fill_guard_words(unsigned char* from, unsigned char* to) {
     for (uint32_t* w = reinterpret_cast<uint32_t*>(from); w < end; ++w) *w = kGuardWord;
 }
 
+// The bookkeeping of the race check for guard g (anonymous memory: zero until touched, so
+// an array's untouched pages cost nothing); false when out of memory.
+static bool map_tracking(GlobalGuard& g) {
+    size_t words = g.n_pages * g_page / 4;
+    g.track_bytes = g.n_pages * g_page + words * sizeof(int64_t) + g.n_pages * sizeof(size_t)
+                    + g.n_pages;
+    void* p = mmap(nullptr, g.track_bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return false;
+    g.track = static_cast<unsigned char*>(p);
+    g.saved = g.track;
+    g.writer = reinterpret_cast<int64_t*>(g.track + g.n_pages * g_page);
+    g.written = reinterpret_cast<size_t*>(g.writer + words);
+    g.dirty = reinterpret_cast<unsigned char*>(g.written + g.n_pages);
+    return true;
+}
+
 // A guarded copy target of `bytes` bytes whose address is `misalign` modulo 16, for the
-// caller to copy the array into; nullptr when out of guards or memory. Freed by
+// caller to copy the array into; nullptr when out of guards or memory. `writable`: the
+// kernel may write it, so its writes are checked for races between blocks. Freed by
 // emu_guarded_free_all.
-EMU_API void* emu_guarded_alloc(size_t bytes, size_t misalign, const char* label) {
+EMU_API void* emu_guarded_alloc(size_t bytes, size_t misalign, const char* label,
+                                int writable) {
     g_page = (size_t)sysconf(_SC_PAGESIZE);
     if (g_n_guards == kMaxGuards || misalign >= 16) return nullptr;
     size_t data_pages = (bytes + 16 + g_page - 1) / g_page * g_page;
@@ -287,7 +316,19 @@ EMU_API void* emu_guarded_alloc(size_t bytes, size_t misalign, const char* label
     // copied in (a few words at its 16-byte-aligned edges are written twice).
     fill_guard_words(map + g_page, (unsigned char*)((start + 15) & ~(uintptr_t)15));
     fill_guard_words((unsigned char*)((start + bytes) & ~(uintptr_t)15), (unsigned char*)end);
-    g_guards[g_n_guards++] = {map, map_bytes, (unsigned char*)start, bytes, label};
+    GlobalGuard g = {};
+    g.map = map;
+    g.map_bytes = map_bytes;
+    g.data = (unsigned char*)start;
+    g.bytes = bytes;
+    g.label = label;
+    g.pages = map + g_page;
+    g.n_pages = writable ? data_pages / g_page : 0;
+    if (writable && !map_tracking(g)) {
+        munmap(map, map_bytes);
+        return nullptr;
+    }
+    g_guards[g_n_guards++] = g;
     return (void*)start;
 }
 
@@ -319,8 +360,101 @@ EMU_API int emu_same_bytes(const void* a, const void* b, size_t n) {
 }
 
 EMU_API void emu_guarded_free_all(void) {
-    for (int i = 0; i < g_n_guards; i++) munmap(g_guards[i].map, g_guards[i].map_bytes);
+    for (int i = 0; i < g_n_guards; i++) {
+        munmap(g_guards[i].map, g_guards[i].map_bytes);
+        if (g_guards[i].track) munmap(g_guards[i].track, g_guards[i].track_bytes);
+    }
     g_n_guards = 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Races between blocks. A GPU runs a grid's blocks at the same time, so two blocks that
+// write one element of an array (y[i] = ... or y[i] += ... in both) race: what is left
+// depends on which writes last, and a += loses one of the two. Here blocks run one after
+// another and such a kernel gives the right answer, so the runtime checks for it: while a
+// block runs, the writable arrays' pages are read-only. The block's first write to a page
+// faults; on_fault calls note_first_write, which saves the page and makes it writable, and
+// the write is retried. When the block ends, check_block_writes compares each page it
+// wrote with the saved copy: every 4-byte element that changed records the block as its
+// writer, and an element another block already wrote is a race. Elements changed by
+// atomics are shared (emu_atomic_note) and never a race. A write of the value an element
+// already holds is not seen: it leaves the same result in any order.
+static const int64_t kShared = -1;
+
+static GlobalGuard* tracked_guard_of(const unsigned char* addr) {
+    for (int i = 0; i < g_n_guards; i++) {
+        GlobalGuard& g = g_guards[i];
+        if (g.n_pages && addr >= g.pages && addr < g.pages + g.n_pages * g_page) return &g;
+    }
+    return nullptr;
+}
+
+static void protect_tracked_pages(int prot) {
+    for (int i = 0; i < g_n_guards; i++)
+        if (g_guards[i].n_pages) mprotect(g_guards[i].pages, g_guards[i].n_pages * g_page, prot);
+}
+
+// From on_fault: a write to a tracked page the running block has not written yet. Returns
+// false when the fault is something else (reported as an invalid memory access).
+static bool note_first_write(const unsigned char* addr) {
+    GlobalGuard* g = tracked_guard_of(addr);
+    if (g == nullptr) return false;
+    size_t page = (size_t)(addr - g->pages) / g_page;
+    if (g->dirty[page]) return false;
+    unsigned char* p = g->pages + page * g_page;
+    memcpy(g->saved + page * g_page, p, g_page);
+    mprotect(p, g_page, PROT_READ | PROT_WRITE);
+    g->dirty[page] = 1;
+    g->written[g->n_written++] = page;
+    return true;
+}
+
+// Called by the shim's atomics: the element at p is updated by atomics, shared by design.
+extern "C" void emu_atomic_note(const void* p) {
+    const unsigned char* addr = static_cast<const unsigned char*>(p);
+    GlobalGuard* g = tracked_guard_of(addr);
+    if (g) g->writer[(addr - g->pages) / 4] = kShared;
+}
+
+static void block_of(int64_t linear, unsigned int out[3]) {
+    out[0] = (unsigned int)(linear % gridDim.x);
+    out[1] = (unsigned int)(linear / gridDim.x % gridDim.y);
+    out[2] = (unsigned int)(linear / ((int64_t)gridDim.x * gridDim.y));
+}
+
+// After block `block` (its linear index): record the writer of every element it changed,
+// fail on an element another block wrote, and make the pages read-only again.
+static void check_block_writes(int64_t block) {
+    for (int i = 0; i < g_n_guards && !g_failed; i++) {
+        GlobalGuard& g = g_guards[i];
+        for (size_t k = 0; k < g.n_written && !g_failed; k++) {
+            size_t page = g.written[k];
+            const uint32_t* now = reinterpret_cast<const uint32_t*>(g.pages + page * g_page);
+            const uint32_t* was = reinterpret_cast<const uint32_t*>(g.saved + page * g_page);
+            for (size_t w = 0; w < g_page / 4 && !g_failed; w++) {
+                const unsigned char* addr = reinterpret_cast<const unsigned char*>(now + w);
+                // (a write to the padding around the array is emu_guarded_check's to report)
+                if (now[w] == was[w] || addr < g.data || addr >= g.data + g.bytes) continue;
+                int64_t& writer = g.writer[page * g_page / 4 + w];
+                if (writer == 0) {
+                    writer = block + 1;
+                } else if (writer != kShared && writer != block + 1) {
+                    unsigned int a[3], b[3];
+                    block_of(writer - 1, a);
+                    block_of(block, b);
+                    fail("race between blocks in kernel %s: blocks (%u,%u,%u) and (%u,%u,%u) "
+                         "both wrote element %lld of the array of %s (on a GPU they run at "
+                         "the same time, and what is left depends on which writes last: "
+                         "give each element one writing block, or use an atomic)",
+                         g_kernel, a[0], a[1], a[2], b[0], b[1], b[2],
+                         (long long)((addr - g.data) / 4), g.label);
+                }
+            }
+            mprotect(g.pages + page * g_page, g_page, PROT_READ);
+            g.dirty[page] = 0;
+        }
+        g.n_written = 0;
+    }
 }
 
 // ", past the end of argument ..." when addr is in a guard page, else "".
@@ -366,6 +500,9 @@ static void on_fault(int sig, siginfo_t* info, void*) {
         raise(sig);
         return;
     }
+    if (sig == SIGSEGV && info->si_code == SEGV_ACCERR &&
+        note_first_write(static_cast<const unsigned char*>(info->si_addr)))
+        return;  // the page is writable now: the write is retried
     char where[256];
     if (sig == SIGSEGV && info->si_code == SI_KERNEL)
         // x86-64 reports a general-protection fault without an address. In a kernel that
@@ -549,6 +686,7 @@ EMU_API int emu_launch(void (*entry)(void**), void** args, const char* kernel,
     sigaction(SIGSEGV, &sa, &old_segv);
     sigaction(SIGBUS, &sa, &old_bus);
 
+    protect_tracked_pages(PROT_READ);
     if (sigsetjmp(g_fault_jmp, 1) == 0) {
         g_in_kernel = 1;
         for (uint64_t k = 0; k < n_blocks && !g_failed; k++) {
@@ -556,9 +694,11 @@ EMU_API int emu_launch(void (*entry)(void**), void** args, const char* kernel,
             blockIdx = {(unsigned int)(b % grid[0]), (unsigned int)(b / grid[0] % grid[1]),
                         (unsigned int)(b / ((uint64_t)grid[0] * grid[1]))};
             run_block(n, order_fixed, order, order_mode, &rng);
+            if (!g_failed) check_block_writes((int64_t)b);
         }
     }
     g_in_kernel = 0;
+    protect_tracked_pages(PROT_READ | PROT_WRITE);
     free(block_order);
     sigaction(SIGSEGV, &old_segv, nullptr);
     sigaction(SIGBUS, &old_bus, nullptr);

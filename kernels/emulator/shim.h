@@ -78,6 +78,7 @@ extern dim3 gridDim;
 extern "C" void emu_syncthreads(const char* file, int line);
 extern "C" void* emu_dynamic_shared(void);
 extern "C" void emu_assert_fail(const char* expr, const char* file, int line, const char* func);
+extern "C" void emu_atomic_note(const void* p);
 // The file and line identify the barrier, so that threads waiting at different
 // __syncthreads() calls are reported as a divergent barrier.
 #define __syncthreads() emu_syncthreads(__FILE__, __LINE__)
@@ -94,6 +95,7 @@ extern "C" void emu_assert_fail(const char* expr, const char* file, int line, co
     static inline T name(T* p, T v) {              \
         T old = *p;                                \
         *p = (expr);                               \
+        emu_atomic_note(p);                        \
         return old;                                \
     }
 EMU_ATOMIC(atomicAdd, float, old + v)
@@ -118,11 +120,13 @@ EMU_ATOMIC(atomicXor, unsigned int, old ^ v)
 static inline int atomicCAS(int* p, int cmp, int v) {
     int old = *p;
     *p = old == cmp ? v : old;
+    emu_atomic_note(p);
     return old;
 }
 static inline unsigned int atomicCAS(unsigned int* p, unsigned int cmp, unsigned int v) {
     unsigned int old = *p;
     *p = old == cmp ? v : old;
+    emu_atomic_note(p);
     return old;
 }
 
