@@ -4,8 +4,9 @@
     relu = runner.kernel('relu.cu', 'relu_forward_v1')  # or an absolute path to a .cu file
     relu(grid, block, (x, y, np.int32(n)), shared_mem=0)
 
-`runner.xp` is the array module that goes with the runner (numpy for the emulator, cupy on
-the GPU). Before every launch both backends check the arguments against the kernel's C
+`runner.xp` is the array module that goes with the runner (cupy on the GPU; for the
+emulator NumPy whose `empty` and `empty_like` hand out poisoned arrays, see
+`poisoned_numpy`). Before every launch both backends check the arguments against the kernel's C
 signature and the launch configuration against CUDA's limits, and raise KernelLaunchError
 naming the kernel and the argument:
 
@@ -23,6 +24,7 @@ import os
 import re
 import struct
 import sys
+import types
 
 import numpy as np
 
@@ -516,6 +518,29 @@ class CupyRunner(KernelRunner):
         self.xp.cuda.get_current_stream().synchronize()
 
 
+def poison(a):
+    """Fill a fresh array with what uninitialised device memory may hold, NaN for floats
+    and all bits set for integers (-1, or the maximum unsigned); returns it."""
+    if a.dtype.kind in 'fc':
+        a.fill(np.nan)
+    elif a.dtype.kind in 'iu':
+        a.fill(np.iinfo(a.dtype).max if a.dtype.kind == 'u' else -1)
+    return a
+
+
+def poisoned_numpy():
+    """NumPy as the emulator's array module: every function is NumPy's, but `empty` and
+    `empty_like` return poisoned arrays (see `poison`). Why: cupy.empty hands out its
+    memory pool's leftovers, while a large np.empty is often fresh zero pages, so a
+    launcher that leaves part of an output unwritten, or a kernel that adds into an output
+    it never cleared, would pass on the emulator with zeros it cannot count on."""
+    xp = types.ModuleType('numpy', poisoned_numpy.__doc__)
+    xp.__getattr__ = lambda name: getattr(np, name)   # everything else (PEP 562)
+    xp.empty = lambda *args, **kwargs: poison(np.empty(*args, **kwargs))
+    xp.empty_like = lambda *args, **kwargs: poison(np.empty_like(*args, **kwargs))
+    return xp
+
+
 class EmuRunner(KernelRunner):
     """Runs kernels on the CPU with the emulator (kernels/emulator/).
 
@@ -526,7 +551,7 @@ class EmuRunner(KernelRunner):
     cache_dir: where built libraries go (default $CAFFENET_EMU_CACHE or ~/.cache/caffenet-emu).
     """
     name = 'emu'
-    xp = np
+    xp = poisoned_numpy()
     _array_type = np.ndarray
 
     def __init__(self, order=None, seed=0, context='asm', cache_dir=None):

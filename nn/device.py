@@ -94,13 +94,14 @@ def cuda_available():
         return False
 
 
-def _kernel_device(name, xp, partial=False, tf32=False):
+def _kernel_device(name, partial=False, tf32=False):
     """emu or cuda: the kernel op namespace on that backend's runner (kernels/ops.py's
-    make_ops, `partial` and `tf32` as there)."""
+    make_ops, `partial` and `tf32` as there), with the runner's array module (CuPy; for
+    the emulator NumPy with poisoned `empty`, kernels/runner.py's poisoned_numpy)."""
     from kernels.ops import make_ops
     from kernels.runner import get_runner
-    runner = get_runner(name)
-    return Device(name, xp, make_ops(runner, partial, tf32), runner, tf32)
+    runner = get_runner(name)   # cuda: a DeviceError saying why when there is no GPU
+    return Device(name, runner.xp, make_ops(runner, partial, tf32), runner, tf32)
 
 
 def get_device(name=None, partial=False, tf32=False):
@@ -128,10 +129,8 @@ def get_device(name=None, partial=False, tf32=False):
         from nn.memory import keep_freed_memory
         keep_freed_memory()   # the NumPy layers reuse large buffers without page faults
         return Device("cpu", np, reference)
-    if name == "emu":
-        return _kernel_device("emu", np, partial, tf32)
-    if name == "cuda":
-        return _kernel_device("cuda", import_cupy_with_gpu(), partial, tf32)
+    if name in ("emu", "cuda"):
+        return _kernel_device(name, partial, tf32)
     raise ValueError(f"unknown device {name!r}: expected one of {', '.join(DEVICE_NAMES)} "
                      "or None/'auto'")
 

@@ -21,7 +21,8 @@ import numpy as np
 import nn.device
 from kernels import runner as runner_module
 from kernels import emulator
-from kernels.runner import CupyRunner, EmuRunner, KernelCompileError, resolve_source
+from kernels.runner import (CupyRunner, EmuRunner, KernelCompileError, poison,
+                            resolve_source)
 
 FAKE_REGISTERS, FAKE_LOCAL_BYTES = 40, 8   # what the stand-in reports for every kernel
 
@@ -167,6 +168,10 @@ class FakeCupy(types.ModuleType):
         self.ndarray = DeviceArray
         self.RawModule = FakeRawModule
         self.asarray = self.array = _to_device
+        # cupy.empty hands out the memory pool's leftovers: poisoned here, as on the emulator.
+        self.empty = lambda *a, **k: poison(_cupy_function('empty', np.empty)(*a, **k))
+        self.empty_like = lambda *a, **k: poison(
+            _cupy_function('empty_like', np.empty_like)(*a, **k))
         self.asnumpy = lambda a, stream=None, order='C': (
             a.get(order=order) if isinstance(a, DeviceArray) else np.asarray(a, order=order))
         device = types.SimpleNamespace(compute_capability='90', id=0)

@@ -167,7 +167,8 @@ def _assert_same_run(got, want):
 
 def test_emu_device_runs_the_net_like_the_reference():
     dev = _kernel_device("emu")
-    assert dev.name == "emu" and dev.xp is np and dev.runner is not None
+    assert dev.name == "emu" and dev.xp is dev.runner.xp and dev.xp.ndarray is np.ndarray
+    assert np.isnan(dev.xp.empty(3, np.float32)).all()   # poisoned, as cupy.empty's leftovers
     assert sorted(vars(dev.ops)) == sorted(OP_NAMES)
     with pytest.raises(ValueError, match="float32 only"):
         CaffeNet(spec=[dict(type="fc", name="fc", num_output=2)], input_size=3, device=dev,

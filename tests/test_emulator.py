@@ -488,6 +488,22 @@ def test_misaligned_float4_access_is_caught(sources):
         kernel(1, 4, (buf[start + 1:start + 17], y))
 
 
+def test_emulator_arrays_from_empty_are_poisoned(sources):
+    """runner.xp.empty gives what uninitialised GPU memory may hold, never NumPy's fresh
+    zeros: a launch that leaves part of its output unwritten shows NaN there."""
+    xp = EmuRunner().xp
+    assert xp.ndarray is np.ndarray and xp.float32 is np.float32 and xp.random is np.random
+    assert np.isnan(xp.empty((3, 5), np.float32)).all()
+    np.testing.assert_array_equal(xp.empty_like(np.zeros(4, np.int32)), -1)
+    np.testing.assert_array_equal(xp.empty(2, np.uint32), 2**32 - 1)
+    np.testing.assert_array_equal(xp.zeros(3, np.float32), 0.0)     # the rest is NumPy's
+    a = np.arange(100, dtype=np.float32)
+    out = xp.empty(100, np.float32)
+    EmuRunner().kernel(sources['good.cu'], 'vec_add')(1, 64, (a, a, out, np.int32(64)))
+    np.testing.assert_array_equal(out[:64], 2 * a[:64])
+    assert np.isnan(out[64:]).all()      # one block of 64 threads left these unwritten
+
+
 def test_order_from_environment(monkeypatch):
     monkeypatch.setenv('CAFFENET_EMU_ORDER', 'random:77')
     r = EmuRunner()
