@@ -476,11 +476,11 @@ class CupyRunner(KernelRunner):
 
     def __init__(self):
         super().__init__()
-        load_nvrtc()
         from nn.device import import_cupy_with_gpu
-        # Fail here with a clear message (DeviceError, a RuntimeError), not at the first
-        # compile deep inside CuPy.
+        # Fail here with a clear message (DeviceError, a RuntimeError: no CuPy, or no GPU),
+        # not at the first compile deep inside CuPy.
         cupy = import_cupy_with_gpu()
+        load_nvrtc()
         self.xp = cupy
         self._array_type = cupy.ndarray
         self.compute_capability = int(cupy.cuda.Device().compute_capability)

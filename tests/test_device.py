@@ -51,6 +51,13 @@ def test_cuda_without_gpu_is_a_clear_error():
         get_device("cuda")
 
 
+def test_cuda_without_cupy_is_a_clear_error(monkeypatch):
+    """No CuPy at all: the DeviceError that says so, not CupyRunner's NVRTC ImportError."""
+    monkeypatch.setitem(sys.modules, "cupy", None)      # import cupy raises ImportError
+    with pytest.raises(DeviceError, match="device 'cuda' needs CuPy .*failed to import"):
+        get_device("cuda")
+
+
 def test_cpu_device_imports_neither_cupy_nor_launchers():
     code = ("import sys; from nn.device import get_device; from nn.caffenet import CaffeNet; "
             "CaffeNet(spec=[dict(type='fc', name='fc', num_output=2)], input_size=3, "
