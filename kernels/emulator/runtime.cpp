@@ -241,7 +241,7 @@ struct GlobalGuard {
     unsigned char* track;  // one mapping for the four below
     size_t track_bytes;
     unsigned char* saved;  // n_pages pages: each page as it was when the block first wrote it
-    int64_t* writer;       // per 4-byte word of the pages: 0, writing block + 1, or kShared
+    uint32_t* writer;      // per 4-byte word of the pages: 0, writing block + 1, or kShared
     size_t* written;       // the pages the running block has written (made writable) ...
     size_t n_written;
     unsigned char* dirty;  // ... and per page, whether it is among them
@@ -285,14 +285,14 @@ static void fill_guard_words(unsigned char* from, unsigned char* to) {
 // an array's untouched pages cost nothing); false when out of memory.
 static bool map_tracking(GlobalGuard& g) {
     size_t words = g.n_pages * g_page / 4;
-    g.track_bytes = g.n_pages * g_page + words * sizeof(int64_t) + g.n_pages * sizeof(size_t)
+    g.track_bytes = g.n_pages * g_page + words * sizeof(uint32_t) + g.n_pages * sizeof(size_t)
                     + g.n_pages;
     void* p = mmap(nullptr, g.track_bytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return false;
     g.track = static_cast<unsigned char*>(p);
     g.saved = g.track;
-    g.writer = reinterpret_cast<int64_t*>(g.track + g.n_pages * g_page);
+    g.writer = reinterpret_cast<uint32_t*>(g.track + g.n_pages * g_page);
     g.written = reinterpret_cast<size_t*>(g.writer + words);
     g.dirty = reinterpret_cast<unsigned char*>(g.written + g.n_pages);
     return true;
@@ -379,7 +379,8 @@ EMU_API void emu_guarded_free_all(void) {
 // writer, and an element another block already wrote is a race. Elements changed by
 // atomics are shared (emu_atomic_note) and never a race. A write of the value an element
 // already holds is not seen: it leaves the same result in any order.
-static const int64_t kShared = -1;
+static const uint32_t kShared = 0xFFFFFFFFu;
+static const uint64_t kMaxBlocks = kShared - 1;   // so that block + 1 < kShared
 
 static GlobalGuard* tracked_guard_of(const unsigned char* addr) {
     for (int i = 0; i < g_n_guards; i++) {
@@ -416,15 +417,15 @@ extern "C" void emu_atomic_note(const void* p) {
     if (g) g->writer[(addr - g->pages) / 4] = kShared;
 }
 
-static void block_of(int64_t linear, unsigned int out[3]) {
-    out[0] = (unsigned int)(linear % gridDim.x);
-    out[1] = (unsigned int)(linear / gridDim.x % gridDim.y);
-    out[2] = (unsigned int)(linear / ((int64_t)gridDim.x * gridDim.y));
+static void block_of(uint32_t linear, unsigned int out[3]) {
+    out[0] = linear % gridDim.x;
+    out[1] = linear / gridDim.x % gridDim.y;
+    out[2] = (unsigned int)(linear / ((uint64_t)gridDim.x * gridDim.y));
 }
 
 // After block `block` (its linear index): record the writer of every element it changed,
 // fail on an element another block wrote, and make the pages read-only again.
-static void check_block_writes(int64_t block) {
+static void check_block_writes(uint32_t block) {
     for (int i = 0; i < g_n_guards && !g_failed; i++) {
         GlobalGuard& g = g_guards[i];
         for (size_t k = 0; k < g.n_written && !g_failed; k++) {
@@ -435,7 +436,7 @@ static void check_block_writes(int64_t block) {
                 const unsigned char* addr = reinterpret_cast<const unsigned char*>(now + w);
                 // (a write to the padding around the array is emu_guarded_check's to report)
                 if (now[w] == was[w] || addr < g.data || addr >= g.data + g.bytes) continue;
-                int64_t& writer = g.writer[page * g_page / 4 + w];
+                uint32_t& writer = g.writer[page * g_page / 4 + w];
                 if (writer == 0) {
                     writer = block + 1;
                 } else if (writer != kShared && writer != block + 1) {
@@ -660,15 +661,20 @@ EMU_API int emu_launch(void (*entry)(void**), void** args, const char* kernel,
     uint64_t rng = seed;
     // Blocks run in the same kind of order as threads: a GPU promises no order among them.
     uint64_t n_blocks = (uint64_t)grid[0] * grid[1] * grid[2];
-    uint64_t* block_order = nullptr;   // the random order; forward and reverse need none
+    if (n_blocks > kMaxBlocks) {
+        snprintf(err, err_len, "kernel %s: a grid of %llu blocks (the emulator runs at most "
+                 "%llu)", kernel, (unsigned long long)n_blocks, (unsigned long long)kMaxBlocks);
+        return -1;
+    }
+    uint32_t* block_order = nullptr;   // the random order; forward and reverse need none
     if (order_mode == 2 && n_blocks > 1) {
-        block_order = static_cast<uint64_t*>(malloc(sizeof(uint64_t) * n_blocks));
+        block_order = static_cast<uint32_t*>(malloc(sizeof(uint32_t) * n_blocks));
         if (block_order == nullptr) {
             snprintf(err, err_len, "kernel %s: cannot allocate the order of %llu blocks",
                      kernel, (unsigned long long)n_blocks);
             return -1;
         }
-        for (uint64_t b = 0; b < n_blocks; b++) block_order[b] = b;
+        for (uint32_t b = 0; b < n_blocks; b++) block_order[b] = b;
         shuffle(block_order, n_blocks, &rng);
     }
 
@@ -689,12 +695,14 @@ EMU_API int emu_launch(void (*entry)(void**), void** args, const char* kernel,
     protect_tracked_pages(PROT_READ);
     if (sigsetjmp(g_fault_jmp, 1) == 0) {
         g_in_kernel = 1;
-        for (uint64_t k = 0; k < n_blocks && !g_failed; k++) {
-            uint64_t b = block_order ? block_order[k] : order_mode == 1 ? n_blocks - 1 - k : k;
-            blockIdx = {(unsigned int)(b % grid[0]), (unsigned int)(b / grid[0] % grid[1]),
-                        (unsigned int)(b / ((uint64_t)grid[0] * grid[1]))};
+        for (uint32_t k = 0; k < n_blocks && !g_failed; k++) {
+            uint32_t b = block_order ? block_order[k]
+                                     : order_mode == 1 ? (uint32_t)(n_blocks - 1 - k) : k;
+            unsigned int index[3];
+            block_of(b, index);
+            blockIdx = {index[0], index[1], index[2]};
             run_block(n, order_fixed, order, order_mode, &rng);
-            if (!g_failed) check_block_writes((int64_t)b);
+            if (!g_failed) check_block_writes(b);
         }
     }
     g_in_kernel = 0;
