@@ -5,6 +5,8 @@ Every good kernel runs under the three thread orders of the emulator (and on the
 missing __syncthreads(), reading shared memory before writing it, a barrier not all threads
 reach, a failing device assert, a bad pointer; and that bad launches are refused.
 """
+import ctypes
+import os
 import textwrap
 import types
 
@@ -114,6 +116,15 @@ extern "C" __global__ void copy_float4(const float* x, float* y)
 {
     int t = threadIdx.x;
     *(float4*)(y + 4 * t) = *(const float4*)(x + 4 * t);
+}
+
+// Block b writes elements b, b + gridDim.x, ... of y[i * stride]: with a stride of a page or
+// more, each block writes many pages apart. clash: both blocks also write y[0] (a race).
+extern "C" __global__ void strided_write(float* y, int stride, int n, int clash)
+{
+    for (int i = blockIdx.x + gridDim.x * threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        y[(long long)i * stride] = 1.0f + i;
+    if (clash && threadIdx.x == 0) y[0] = 10.0f + blockIdx.x;
 }
 
 // A parameter type the runner does not support.
@@ -472,6 +483,62 @@ def test_atomics_and_equal_values_from_several_blocks_are_no_race(sources):
     y[1] = 0.0       # last_block_wins writes blockIdx.x + 10 blockIdx.y: 0 for block (0,0)
     EmuRunner().kernel(sources['buggy.cu'], 'last_block_wins')((1, 1), 8, (y, np.int32(1)))
     np.testing.assert_array_equal(y, [7.0, 0.0, 7.0])
+
+
+def _libc_mapping_hog(free):
+    """Use up all but about `free` of the process's memory mappings (vm.max_map_count):
+    every other page of one anonymous mapping read-only, so each page is a mapping of its
+    own (no memory is touched). Returns a function that gives them back; None when the
+    limit cannot be read or is too high to use up quickly."""
+    try:
+        with open('/proc/sys/vm/max_map_count') as f:
+            limit = int(f.read())
+        with open('/proc/self/maps') as f:
+            used = len(f.readlines())
+    except (OSError, ValueError):
+        return None
+    pages = limit - used - free
+    if not 0 < pages <= 300_000:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    page = os.sysconf('SC_PAGE_SIZE')
+    size = (pages + 1) * page
+    base = libc.mmap(None, size, 3, 0x22, -1, 0)      # PROT_READ | WRITE, PRIVATE | ANONYMOUS
+    if base in (None, ctypes.c_void_p(-1).value):
+        return None
+    for k in range(1, pages + 1, 2):
+        libc.mprotect(base + k * page, page, 1)        # PROT_READ
+    return lambda: libc.munmap(base, size)
+
+
+def test_race_check_survives_running_out_of_memory_mappings(sources):
+    """While a block runs, each page it has written is writable between read-only ones: a
+    mapping of its own, and a process has at most vm.max_map_count (65530) of them. A block
+    that writes thousands of pages apart (a column of a big matrix) must still run, and
+    races must still be found, instead of an 'invalid memory access' at the page where
+    mprotect gave up."""
+    kernel = EmuRunner(order='forward').kernel(sources['good.cu'], 'strided_write')
+    kernel(2, 64, (np.zeros(4, np.float32), np.int32(1), np.int32(4), np.int32(0)))  # stacks
+    stride, n = 2048, 1600              # 2 pages apart: 800 far-apart pages in each block
+    y = np.zeros(stride * n, np.float32)
+    release = _libc_mapping_hog(free=400)
+    if release is None:
+        pytest.skip('vm.max_map_count unknown or too high to use up here')
+    try:
+        kernel(2, 64, (y, np.int32(stride), np.int32(n), np.int32(0)))
+        y2 = np.zeros_like(y)
+        with pytest.raises(KernelLaunchError, match=r"race between blocks .* element 0 "):
+            kernel(2, 64, (y2, np.int32(stride), np.int32(n), np.int32(1)))
+    finally:
+        release()
+    expected = np.zeros_like(y)
+    expected[::stride] = 1.0 + np.arange(n)
+    np.testing.assert_array_equal(y, expected)
 
 
 def test_misaligned_float4_access_is_caught(sources):

@@ -245,6 +245,7 @@ struct GlobalGuard {
     size_t* written;       // the pages the running block has written (made writable) ...
     size_t n_written;
     unsigned char* dirty;  // ... and per page, whether it is among them
+    bool all_writable;     // every page made writable at once (see note_first_write)
 };
 static const int kMaxGuards = 64;
 static GlobalGuard g_guards[kMaxGuards];
@@ -395,6 +396,14 @@ static void protect_tracked_pages(int prot) {
         if (g_guards[i].n_pages) mprotect(g_guards[i].pages, g_guards[i].n_pages * g_page, prot);
 }
 
+// Save page `page` of g as the running block found it, and list it as written.
+static void save_page(GlobalGuard& g, size_t page) {
+    if (g.dirty[page]) return;
+    memcpy(g.saved + page * g_page, g.pages + page * g_page, g_page);
+    g.dirty[page] = 1;
+    g.written[g.n_written++] = page;
+}
+
 // From on_fault: a write to a tracked page the running block has not written yet. Returns
 // false when the fault is something else (reported as an invalid memory access).
 static bool note_first_write(const unsigned char* addr) {
@@ -402,11 +411,17 @@ static bool note_first_write(const unsigned char* addr) {
     if (g == nullptr) return false;
     size_t page = (size_t)(addr - g->pages) / g_page;
     if (g->dirty[page]) return false;
-    unsigned char* p = g->pages + page * g_page;
-    memcpy(g->saved + page * g_page, p, g_page);
-    mprotect(p, g_page, PROT_READ | PROT_WRITE);
-    g->dirty[page] = 1;
-    g->written[g->n_written++] = page;
+    if (mprotect(g->pages + page * g_page, g_page, PROT_READ | PROT_WRITE) == 0) {
+        save_page(*g, page);
+        return true;
+    }
+    // Out of memory mappings (ENOMEM): a writable page between read-only ones is a mapping
+    // of its own, and a process has at most vm.max_map_count (65530) of them, so a block
+    // that writes pages far apart (a column of a big matrix) gets there. Then the whole
+    // array becomes writable at once (one mapping) and every page of it is saved now.
+    if (mprotect(g->pages, g->n_pages * g_page, PROT_READ | PROT_WRITE) != 0) return false;
+    for (size_t k = 0; k < g->n_pages; k++) save_page(*g, k);
+    g->all_writable = true;
     return true;
 }
 
@@ -451,8 +466,16 @@ static void check_block_writes(uint32_t block) {
                          (long long)((addr - g.data) / 4), g.label);
                 }
             }
-            mprotect(g.pages + page * g_page, g_page, PROT_READ);
+            // (one page read-only again can split a mapping in three: then all at once)
+            if (!g.all_writable && mprotect(g.pages + page * g_page, g_page, PROT_READ) != 0)
+                g.all_writable = true;
             g.dirty[page] = 0;
+        }
+        if (g.all_writable && !g_failed) {
+            if (mprotect(g.pages, g.n_pages * g_page, PROT_READ) != 0)
+                fail("kernel %s: the race check cannot make the array of %s read-only again",
+                     g_kernel, g.label);
+            g.all_writable = false;
         }
         g.n_written = 0;
     }
