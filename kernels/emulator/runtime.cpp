@@ -240,7 +240,9 @@ struct GlobalGuard {
     size_t n_pages;
     unsigned char* track;  // one mapping for the four below
     size_t track_bytes;
-    unsigned char* saved;  // n_pages pages: each page as it was when the block first wrote it
+    unsigned char* saved;  // room for n_pages pages: written[k] as it was when the running
+                           // block first wrote it is page k here (so only as many pages of
+                           // memory as one block writes are ever touched)
     uint32_t* writer;      // per 4-byte word of the pages: 0, writing block + 1, or kShared
     size_t* written;       // the pages the running block has written (made writable) ...
     size_t n_written;
@@ -399,7 +401,7 @@ static void protect_tracked_pages(int prot) {
 // Save page `page` of g as the running block found it, and list it as written.
 static void save_page(GlobalGuard& g, size_t page) {
     if (g.dirty[page]) return;
-    memcpy(g.saved + page * g_page, g.pages + page * g_page, g_page);
+    memcpy(g.saved + g.n_written * g_page, g.pages + page * g_page, g_page);
     g.dirty[page] = 1;
     g.written[g.n_written++] = page;
 }
@@ -446,7 +448,7 @@ static void check_block_writes(uint32_t block) {
         for (size_t k = 0; k < g.n_written && !g_failed; k++) {
             size_t page = g.written[k];
             const uint32_t* now = reinterpret_cast<const uint32_t*>(g.pages + page * g_page);
-            const uint32_t* was = reinterpret_cast<const uint32_t*>(g.saved + page * g_page);
+            const uint32_t* was = reinterpret_cast<const uint32_t*>(g.saved + k * g_page);
             for (size_t w = 0; w < g_page / 4 && !g_failed; w++) {
                 const unsigned char* addr = reinterpret_cast<const unsigned char*>(now + w);
                 // (a write to the padding around the array is emu_guarded_check's to report)
