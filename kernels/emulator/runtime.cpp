@@ -536,7 +536,8 @@ static void on_fault(int sig, siginfo_t* info, void*) {
         // 16: the shim's 16-byte aligned vector types compile to aligned SSE moves.
         snprintf(where, sizeof(where), ": a general-protection fault, most likely a misaligned "
                  "vector access (a float4 or int4 load or store at an address that is not a "
-                 "multiple of 16 bytes; a GPU reports 'misaligned address')");
+                 "multiple of 16 bytes; a GPU reports 'misaligned address'), else a pointer "
+                 "far outside any array");
     else
         describe_guard(static_cast<const unsigned char*>(info->si_addr), where, sizeof(where));
     fail("invalid memory access (%s at address %p%s) in kernel %s, block (%u,%u,%u), "
