@@ -292,7 +292,12 @@ def check_args(kernel, params, args, array_type, array_module):
             if not a.flags.c_contiguous:
                 raise KernelLaunchError(f'{where}: array of shape {a.shape} is not '
                                         f'C-contiguous (use ascontiguousarray)')
-            # CuPy's flags have no `writeable` (device arrays are always writable).
+            # CuPy's flags have no `aligned` (its views start at whole elements) and no
+            # `writeable` (device arrays are always writable).
+            if not getattr(a.flags, 'aligned', True):
+                raise KernelLaunchError(f'{where}: array does not start at a multiple of its '
+                                        f'{a.dtype.itemsize}-byte elements (a view at an odd '
+                                        f'byte offset; copy it)')
             if not p.const and not getattr(a.flags, 'writeable', True):
                 raise KernelLaunchError(f'{where}: array is read-only but the kernel may '
                                         f'write it')

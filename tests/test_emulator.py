@@ -785,6 +785,8 @@ def _vec_args(n=10):
                       r'int n\), got 3'),
     (lambda a: (*a, np.int32(1)), r'takes 4 arguments'),
     (lambda a: (a[0].astype('>f4'), *a[1:]), r"argument 0 'a' .*expected dtype float32, got >f4"),
+    (lambda a: (np.frombuffer(bytearray(44), np.float32, count=10, offset=1), *a[1:]),
+     r"argument 0 'a' .*does not start at a multiple of its 4-byte elements"),
 ])
 def test_bad_arguments_are_refused(sources, change, message):
     kernel = EmuRunner().kernel(sources['good.cu'], 'vec_add')
