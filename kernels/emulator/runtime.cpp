@@ -7,11 +7,14 @@
 // __syncthreads(): the scheduler runs every live thread up to its next barrier (one
 // "round"), checks that all of them stopped at the same barrier, then starts the next round.
 // The order of threads within a round is forward, reverse or seeded-random, so kernels that
-// forget a barrier give different results under different orders.
+// forget a barrier give different results under different orders. Every array argument is
+// a guarded copy (an access past its end faults), and while a block runs the writable ones
+// are read-only until it writes them, so that an element changed by two blocks is caught
+// ("Races between blocks" below).
 //
-// Errors (failed device assert, divergent barrier, invalid memory access) never abort the
-// process: the runtime jumps back to the scheduler and emu_launch() returns an error message
-// that Python raises as KernelLaunchError.
+// Errors (failed device assert, divergent barrier, invalid memory access, race between
+// blocks) never abort the process: the runtime jumps back to the scheduler and emu_launch()
+// returns an error message that Python raises as KernelLaunchError.
 //
 // Context switch: a few lines of x86-64 assembly (about 20 ns per switch); elsewhere, or when
 // built with -DEMU_USE_UCONTEXT, the portable but slower ucontext.
