@@ -127,6 +127,28 @@ extern "C" __global__ void strided_write(float* y, int stride, int n, int clash)
     if (clash && threadIdx.x == 0) y[0] = 10.0f + blockIdx.x;
 }
 
+// Like tickets, over two rounds and per block: ticket[(2 * block + round) * blockDim.x + t]
+// is the place of thread t among its block's threads before (round 0) and after (round 1)
+// the barrier; counter has one element per block.
+extern "C" __global__ void tickets_two_rounds(int* counter, int* ticket)
+{
+    int* mine = ticket + 2 * blockIdx.x * blockDim.x;
+    mine[threadIdx.x] = atomicAdd(&counter[blockIdx.x], 1);
+    __syncthreads();
+    mine[blockDim.x + threadIdx.x] = atomicAdd(&counter[blockIdx.x], 1) - (int)blockDim.x;
+}
+
+// Reverses the float4s of x through dynamic shared memory: 16-byte loads and stores there
+// too (x and y must be aligned; shared_mem at least 16 bytes a thread).
+extern "C" __global__ void reverse_float4_shared(const float* x, float* y)
+{
+    EXTERN_SHARED(float4, tile);
+    int t = threadIdx.x;
+    tile[t] = ((const float4*)x)[t];
+    __syncthreads();
+    ((float4*)y)[t] = tile[blockDim.x - 1 - t];
+}
+
 // A parameter type the runner does not support.
 extern "C" __global__ void takes_double(double* x) { x[0] = 1.0; }
 '''
@@ -216,6 +238,13 @@ extern "C" __global__ void read_shifted(const float* x, float* y, int n, int shi
     if (i < n) y[i] = x[i + shift];
 }
 
+// y[i + shift] = 1 for i < n: with shift -1 thread 0 writes just before y's start.
+extern "C" __global__ void write_shifted(float* y, int n, int shift)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i + shift] = 1.0f;
+}
+
 // Writes its input through a cast-away const: on a GPU the caller's x would change.
 extern "C" __global__ void write_const(const float* x, float* y)
 {
@@ -272,6 +301,21 @@ extern "C" __global__ void big_static(float* y)
     big[threadIdx.x] = 1.0f;
     __syncthreads();
     y[threadIdx.x] = big[threadIdx.x];
+}
+
+// Two barriers on line 500 of two files (as a __device__ helper in an included header and
+// the kernel could be): even threads wait at one, odd threads at the other. Keep it last:
+// the #line directives renumber everything after them.
+extern "C" __global__ void barriers_in_two_files(float* y)
+{
+    if (threadIdx.x % 2) {
+#line 500 "first.cuh"
+        __syncthreads();
+    } else {
+#line 500 "second.cuh"
+        __syncthreads();
+    }
+    y[threadIdx.x] = 3.0f;
 }
 '''
 
@@ -409,6 +453,42 @@ def test_thread_orders(sources):
     np.testing.assert_array_equal(random1, random2)  # seeded: reproducible
 
 
+
+def _two_round_tickets(runner, sources, blocks=3, threads=50):
+    """tickets_two_rounds as [block, round, thread]: each thread's place in its block's
+    order before and after the barrier."""
+    counter = np.zeros(blocks, np.int32)
+    ticket = np.full(blocks * 2 * threads, -1, np.int32)
+    runner.kernel(sources['good.cu'], 'tickets_two_rounds')(blocks, threads, (counter, ticket))
+    return ticket.reshape(blocks, 2, threads)
+
+
+def test_random_thread_order_is_new_at_every_barrier_and_block(sources):
+    """Random order draws a new order of the threads after every barrier and for every
+    block (one fixed random order would hide a forgotten barrier between two steps that
+    it happens to run in a good order); forward and reverse keep theirs."""
+    forward = _two_round_tickets(EmuRunner(order='forward'), sources)
+    reverse = _two_round_tickets(EmuRunner(order='reverse'), sources)
+    np.testing.assert_array_equal(forward, np.broadcast_to(np.arange(50), (3, 2, 50)))
+    np.testing.assert_array_equal(reverse, np.broadcast_to(np.arange(50)[::-1], (3, 2, 50)))
+    random = _two_round_tickets(EmuRunner(order='random', seed=5), sources)
+    orders = {tuple(random[b, r]) for b in range(3) for r in range(2)}
+    assert all(sorted(o) == list(range(50)) for o in orders)
+    assert len(orders) == 6     # every round of every block in an order of its own
+
+
+def test_each_launch_of_a_runner_gets_its_own_random_order(sources):
+    """One runner launching a kernel again draws new random orders (the kernel tests
+    launch many times from one runner: all in one order would test one order), and a
+    runner with the same seed repeats the sequence."""
+    runner = EmuRunner(order='random', seed=5)
+    first, second = _tickets(runner, sources), _tickets(runner, sources)
+    assert not np.array_equal(first, second)
+    again = EmuRunner(order='random', seed=5)
+    np.testing.assert_array_equal(_tickets(again, sources), first)
+    np.testing.assert_array_equal(_tickets(again, sources), second)
+
+
 def _block_tickets(runner, sources, grid=(3, 2, 2)):
     counter = np.zeros(1, np.int32)
     ticket = np.full(int(np.prod(grid)), -1, np.int32)
@@ -429,6 +509,19 @@ def test_block_orders(sources):
     assert not np.array_equal(random1, forward) and not np.array_equal(random1, reverse)
     np.testing.assert_array_equal(random1, random2)  # seeded: reproducible
     assert not np.array_equal(random1, random3)
+
+
+
+def test_random_orders_move_every_thread_and_block(sources):
+    """Over seeds, no thread and no block keeps its place in the random order (a shuffle
+    that never moves the last one would let a kernel that needs its last thread or block
+    to run last pass)."""
+    threads = np.array([_tickets(EmuRunner(order='random', seed=s), sources)
+                        for s in range(20)])
+    blocks = np.array([_block_tickets(EmuRunner(order='random', seed=s), sources)
+                       for s in range(20)])
+    for places in (threads, blocks):
+        assert all(len(set(column)) > 1 for column in places.T)
 
 
 def test_block_depending_on_an_earlier_block_is_caught(sources):
@@ -473,6 +566,19 @@ def test_race_report_names_the_element_and_the_blocks(sources):
     buf[:] = 0.0     # now block (0,0,0) writes the 0 already there: no change, not seen
     with pytest.raises(KernelLaunchError, match=r"blocks \(1,0,0\) and \(0,1,0\) both wrote"):
         kernel((2, 2), 8, (buf[3:], np.int32(1234)))
+
+
+
+def test_blocks_writing_one_past_the_end_is_reported_as_out_of_bounds(sources):
+    """Two blocks that both write y[n], in the padding just after y, did something worse
+    than race: the report says they wrote past the end of y (the race check leaves the
+    padding to the check after the launch)."""
+    buf = np.zeros(12, np.float32)
+    y = buf[(-buf.ctypes.data % 16) // 4:][:5]        # 20 bytes from a 16-byte boundary:
+    kernel = EmuRunner().kernel(sources['buggy.cu'], 'last_block_wins')   # y[5] is padding
+    with pytest.raises(KernelLaunchError, match=r"kernel last_block_wins: wrote past the end "
+                                                r"of the array of argument 0 'y' \(float\*\)"):
+        kernel(2, 8, (y, np.int32(5)))
 
 
 def test_atomics_and_equal_values_from_several_blocks_are_no_race(sources):
@@ -640,6 +746,28 @@ def test_dynamic_shared_memory_past_shared_mem_faults(sources):
     assert y.view(np.uint32).tolist() == [0xFFFFFFFF] * 8
 
 
+
+def _aligned16(values):
+    """A float32 copy of `values` that starts at a 16-byte aligned address."""
+    values = np.asarray(values, np.float32)
+    buf = np.empty(values.size + 4, np.float32)
+    a = buf[(-buf.ctypes.data % 16) // 4:][:values.size]
+    a[:] = values
+    return a
+
+
+@pytest.mark.parametrize('extra', [0, 4, 8, 12])
+def test_dynamic_shared_memory_is_16_byte_aligned(runner, sources, extra):
+    """Dynamic shared memory starts at a multiple of 16 bytes whatever shared_mem is (as on
+    a GPU), so float4 tiles work there; only its end sits at the guard page."""
+    x = _aligned16(np.random.default_rng(12).standard_normal(32))
+    xp = runner.xp
+    y = xp.asarray(_aligned16(np.zeros(32)))
+    runner.kernel(sources['good.cu'], 'reverse_float4_shared')(
+        1, 8, (xp.asarray(x), y), shared_mem=16 * 8 + extra)
+    np.testing.assert_array_equal(to_host(y), x.reshape(8, 4)[::-1].reshape(-1))
+
+
 @pytest.mark.parametrize('kernel, args, message', [
     ('barrier_in_branch', (), r'divergent barrier .*barrier_in_branch.*has already returned'),
     ('early_return', (np.int32(20),), r'divergent barrier .*early_return.*already returned'),
@@ -650,6 +778,16 @@ def test_divergent_barrier_raises(sources, kernel, args, message, order):
     y = np.zeros(32, np.float32)
     with pytest.raises(KernelLaunchError, match=message):
         EmuRunner(order=order).kernel(sources['buggy.cu'], kernel)(1, 32, (y, *args))
+
+
+
+def test_barriers_on_one_line_of_two_files_diverge(sources):
+    """A barrier is its file and line: __syncthreads() on line 500 of two files are two
+    barriers (say one in a helper from a header, one in the kernel)."""
+    y = np.zeros(32, np.float32)
+    with pytest.raises(KernelLaunchError, match=r"divergent barrier .*barriers_in_two_files.*"
+                                                r"second.cuh:500 but .*first.cuh:500"):
+        EmuRunner().kernel(sources['buggy.cu'], 'barriers_in_two_files')(1, 32, (y,))
 
 
 def test_full_block_passes_early_return_kernel(sources):
@@ -718,6 +856,46 @@ def test_writing_one_past_an_array_is_caught(sources, n):
                                                 r"'y' \(float\*\)"):
         kernel((n + 127) // 128, 128, (x, y, np.int32(n), np.int32(0)))
     np.testing.assert_array_equal(x, np.arange(n, dtype=np.float32))
+
+
+
+def test_writing_just_before_an_array_is_caught(sources):
+    """A write to y[-1] lands in the poisoned padding before the array (a GPU would change
+    a neighbour's bytes): reported after the launch, naming the argument."""
+    y = np.zeros(8, np.float32)
+    kernel = EmuRunner().kernel(sources['buggy.cu'], 'write_shifted')
+    with pytest.raises(KernelLaunchError, match=r"kernel write_shifted: wrote before the start "
+                                                r"of the array of argument 0 'y' \(float\*\)"):
+        kernel(1, 8, (y, np.int32(8), np.int32(-1)))
+    kernel(1, 8, (y, np.int32(8), np.int32(0)))     # in bounds: fine
+    np.testing.assert_array_equal(y, np.ones(8))
+
+
+def test_reading_far_before_an_array_faults_naming_it(sources):
+    """A read more than a page before a small array's start goes past its padding into the
+    guard page below it: a fault that says 'before the start' of which argument."""
+    kernel = EmuRunner().kernel(sources['buggy.cu'], 'read_shifted')
+    x, y = np.ones(8, np.float32), np.zeros(8, np.float32)
+    shift = -(os.sysconf('SC_PAGE_SIZE') + 256) // 4     # the padding is less than a page
+    with pytest.raises(KernelLaunchError, match=r"bytes before the start of the array of "
+                                                r"argument 0 'x' \(const float\*\)\) in "
+                                                r"kernel read_shifted"):
+        kernel(1, 8, (x, y, np.int32(8), np.int32(shift)))
+
+
+@pytest.mark.parametrize('x_first', [True, False])
+def test_fault_names_the_array_it_hit(sources, x_first):
+    """The fault past an array's end names that array whichever of the launch's arrays it
+    is in memory (here two views of one buffer, x below y or above it)."""
+    buf = np.zeros(4 * 1024 + 4, np.float32)
+    buf = buf[(-buf.ctypes.data % 16) // 4:]          # from a 16-byte boundary: x's end,
+    low, high = buf[:1024], buf[2048:3072]            # 4096 bytes on, is the guard page
+    x, y = (low, high) if x_first else (high, low)
+    x[:] = np.arange(1024)
+    kernel = EmuRunner().kernel(sources['buggy.cu'], 'read_shifted')
+    with pytest.raises(KernelLaunchError, match=r"0 bytes past the end of the array of "
+                                                r"argument 0 'x' \(const float\*\)\)"):
+        kernel(8, 128, (x, y, np.int32(1024), np.int32(1)))
 
 
 @pytest.mark.parametrize('n', [5, 8])
@@ -874,6 +1052,22 @@ def test_bad_launch_configuration_is_refused(sources, grid, block, shared, messa
     kernel = EmuRunner().kernel(sources['good.cu'], 'vec_add')
     with pytest.raises(KernelLaunchError, match='kernel vec_add: .*' + message):
         kernel(grid, block, _vec_args(), shared_mem=shared)
+
+
+
+def test_largest_block_runs_and_the_runtime_refuses_more(sources):
+    """A block of 1024 threads (CUDA's limit) runs; the runtime refuses a larger one by
+    itself, even when called without the launch checks (it has 1024 fibers)."""
+    from kernels import emulator
+    a, b, out, n = _vec_args(2048)
+    EmuRunner().kernel(sources['good.cu'], 'vec_add')(2, 1024, (a, b, out, n))
+    np.testing.assert_array_equal(out, np.full(2048, 2.0))
+    path, display = resolve_source(sources['good.cu'])
+    module = emulator.load_module(path, display)
+    with pytest.raises(KernelLaunchError, match=r'vec_add: 1025 threads per block '
+                                                r'\(1..1024 allowed\)'):
+        module.launch('vec_add', module.params('vec_add'), (1, 1, 1), (1025, 1, 1),
+                      (a, b, out, n), 0, 'forward', 0)
 
 
 def test_static_plus_dynamic_shared_memory_limit(sources):
