@@ -822,7 +822,7 @@ def test_invalid_memory_access_raises_instead_of_crashing(sources):
     with pytest.raises(KernelLaunchError, match=r"below the thread's stack: .*more than "
                                                 r"the emulator's 64 KiB per thread.* in "
                                                 r"kernel big_locals, .*thread \(0,0,0\)"):
-        EmuRunner().kernel(sources['buggy.cu'], 'big_locals')(1, 2, (y,))
+        EmuRunner(order='forward').kernel(sources['buggy.cu'], 'big_locals')(1, 2, (y,))
 
 
 @pytest.mark.parametrize('n', [1, 37, 1024, 1025])
