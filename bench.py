@@ -116,14 +116,16 @@ def run(args):
         notes.append('CPU path (NumPy reference) timed; GPU figures need a GPU: '
                       'run `python bench.py --device cuda` on a machine with an NVIDIA GPU')
         notes.append('the CPU path computes 3x3 stride-1 convolutions (conv3-conv5) by '
-                     "Winograd's F(2x2, 3x3), with 2.25x fewer multiplications; their "
-                     "GFLOP/s and %roof count the direct convolution's work, so they can "
-                     'pass the FP32 peak')
+                     "Winograd's F(2x2, 3x3), with 2.25x fewer multiplications, and conv2's "
+                     'forward in a batch through the DFT (nn/dft_conv.py); their GFLOP/s and '
+                     "%roof count the direct convolution's work, so they can pass the FP32 "
+                     'peak')
     if torch_why:
         notes.append(f'no PyTorch comparison: {torch_why}')
     if args.versions and device.runner is None:
         notes.append("--versions on the CPU path: the reference's convolution algorithms "
-                     '(im2col, Winograd) for the 3x3 stride-1 layers; nothing else has two')
+                     '(im2col, the DFT, and Winograd for 3x3) for the stride-1 layers; '
+                     'nothing else has two')
     if device.name == 'emu':
         notes.append('emu: the CUDA kernels run on the CPU emulator; the checks hold, the '
                      'times say nothing about a GPU')

@@ -9,13 +9,16 @@ the whole batch, and the weights need no reshuffling):
 so that  y[g] (K/group, N*Ho*Wo) = w[g] (K/group, C/group*kh*kw) @ cols[g].
 
 The backward pass uses the same matrix: dw[g] = dy[g] @ cols[g]^T, and dx scatters
-w[g]^T @ dy[g] back onto the windows (col2im). 3x3 kernels at stride 1 (CaffeNet's conv3
-to conv5) go through Winograd's F(2x2, 3x3) instead (nn/winograd.py), which needs 2.25x
-fewer multiplications; conv_algorithm says which, and algorithm= can ask for either.
+w[g]^T @ dy[g] back onto the windows (col2im). Two faster algorithms take over where they
+pay (conv_algorithm says which; algorithm= can ask for any that applies): 3x3 kernels at
+stride 1 (CaffeNet's conv3 to conv5) go through Winograd's F(2x2, 3x3) (nn/winograd.py,
+2.25x fewer multiplications), and larger kernels at stride 1 in a batch (conv2's 5x5)
+through the discrete Fourier transform (nn/dft_conv.py; its backward is im2col's).
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from nn.dft_conv import dft_forward
 from nn.relu import add_bias_relu
 from nn.threads import run_split
 from nn.winograd import winograd_applies, winograd_backward, winograd_forward
@@ -115,17 +118,39 @@ def _check_conv_args(x, w, b, stride, pad, group, layer):
     return check_conv_params(x.shape, w.shape, b.shape, stride, pad, group, layer)
 
 
-def conv_algorithm(kernel_shape, stride, algorithm=None, layer='conv'):
-    """How conv_forward computes: 'winograd' (nn/winograd.py: F(2x2, 3x3), 2.25x fewer
-    multiplications) for a 3x3 kernel at stride 1, 'im2col' (this module) otherwise.
-    algorithm='im2col' or 'winograd' asks for one; 'winograd' only where it applies."""
-    applies = winograd_applies(kernel_shape, stride)
+ALGORITHMS = ('im2col', 'winograd', 'dft')
+# The DFT's filter transform costs as much as a batch's (nn/dft_conv.py), so small batches
+# go through im2col. conv2 alone on 2 cores, im2col against the DFT: batch 1 3.3 / 11 ms,
+# batch 4 13 / 20, batch 8 26 / 26; batch 16 inside the network 46-49 / 34-39.
+DFT_MIN_BATCH = 8
+DFT_MIN_KERNEL = 5   # below: Winograd (3x3) or im2col are faster
+
+
+def conv_algorithms(kernel_shape, stride):
+    """The algorithms that can compute a convolution with this kernel and stride:
+    'im2col' always, 'winograd' for 3x3 at stride 1, 'dft' at stride 1."""
+    return (('im2col',) + (('winograd',) if winograd_applies(kernel_shape, stride) else ())
+            + (('dft',) if stride == 1 else ()))
+
+
+def conv_algorithm(kernel_shape, stride, algorithm=None, layer='conv', batch=None):
+    """How conv_forward computes: 'winograd' (nn/winograd.py: F(2x2, 3x3)) for a 3x3
+    kernel at stride 1; 'dft' (nn/dft_conv.py) for kernels of at least DFT_MIN_KERNEL at
+    stride 1 and a batch of at least DFT_MIN_BATCH images; 'im2col' (this module)
+    otherwise. algorithm= asks for one of conv_algorithms(kernel_shape, stride)."""
     if algorithm is None:
-        return 'winograd' if applies else 'im2col'
-    if algorithm not in ('im2col', 'winograd'):
-        fail(layer, f"algorithm must be None, 'im2col' or 'winograd', got {algorithm!r}")
-    if algorithm == 'winograd' and not applies:
-        fail(layer, f"algorithm 'winograd' needs a 3x3 kernel at stride 1, got a "
+        if winograd_applies(kernel_shape, stride):
+            return 'winograd'
+        if (stride == 1 and min(kernel_shape) >= DFT_MIN_KERNEL and batch is not None
+                and batch >= DFT_MIN_BATCH):
+            return 'dft'
+        return 'im2col'
+    if algorithm not in ALGORITHMS:
+        fail(layer, f"algorithm must be None or one of {', '.join(map(repr, ALGORITHMS))}, "
+                    f"got {algorithm!r}")
+    if algorithm not in conv_algorithms(kernel_shape, stride):
+        needs = "a 3x3 kernel at stride 1" if algorithm == 'winograd' else "stride 1"
+        fail(layer, f"algorithm {algorithm!r} needs {needs}, got a "
                     f"{kernel_shape[0]}x{kernel_shape[1]} kernel at stride {stride}")
     return algorithm
 
@@ -177,17 +202,20 @@ def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv',
     x (N, C, H, W), w (K, C // group, kh, kw), b (K,)  ->  y (N, K, Ho, Wo),
     Ho = (H + 2*pad - kh) // stride + 1. Group g maps input channels
     [g*C/group, (g+1)*C/group) to output channels [g*K/group, (g+1)*K/group).
-    algorithm: see conv_algorithm (default: Winograd for 3x3 stride 1, else im2col).
+    algorithm: see conv_algorithm (default: Winograd for 3x3 stride 1, the DFT for
+    larger kernels at stride 1 in a batch, else im2col).
     Returns (y, cache). y is referenced by the cache when relu=True: do not modify it
     in place before conv_backward.
     """
     stride, pad, group, ho, wo = _check_conv_args(x, w, b, stride, pad, group, layer)
-    algorithm = conv_algorithm(w.shape[2:], stride, algorithm, layer)
+    algorithm = conv_algorithm(w.shape[2:], stride, algorithm, layer, batch=x.shape[0])
     if algorithm == 'winograd':
         y, saved = winograd_forward(x, w, b, pad, group, relu)
+    elif algorithm == 'dft':
+        y, saved = dft_forward(x, w, b, pad, group, relu), x
     else:
         y, saved = _im2col_forward(x, w, b, stride, pad, group, ho, wo, relu)
-    # saved: im2col's column matrix, or winograd_forward's (V, U).
+    # saved: im2col's column matrix, winograd_forward's (V, U), or (dft) the input x.
     cache = dict(algorithm=algorithm, saved=saved, x_shape=x.shape, w=w, stride=stride,
                  pad=pad, group=group, y_shape=y.shape, y=y if relu else None)
     return y, cache
@@ -217,5 +245,9 @@ def conv_backward(dy, cache, need_dx=True, need_dw=True):
     if cache['algorithm'] == 'winograd':
         return winograd_backward(dy, cache['x_shape'], cache['pad'], cache['group'],
                                  cache['saved'], need_dx, need_dw)
-    return _im2col_backward(dy, cache['x_shape'], w, cache['saved'], cache['stride'],
+    cols = cache['saved']
+    if cache['algorithm'] == 'dft':   # the DFT path's backward is im2col's, from x
+        cols = im2col(cols, w.shape[2], w.shape[3], cache['stride'], cache['pad'],
+                      cache['group'])
+    return _im2col_backward(dy, cache['x_shape'], w, cols, cache['stride'],
                             cache['pad'], cache['group'], need_dx, need_dw)

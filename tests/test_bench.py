@@ -376,12 +376,14 @@ def test_versions_bind_the_launchers():
         '1', '2', '3']
     layers = {l.name: l for l in flops.caffenet_layers()}
     cpu = get_device('cpu')
-    assert kernel_versions(cpu, cases['conv2.forward'], layers['conv2']) == []
+    assert kernel_versions(cpu, cases['conv1.forward'], layers['conv1']) == []
     assert kernel_versions(cpu, cases['fc6.forward'], layers['fc6']) == []
+    versions = kernel_versions(cpu, cases['conv2.forward'], layers['conv2'])
+    assert [v for v, _, _ in versions] == ['im2col', 'dft']
     versions = kernel_versions(cpu, cases['conv4.backward_data'], layers['conv4'])
-    assert [v for v, _, _ in versions] == ['im2col', 'winograd']
+    assert [v for v, _, _ in versions] == ['im2col', 'winograd', 'dft']
     assert [ops.conv_forward.keywords for _, ops, _ in versions] == [
-        {'algorithm': 'im2col'}, {'algorithm': 'winograd'}]
+        {'algorithm': 'im2col'}, {'algorithm': 'winograd'}, {'algorithm': 'dft'}]
 
 
 def test_cpu_versions_are_the_convolution_algorithms(tmp_path):
@@ -389,7 +391,7 @@ def test_cpu_versions_are_the_convolution_algorithms(tmp_path):
     assert rc == 0
     rows = {r['name']: r for r in report['kernels']}
     assert [v['version'] for v in rows['conv5.backward_data']['versions']] == [
-        'im2col', 'winograd']
+        'im2col', 'winograd', 'dft']
     assert all(v['status'] == 'ok' and v['time_s'] > 0 for v in rows['conv5.forward']['versions'])
     assert 'versions' not in rows['conv1.forward']   # only one algorithm applies
 
@@ -407,7 +409,7 @@ def test_a_wrong_version_fails_the_run(tmp_path, monkeypatch, capsys):
     rc, report = _run(tmp_path, '--batch', '1', '--only', 'conv5.forward', '--versions')
     (row,) = report['kernels']
     assert row['status'] == 'ok'                                   # the default is right
-    assert [v['status'] for v in row['versions']] == ['ok', 'WRONG']  # winograd, broken
+    assert [v['status'] for v in row['versions']] == ['ok', 'ok', 'WRONG']  # dft, broken
     assert rc == 1
 
 

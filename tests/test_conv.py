@@ -166,20 +166,25 @@ WINOGRAD_CONFIGS = [  # 3x3 at stride 1: odd and even sizes, pads 0-2, groups, o
 ]
 
 
+def run_algorithms(cfg, relu, algorithms, seed):
+    """{algorithm: (y, dx, dw, db)} of one float64 case, the same x, w, b and dy for each."""
+    x, w, b, kw = make(np.random.default_rng(seed), cfg)
+    results = {}
+    for algorithm in algorithms:
+        y, cache = conv_forward(x, w, b, relu=relu, algorithm=algorithm, **kw)
+        assert cache['algorithm'] == algorithm
+        dy = np.random.default_rng(seed + 1).standard_normal(y.shape)
+        results[algorithm] = (y,) + conv_backward(dy, cache)
+    return results
+
+
 @pytest.mark.parametrize("cfg", WINOGRAD_CONFIGS)
 @pytest.mark.parametrize("relu", [False, True])
 def test_winograd_and_im2col_agree(cfg, relu):
     """Both algorithms give the same y, dx, dw and db (float64: to rounding)."""
     from nn.conv import conv_algorithm
     assert conv_algorithm(cfg[5:7], cfg[7]) == 'winograd'
-    rng = np.random.default_rng(11)
-    x, w, b, kw = make(rng, cfg)
-    results = {}
-    for algorithm in ('im2col', 'winograd'):
-        y, cache = conv_forward(x, w, b, relu=relu, algorithm=algorithm, **kw)
-        assert cache['algorithm'] == algorithm
-        dy = np.random.default_rng(12).standard_normal(y.shape)
-        results[algorithm] = (y,) + conv_backward(dy, cache)
+    results = run_algorithms(cfg, relu, ('im2col', 'winograd'), seed=11)
     for a, e in zip(results['winograd'], results['im2col']):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
 
@@ -201,17 +206,57 @@ def test_winograd_takes_fortran_ordered_arrays():
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
 
 
+DFT_CONFIGS = [  # stride 1: odd and even sizes, square or not, pads 0-3, groups, one image
+    (2, 4, 9, 9, 6, 5, 5, 1, 2, 2),     # conv2-like
+    (1, 3, 7, 10, 4, 4, 3, 1, 0, 1),
+    (3, 6, 6, 5, 9, 3, 3, 1, 3, 3),     # pad 3: outputs larger than the input
+    (2, 2, 8, 7, 3, 6, 2, 1, 1, 1),
+    (1, 2, 5, 6, 2, 1, 1, 1, 1, 2),
+]
+
+
+@pytest.mark.parametrize("cfg", DFT_CONFIGS)
+@pytest.mark.parametrize("relu", [False, True])
+def test_dft_and_im2col_agree(cfg, relu):
+    """The DFT path gives im2col's y (float64: to rounding) and, its backward being
+    im2col's from the kept input, the same dx, dw and db."""
+    results = run_algorithms(cfg, relu, ('im2col', 'dft'), seed=14)
+    np.testing.assert_allclose(results['dft'][0], results['im2col'][0], rtol=1e-12,
+                               atol=1e-12 * np.abs(results['im2col'][0]).max())
+    for a, e in zip(results['dft'][1:], results['im2col'][1:]):
+        np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("cfg", DFT_CONFIGS[:2])
+def test_dft_gradients_match_finite_differences(cfg):
+    rng = np.random.default_rng(16)
+    x, w, b, kw = make(rng, cfg)
+    check_layer(conv_forward, conv_backward, [x, w, b],
+                dict(relu=True, algorithm='dft', **kw), names=["x", "w", "b"])
+
+
 def test_algorithm_choice_and_errors():
-    from nn.conv import conv_algorithm
+    from nn.conv import DFT_MIN_BATCH, conv_algorithm, conv_algorithms
     assert conv_algorithm((3, 3), 1) == 'winograd'
+    assert conv_algorithm((3, 3), 1, batch=64) == 'winograd'
     assert conv_algorithm((3, 3), 1, 'im2col') == 'im2col'
-    for shape, stride in (((5, 5), 1), ((3, 3), 2), ((3, 5), 1), ((11, 11), 4)):
-        assert conv_algorithm(shape, stride) == 'im2col'
+    assert conv_algorithm((5, 5), 1, batch=DFT_MIN_BATCH) == 'dft'
+    assert conv_algorithm((6, 5), 1, batch=DFT_MIN_BATCH + 1) == 'dft'
+    for shape, stride, batch in (((5, 5), 1, None), ((5, 5), 1, DFT_MIN_BATCH - 1),
+                                 ((3, 3), 2, 64), ((3, 5), 1, 64), ((4, 4), 1, 64),
+                                 ((11, 11), 4, 64)):
+        assert conv_algorithm(shape, stride, batch=batch) == 'im2col'
+    assert conv_algorithms((3, 3), 1) == ('im2col', 'winograd', 'dft')
+    assert conv_algorithms((5, 5), 1) == ('im2col', 'dft')
+    assert conv_algorithms((11, 11), 4) == ('im2col',)
     x = np.ones((1, 2, 7, 7), np.float32)
     w, b = np.ones((2, 2, 5, 5), np.float32), np.ones(2, np.float32)
     with pytest.raises(ValueError, match="conv2: algorithm 'winograd' needs a 3x3 kernel at "
                                          "stride 1, got a 5x5 kernel at stride 1"):
         conv_forward(x, w, b, algorithm='winograd', layer='conv2')
-    with pytest.raises(ValueError, match="conv2: algorithm must be None, 'im2col' or "
-                                         "'winograd', got 'fft'"):
+    with pytest.raises(ValueError, match="conv2: algorithm 'dft' needs stride 1, got a 5x5 "
+                                         "kernel at stride 2"):
+        conv_forward(x, w, b, stride=2, algorithm='dft', layer='conv2')
+    with pytest.raises(ValueError, match="conv2: algorithm must be None or one of 'im2col', "
+                                         "'winograd', 'dft', got 'fft'"):
         conv_forward(x, w, b, algorithm='fft', layer='conv2')

@@ -9,18 +9,19 @@ from tools.bench.gate import TF32_TOLERANCE, TOLERANCE
 
 def reference_algorithms(device, case, layer):
     """[(label, ops, tolerance)] for the CPU path: the reference's convolution algorithms
-    (nn.conv.conv_algorithm) where more than one applies (3x3 at stride 1: im2col and
-    Winograd); [] for every other case. The backward follows its forward's algorithm (it
-    is in the cache), so the forward op is the one bound."""
-    from nn.conv import conv_algorithm
+    (nn.conv.conv_algorithms) where more than one applies (at stride 1: im2col and the
+    DFT, and Winograd for 3x3); [] for every other case. The backward follows its
+    forward's algorithm (it is in the cache), so the forward op is the one bound."""
+    from nn.conv import conv_algorithms
     if layer is None or layer.kind != 'conv' or case.op not in ('conv_forward',
                                                                  'conv_backward'):
         return []
     p = layer.params
-    if conv_algorithm((p['kernel'], p['kernel']), p.get('stride', 1)) != 'winograd':
+    algorithms = conv_algorithms((p['kernel'], p['kernel']), p.get('stride', 1))
+    if len(algorithms) < 2:
         return []
     out = []
-    for algorithm in ('im2col', 'winograd'):
+    for algorithm in algorithms:
         ops = devices.subject_ops(device)
         ops.conv_forward = functools.partial(device.ops.conv_forward, algorithm=algorithm)
         out.append((algorithm, ops, TOLERANCE))
