@@ -124,6 +124,21 @@ ALGORITHMS = ('im2col', 'winograd', 'dft')
 # batch 4 13 / 20, batch 8 26 / 26; batch 16 inside the network 46-49 / 34-39.
 DFT_MIN_BATCH = 8
 DFT_MIN_KERNEL = 5   # below: Winograd (3x3) or im2col are faster
+# The DFT also needs outputs that are large against the padded input: per filter and
+# input channel it costs 2F (kh*kw + 2N) multiply-adds (filter transform, products;
+# 2F = P_h * 2(P_w//2 + 1) real numbers, about P_h * P_w), im2col kh*kw*Ho*Wo*N. conv2
+# (27x27, pad 2) has 3.6 times fewer at batch 8, where they measured even: hence 3.5.
+# A fully convolutional fc6 (a 6x6 kernel on a 6x6 input, one output) has 9 times more:
+# 580 ms against im2col's 24 at batch 8 (13x13 input: 2.3 s against 0.44).
+DFT_MIN_SAVING = 3.5
+
+
+def dft_saving(kernel_shape, out_shape, batch):
+    """im2col's multiply-adds over the DFT's for a stride-1 convolution with this kernel,
+    output size (Ho, Wo) and batch (see DFT_MIN_SAVING)."""
+    (kh, kw), (ho, wo) = kernel_shape, out_shape
+    spectrum = (ho + kh - 1) * 2 * ((wo + kw - 1) // 2 + 1)     # 2F
+    return kh * kw * ho * wo * batch / (spectrum * (kh * kw + 2 * batch))
 
 
 def conv_algorithms(kernel_shape, stride):
@@ -133,16 +148,19 @@ def conv_algorithms(kernel_shape, stride):
             + (('dft',) if stride == 1 else ()))
 
 
-def conv_algorithm(kernel_shape, stride, algorithm=None, layer='conv', batch=None):
+def conv_algorithm(kernel_shape, stride, algorithm=None, layer='conv', batch=None,
+                   out_shape=None):
     """How conv_forward computes: 'winograd' (nn/winograd.py: F(2x2, 3x3)) for a 3x3
     kernel at stride 1; 'dft' (nn/dft_conv.py) for kernels of at least DFT_MIN_KERNEL at
-    stride 1 and a batch of at least DFT_MIN_BATCH images; 'im2col' (this module)
-    otherwise. algorithm= asks for one of conv_algorithms(kernel_shape, stride)."""
+    stride 1, a batch of at least DFT_MIN_BATCH images and, when the output size
+    out_shape (Ho, Wo) is given, a dft_saving of at least DFT_MIN_SAVING; 'im2col' (this
+    module) otherwise. algorithm= asks for one of conv_algorithms(kernel_shape, stride)."""
     if algorithm is None:
         if winograd_applies(kernel_shape, stride):
             return 'winograd'
         if (stride == 1 and min(kernel_shape) >= DFT_MIN_KERNEL and batch is not None
-                and batch >= DFT_MIN_BATCH):
+                and batch >= DFT_MIN_BATCH and (out_shape is None or dft_saving(
+                    kernel_shape, out_shape, batch) >= DFT_MIN_SAVING)):
             return 'dft'
         return 'im2col'
     if algorithm not in ALGORITHMS:
@@ -208,7 +226,8 @@ def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv',
     in place before conv_backward.
     """
     stride, pad, group, ho, wo = _check_conv_args(x, w, b, stride, pad, group, layer)
-    algorithm = conv_algorithm(w.shape[2:], stride, algorithm, layer, batch=x.shape[0])
+    algorithm = conv_algorithm(w.shape[2:], stride, algorithm, layer, batch=x.shape[0],
+                               out_shape=(ho, wo))
     if algorithm == 'winograd':
         y, saved = winograd_forward(x, w, b, pad, group, relu)
     elif algorithm == 'dft':

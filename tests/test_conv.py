@@ -246,6 +246,15 @@ def test_algorithm_choice_and_errors():
                                  ((3, 3), 2, 64), ((3, 5), 1, 64), ((4, 4), 1, 64),
                                  ((11, 11), 4, 64)):
         assert conv_algorithm(shape, stride, batch=batch) == 'im2col'
+    # The output size counts too: conv2 (27x27) from batch 8, not a fully convolutional
+    # fc6 (a 6x6 kernel covering a 6x6 input: one output, 9 times im2col's work).
+    assert conv_algorithm((5, 5), 1, batch=DFT_MIN_BATCH, out_shape=(27, 27)) == 'dft'
+    assert conv_algorithm((5, 5), 1, batch=4, out_shape=(27, 27)) == 'im2col'
+    for out_shape in ((1, 1), (8, 8)):
+        assert conv_algorithm((6, 6), 1, batch=8, out_shape=out_shape) == 'im2col'
+    _, cache = conv_forward(np.ones((DFT_MIN_BATCH, 2, 6, 6)), np.ones((3, 2, 6, 6)),
+                            np.ones(3))
+    assert cache['algorithm'] == 'im2col'
     assert conv_algorithms((3, 3), 1) == ('im2col', 'winograd', 'dft')
     assert conv_algorithms((5, 5), 1) == ('im2col', 'dft')
     assert conv_algorithms((11, 11), 4) == ('im2col',)
