@@ -119,26 +119,43 @@ def _check_conv_args(x, w, b, stride, pad, group, layer):
 
 
 ALGORITHMS = ('im2col', 'winograd', 'dft')
-# The DFT's filter transform costs as much as a batch's (nn/dft_conv.py), so small batches
-# go through im2col. conv2 alone on 2 cores, im2col against the DFT: batch 1 3.3 / 11 ms,
-# batch 4 13 / 20, batch 8 26 / 26; batch 16 inside the network 46-49 / 34-39.
-DFT_MIN_BATCH = 8
 DFT_MIN_KERNEL = 5   # below: Winograd (3x3) or im2col are faster
-# The DFT also needs outputs that are large against the padded input: per filter and
-# input channel it costs 2F (kh*kw + 2N) multiply-adds (filter transform, products;
-# 2F = P_h * 2(P_w//2 + 1) real numbers, about P_h * P_w), im2col kh*kw*Ho*Wo*N. conv2
-# (27x27, pad 2) has 3.6 times fewer at batch 8, where they measured even: hence 3.5.
-# A fully convolutional fc6 (a 6x6 kernel on a 6x6 input, one output) has 9 times more:
-# 580 ms against im2col's 24 at batch 8 (13x13 input: 2.3 s against 0.44).
+# When the DFT pays (nn/dft_conv.py): per filter and input channel it costs about
+# 2F (kh*kw + 2N) multiply-adds (the filter's transform, then the products; 2F real
+# numbers per spectrum, F = P_h * (P_w // 2 + 1)), im2col kh*kw*Ho*Wo*N. The filter's
+# transform does not shrink with the batch, nor the padded input's spectrum with the
+# outputs, so small batches and small outputs go to im2col. conv2 alone on 2 cores,
+# im2col against the DFT: batch 1 3.3 / 11 ms, batch 4 13 / 20, batch 8 26 / 26 (a
+# saving of 3.6), batch 16 60-66 / 47-50, batch 64 217-269 / 160-186. A fully
+# convolutional fc6 (a 6x6 kernel on a 6x6 input, one output; a saving of 0.12) took
+# 580 ms against im2col's 24 at batch 8.
 DFT_MIN_SAVING = 3.5
+# And the filters' spectra, 2F floats for each of K * C/group filters, must stay small:
+# conv2's take 49 MB; a fully convolutional fc6 on a 13x13 map would take 760 MB.
+DFT_MAX_FILTER_SPECTRA = 64 * 2**20   # bytes
+
+
+def _spectrum_size(kernel_shape, out_shape):
+    """2F: the real numbers in one half spectrum of the padded input."""
+    (kh, kw), (ho, wo) = kernel_shape, out_shape
+    return (ho + kh - 1) * 2 * ((wo + kw - 1) // 2 + 1)
 
 
 def dft_saving(kernel_shape, out_shape, batch):
-    """im2col's multiply-adds over the DFT's for a stride-1 convolution with this kernel,
-    output size (Ho, Wo) and batch (see DFT_MIN_SAVING)."""
-    (kh, kw), (ho, wo) = kernel_shape, out_shape
-    spectrum = (ho + kh - 1) * 2 * ((wo + kw - 1) // 2 + 1)     # 2F
-    return kh * kw * ho * wo * batch / (spectrum * (kh * kw + 2 * batch))
+    """im2col's multiply-adds over the DFT's, roughly, for a stride-1 convolution with
+    this kernel, output size (Ho, Wo) and batch (see DFT_MIN_SAVING)."""
+    kernel = kernel_shape[0] * kernel_shape[1]
+    return (kernel * out_shape[0] * out_shape[1] * batch
+            / (_spectrum_size(kernel_shape, out_shape) * (kernel + 2 * batch)))
+
+
+def _dft_pays(kernel_shape, stride, batch, out_shape, filters):
+    """conv_algorithm's rule for 'dft' (see DFT_MIN_SAVING, DFT_MAX_FILTER_SPECTRA)."""
+    return (stride == 1 and min(kernel_shape) >= DFT_MIN_KERNEL
+            and None not in (batch, out_shape, filters)
+            and dft_saving(kernel_shape, out_shape, batch) >= DFT_MIN_SAVING
+            and 4 * filters * _spectrum_size(kernel_shape, out_shape)
+            <= DFT_MAX_FILTER_SPECTRA)
 
 
 def conv_algorithms(kernel_shape, stride):
@@ -149,18 +166,17 @@ def conv_algorithms(kernel_shape, stride):
 
 
 def conv_algorithm(kernel_shape, stride, algorithm=None, layer='conv', batch=None,
-                   out_shape=None):
+                   out_shape=None, filters=None):
     """How conv_forward computes: 'winograd' (nn/winograd.py: F(2x2, 3x3)) for a 3x3
     kernel at stride 1; 'dft' (nn/dft_conv.py) for kernels of at least DFT_MIN_KERNEL at
-    stride 1, a batch of at least DFT_MIN_BATCH images and, when the output size
-    out_shape (Ho, Wo) is given, a dft_saving of at least DFT_MIN_SAVING; 'im2col' (this
-    module) otherwise. algorithm= asks for one of conv_algorithms(kernel_shape, stride)."""
+    stride 1 where the batch, the output size out_shape (Ho, Wo) and the number of 2D
+    filters (K * C/group) make it pay (_dft_pays: conv2 from a batch of 8); 'im2col'
+    (this module) otherwise. algorithm= asks for one of conv_algorithms(kernel_shape,
+    stride)."""
     if algorithm is None:
         if winograd_applies(kernel_shape, stride):
             return 'winograd'
-        if (stride == 1 and min(kernel_shape) >= DFT_MIN_KERNEL and batch is not None
-                and batch >= DFT_MIN_BATCH and (out_shape is None or dft_saving(
-                    kernel_shape, out_shape, batch) >= DFT_MIN_SAVING)):
+        if _dft_pays(kernel_shape, stride, batch, out_shape, filters):
             return 'dft'
         return 'im2col'
     if algorithm not in ALGORITHMS:
@@ -227,7 +243,7 @@ def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv',
     """
     stride, pad, group, ho, wo = _check_conv_args(x, w, b, stride, pad, group, layer)
     algorithm = conv_algorithm(w.shape[2:], stride, algorithm, layer, batch=x.shape[0],
-                               out_shape=(ho, wo))
+                               out_shape=(ho, wo), filters=w.shape[0] * w.shape[1])
     if algorithm == 'winograd':
         y, saved = winograd_forward(x, w, b, pad, group, relu)
     elif algorithm == 'dft':

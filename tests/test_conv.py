@@ -236,25 +236,35 @@ def test_dft_gradients_match_finite_differences(cfg):
 
 
 def test_algorithm_choice_and_errors():
-    from nn.conv import DFT_MIN_BATCH, conv_algorithm, conv_algorithms
+    from nn.conv import conv_algorithm, conv_algorithms, dft_saving
     assert conv_algorithm((3, 3), 1) == 'winograd'
-    assert conv_algorithm((3, 3), 1, batch=64) == 'winograd'
+    assert conv_algorithm((3, 3), 1, batch=64, out_shape=(13, 13)) == 'winograd'
     assert conv_algorithm((3, 3), 1, 'im2col') == 'im2col'
-    assert conv_algorithm((5, 5), 1, batch=DFT_MIN_BATCH) == 'dft'
-    assert conv_algorithm((6, 5), 1, batch=DFT_MIN_BATCH + 1) == 'dft'
-    for shape, stride, batch in (((5, 5), 1, None), ((5, 5), 1, DFT_MIN_BATCH - 1),
-                                 ((3, 3), 2, 64), ((3, 5), 1, 64), ((4, 4), 1, 64),
-                                 ((11, 11), 4, 64)):
-        assert conv_algorithm(shape, stride, batch=batch) == 'im2col'
-    # The output size counts too: conv2 (27x27) from batch 8, not a fully convolutional
-    # fc6 (a 6x6 kernel covering a 6x6 input: one output, 9 times im2col's work).
-    assert conv_algorithm((5, 5), 1, batch=DFT_MIN_BATCH, out_shape=(27, 27)) == 'dft'
-    assert conv_algorithm((5, 5), 1, batch=4, out_shape=(27, 27)) == 'im2col'
-    for out_shape in ((1, 1), (8, 8)):
-        assert conv_algorithm((6, 6), 1, batch=8, out_shape=out_shape) == 'im2col'
-    _, cache = conv_forward(np.ones((DFT_MIN_BATCH, 2, 6, 6)), np.ones((3, 2, 6, 6)),
-                            np.ones(3))
+    # conv2 (5x5 on 27x27, pad 2, 256 x 48 filters): the DFT from a batch of 8 (a saving
+    # of 3.58); non-square kernels and outputs too.
+    assert dft_saving((5, 5), (27, 27), 8) == pytest.approx(25 * 729 * 8 / (992 * 41))
+    conv2 = dict(out_shape=(27, 27), filters=256 * 48)
+    for batch in (8, 16, 256):
+        assert conv_algorithm((5, 5), 1, batch=batch, **conv2) == 'dft'
+    assert conv_algorithm((6, 5), 1, batch=16, out_shape=(27, 30), filters=9) == 'dft'
+    for shape, stride, batch, more in (
+            ((5, 5), 1, 7, conv2),                                # too small a batch
+            ((5, 5), 1, None, conv2),                             # not known
+            ((5, 5), 1, 64, dict(out_shape=None, filters=9)),
+            ((5, 5), 1, 64, dict(out_shape=(27, 27), filters=None)),
+            ((6, 6), 1, 8, dict(out_shape=(1, 1), filters=9)),    # one output
+            ((6, 6), 1, 64, dict(out_shape=(8, 8), filters=4096 * 256)),   # fc6, 760 MB
+            ((3, 3), 2, 64, conv2), ((3, 5), 1, 64, conv2), ((4, 4), 1, 64, conv2),
+            ((11, 11), 4, 64, dict(out_shape=(55, 55), filters=96 * 3))):
+        assert conv_algorithm(shape, stride, batch=batch, **more) == 'im2col'
+    assert conv_algorithm((6, 6), 1, batch=64, out_shape=(8, 8), filters=9) == 'dft'
+    # conv_forward passes the batch, the output size and the filters: a kernel covering
+    # its whole input stays im2col.
+    _, cache = conv_forward(np.ones((8, 2, 6, 6)), np.ones((3, 2, 6, 6)), np.ones(3))
     assert cache['algorithm'] == 'im2col'
+    _, cache = conv_forward(np.ones((8, 2, 27, 27)), np.ones((3, 2, 5, 5)), np.ones(3),
+                            pad=2)
+    assert cache['algorithm'] == 'dft'
     assert conv_algorithms((3, 3), 1) == ('im2col', 'winograd', 'dft')
     assert conv_algorithms((5, 5), 1) == ('im2col', 'dft')
     assert conv_algorithms((11, 11), 4) == ('im2col',)
