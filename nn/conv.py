@@ -238,7 +238,8 @@ def conv_forward(x, w, b, stride=1, pad=0, group=1, relu=False, layer='conv',
     [g*C/group, (g+1)*C/group) to output channels [g*K/group, (g+1)*K/group).
     algorithm: see conv_algorithm (default: Winograd for 3x3 stride 1, the DFT for
     larger kernels at stride 1 in a batch, else im2col).
-    Returns (y, cache). y is referenced by the cache when relu=True: do not modify it
+    Returns (y, cache). y is referenced by the cache when relu=True, and x when the
+    algorithm is 'dft' (its backward rebuilds im2col's matrix from x): do not modify them
     in place before conv_backward.
     """
     stride, pad, group, ho, wo = _check_conv_args(x, w, b, stride, pad, group, layer)

@@ -16,9 +16,9 @@ a product with an explicit DFT matrix, one large BLAS call per axis, with the pa
 folded into the matrices (they read x at positions h + pad). Real inputs have Hermitian
 spectra, so only v <= P_w / 2 is kept (as numpy.fft.rfft2 does) and the inverse counts
 the others twice. Complex numbers are kept as real and imaginary parts side by side, so
-every step is a float32 product or add:
+every step is a real product or add (in the input's dtype):
 
-    X  = B (A x)                 along h with A (2U, H), then along w with B (2V, W):
+    X  = A x Bt^T                along h with A (2U, H), then along w with Bt (2V, W):
                                  cos and -sin rows (U = P_h, V = P_w // 2 + 1)
     Wf = E w                     E (2F, kh*kw): conj of the filter's transform, F = U*V
     [Yr | Yi] = Wr [Xr | Xi] + Wi [-Xi | Xr]      per frequency and group
@@ -29,8 +29,8 @@ X (U, V, C, 2, N) holding [Xr | Xi] per channel, Wf (2, F, group, K/group, C/gro
 Y (U, V, K, 2, N).
 
 What it buys: conv2 at batch 16 takes 390 million multiply-adds in the products (im2col:
-3.58 billion) and about 760 million in the transforms, E w the largest (its result is as
-large as F x K x C/group). `python bench.py --device cpu --only net --batch 16 --layers`,
+3.58 billion) and about 770 million in the transforms, E w the largest (its result holds
+2F x K x C/group numbers, 49 MB). `python bench.py --device cpu --only net --batch 16 --layers`,
 three runs alternated with the DFT switched off (2026-11-29): conv2 inside the network
 34-39 ms against im2col's 46-49. At batch 1 the filter's transform alone costs more than
 im2col's whole product, and for 3x3 kernels Winograd (nn/winograd.py) is faster, hence
@@ -82,7 +82,10 @@ def _matrices(h, wd, kh, kw, pad, dtype):
         weight[-1] /= 2
     ihm = np.concatenate([np.cos(ih), np.sin(ih)])
     iwm = np.concatenate([weight * np.cos(iw), -weight * np.sin(iw)])
-    return tuple(m.astype(dtype) for m in (a, bt, e, ihm, iwm))
+    matrices = tuple(m.astype(dtype) for m in (a, bt, e, ihm, iwm))
+    for m in matrices:
+        m.setflags(write=False)   # shared by every call through the cache
+    return matrices
 
 
 def _input_transform(x, a, bt):
@@ -137,10 +140,10 @@ def dft_forward(x, w, b, pad, group, relu=False):
     np.negative(xs[:, :, :, 1], out=swapped[:, :, :, 0])
     swapped[:, :, :, 1] = xs[:, :, :, 0]
     wf = (e @ w.reshape(k * cg, kh * kw).T).reshape(2, f, group, k // group, cg)
-    # [Yr | Yi] = Wr [Xr | Xi] + Wi [-Xi | Xr]: per frequency and group a (K/g x C/g) @
-    # (C/g x 2N) product. They are small (conv2 at batch 16: 992 of (128 x 48) @ (48 x 32)),
-    # too small for the BLAS library to split, so the frequencies are split over the CPU
-    # threads.
+    # [Yr | Yi] = Wr [Xr | Xi] + Wi [-Xi | Xr]: per frequency and group two (K/g x C/g) @
+    # (C/g x 2N) products. They are small (conv2 at batch 16: 2 x 992 of (128 x 48) @
+    # (48 x 32)), too small for the BLAS library to split, so the frequencies are split
+    # over the CPU threads.
     x1, x2 = (t.reshape(f, group, cg, 2 * n) for t in (xs, swapped))
     ys = np.empty((f, group, k // group, 2 * n), dtype=x.dtype)
 
