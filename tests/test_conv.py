@@ -227,6 +227,23 @@ def test_dft_and_im2col_agree(cfg, relu):
         np.testing.assert_array_equal(a, e)
 
 
+def test_dft_backward_rebuilds_the_column_matrix_only_for_dw(monkeypatch):
+    """dx alone (need_dw=False, bench.py's backward_data) needs no column matrix: the DFT
+    path does not rebuild it from x then, and dx is still im2col's."""
+    import nn.conv
+    x, w, b, kw = make(np.random.default_rng(17), DFT_CONFIGS[0])
+    y, cache = conv_forward(x, w, b, algorithm='dft', **kw)
+    dy = np.random.default_rng(18).standard_normal(y.shape)
+    dx_all, _, _ = conv_backward(dy, cache)
+
+    def no_im2col(*args, **kwargs):
+        raise AssertionError("im2col ran for dx alone")
+    monkeypatch.setattr(nn.conv, "im2col", no_im2col)
+    dx, dw, db = conv_backward(dy, cache, need_dw=False)
+    assert dw is None and db is None
+    np.testing.assert_array_equal(dx, dx_all)
+
+
 @pytest.mark.parametrize("cfg", DFT_CONFIGS[:2])
 def test_dft_gradients_match_finite_differences(cfg):
     rng = np.random.default_rng(16)
