@@ -62,7 +62,8 @@ def parse_args(argv):
                         "'net' for the whole network")
     p.add_argument('--versions', action='store_true',
                    help="also time every kept version of each kernel (GPU: the launchers' "
-                        'version=; CPU: the two convolution algorithms of conv3-conv5)')
+                        'version=; CPU: the convolution algorithms of the stride-1 '
+                        'layers, im2col, the DFT and, for conv3-conv5, Winograd)')
     p.add_argument('--json', default=None, metavar='FILE', help='write every figure to FILE')
     p.add_argument('--classes', type=int, default=1000,
                    help='classes of the last layer (default 1000, ImageNet CaffeNet)')

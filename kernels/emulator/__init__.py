@@ -5,10 +5,11 @@ How it works
 The unchanged .cu file is compiled by g++ (C++17, -O2) together with `shim.h` (CUDA's
 qualifiers, built-in variables, vector types, atomics, math intrinsics, device assert) and
 `runtime.cpp` (the scheduler). Each block's threads run as fibers on one OS thread, switching
-only in `__syncthreads()`; blocks run one after another, in the runner's order. Python finds the kernels by the
-regex for `extern "C" __global__ void NAME(` and appends `EMU_LAUNCHER(NAME)` for each,
-which exports an entry point plus the arity and one type code per parameter, taken from the
-kernel's own C++ type; that is what the arguments are checked against.
+only in `__syncthreads()`; blocks run one after another, in the runner's order. Python finds
+the kernels by the regex for `extern "C" __global__ void NAME(` and appends
+`EMU_LAUNCHER(NAME)` for each, which exports an entry point plus the arity and one type code
+per parameter, taken from the kernel's own C++ type; that is what the arguments are checked
+against.
 
 The built library is cached by a hash of the source, prelude, shim, runtime and flags in
 $CAFFENET_EMU_CACHE (default ~/.cache/caffenet-emu), written to a temporary name and then
