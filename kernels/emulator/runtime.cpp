@@ -239,8 +239,9 @@ struct GlobalGuard {
     size_t bytes;
     const char* label;    // e.g. "argument 2 'y' (float*)", owned by Python
     // Writes by more than one block (see "Races between blocks"); for writable arrays only.
-    unsigned char* pages;  // the data pages (map + one guard page), read-only while tracked
-    size_t n_pages;
+    unsigned char* pages;  // the data pages, just above the guard page at map; read-only
+                           // while a block runs
+    size_t n_pages;        // how many (0: a const array, not tracked)
     unsigned char* track;  // one mapping for the four below
     size_t track_bytes;
     unsigned char* saved;  // room for n_pages pages: written[k] as it was when the running
