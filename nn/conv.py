@@ -130,9 +130,10 @@ DFT_MIN_KERNEL = 5   # below: Winograd (3x3) or im2col are faster
 # convolutional fc6 (a 6x6 kernel on a 6x6 input, one output; a saving of 0.12) took
 # 580 ms against im2col's 24 at batch 8.
 DFT_MIN_SAVING = 3.5
-# And the filters' spectra, 2F floats for each of K * C/group filters, must stay small:
-# conv2's take 49 MB; a fully convolutional fc6 on a 13x13 map would take 760 MB.
-DFT_MAX_FILTER_SPECTRA = 64 * 2**20   # bytes
+# And the filters' spectra, 2F numbers for each of K * C/group filters, must stay small:
+# conv2's are 12 million (49 MB in float32); a fully convolutional fc6 on a 13x13 map
+# would need 190 million.
+DFT_MAX_FILTER_SPECTRA = 16 * 2**20   # numbers (64 MiB in float32)
 
 
 def _spectrum_size(kernel_shape, out_shape):
@@ -149,13 +150,12 @@ def dft_saving(kernel_shape, out_shape, batch):
             / (_spectrum_size(kernel_shape, out_shape) * (kernel + 2 * batch)))
 
 
-def _dft_pays(kernel_shape, stride, batch, out_shape, filters):
-    """conv_algorithm's rule for 'dft' (see DFT_MIN_SAVING, DFT_MAX_FILTER_SPECTRA)."""
-    return (stride == 1 and min(kernel_shape) >= DFT_MIN_KERNEL
-            and None not in (batch, out_shape, filters)
+def _dft_pays(kernel_shape, batch, out_shape, filters):
+    """conv_algorithm's rule for 'dft' where it applies (see DFT_MIN_KERNEL,
+    DFT_MIN_SAVING, DFT_MAX_FILTER_SPECTRA)."""
+    return (min(kernel_shape) >= DFT_MIN_KERNEL and None not in (batch, out_shape, filters)
             and dft_saving(kernel_shape, out_shape, batch) >= DFT_MIN_SAVING
-            and 4 * filters * _spectrum_size(kernel_shape, out_shape)
-            <= DFT_MAX_FILTER_SPECTRA)
+            and filters * _spectrum_size(kernel_shape, out_shape) <= DFT_MAX_FILTER_SPECTRA)
 
 
 def conv_algorithms(kernel_shape, stride):
@@ -173,16 +173,17 @@ def conv_algorithm(kernel_shape, stride, algorithm=None, layer='conv', batch=Non
     filters (K * C/group) make it pay (_dft_pays: conv2 from a batch of 8); 'im2col'
     (this module) otherwise. algorithm= asks for one of conv_algorithms(kernel_shape,
     stride)."""
+    applicable = conv_algorithms(kernel_shape, stride)
     if algorithm is None:
-        if winograd_applies(kernel_shape, stride):
+        if 'winograd' in applicable:
             return 'winograd'
-        if _dft_pays(kernel_shape, stride, batch, out_shape, filters):
+        if 'dft' in applicable and _dft_pays(kernel_shape, batch, out_shape, filters):
             return 'dft'
         return 'im2col'
     if algorithm not in ALGORITHMS:
         fail(layer, f"algorithm must be None or one of {', '.join(map(repr, ALGORITHMS))}, "
                     f"got {algorithm!r}")
-    if algorithm not in conv_algorithms(kernel_shape, stride):
+    if algorithm not in applicable:
         needs = "a 3x3 kernel at stride 1" if algorithm == 'winograd' else "stride 1"
         fail(layer, f"algorithm {algorithm!r} needs {needs}, got a "
                     f"{kernel_shape[0]}x{kernel_shape[1]} kernel at stride {stride}")
