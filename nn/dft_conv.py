@@ -88,6 +88,13 @@ def _matrices(h, wd, kh, kw, pad, dtype):
     return matrices
 
 
+def _complex_product(pr, pi, qr, qi, re, im):
+    """(p + i q)(x + i y) from its four real products pr = p x, pi = p y, qr = q x and
+    qi = q y: re = pr - qi and im = pi + qr, written into re and im."""
+    np.subtract(pr, qi, out=re)
+    np.add(pi, qr, out=im)
+
+
 def _input_transform(x, a, bt):
     """x (N, C, H, W) -> (U, V, C, 2, N): [Xr | Xi] of every frequency."""
     n, c, h, wd = x.shape
@@ -98,10 +105,8 @@ def _input_transform(x, a, bt):
     xs = np.empty((u_count, v_count, c, 2, n), dtype=x.dtype)
     xr, xi = (xs[:, :, :, i].transpose(1, 0, 2, 3) for i in (0, 1))   # (V, U, C, N) views
 
-    def combine(lo, hi):   # (br + i bi)(zr + i zi) = br zr - bi zi + i (br zi + bi zr)
-        np.subtract(p[0, lo:hi, 0], p[1, lo:hi, 1], out=xr[lo:hi])
-        np.add(p[0, lo:hi, 1], p[1, lo:hi, 0], out=xi[lo:hi])
-    run_split(v_count, combine)
+    run_split(v_count, lambda lo, hi: _complex_product(   # (br + i bi)(zr + i zi)
+        p[0, lo:hi, 0], p[0, lo:hi, 1], p[1, lo:hi, 0], p[1, lo:hi, 1], xr[lo:hi], xi[lo:hi]))
     return xs
 
 
@@ -114,10 +119,9 @@ def _inverse_transform(ys, ih, iw, b, y, relu):
     q = np.empty((2, v_count, ho, k, n), dtype=ys.dtype)          # along u: real, imaginary
     qr, qi = (q[i].transpose(1, 0, 2, 3) for i in (0, 1))          # (Ho, V, K, N) views
 
-    def combine(lo, hi):
-        np.subtract(r[0, lo:hi, :, :, 0], r[1, lo:hi, :, :, 1], out=qr[lo:hi])
-        np.add(r[0, lo:hi, :, :, 1], r[1, lo:hi, :, :, 0], out=qi[lo:hi])
-    run_split(ho, combine)
+    run_split(ho, lambda lo, hi: _complex_product(        # (cos + i sin)(Yr + i Yi)
+        r[0, lo:hi, ..., 0, :], r[0, lo:hi, ..., 1, :], r[1, lo:hi, ..., 0, :],
+        r[1, lo:hi, ..., 1, :], qr[lo:hi], qi[lo:hi]))
     # Along v: (Ho * K * N, 2V) @ (2V, Wo), the real part taken by IW's signs.
     out = (q.reshape(2 * v_count, ho * k * n).T @ iw).reshape(ho, k, n, wo)
     src = out.transpose(2, 1, 0, 3)
