@@ -447,16 +447,25 @@ def _tickets(runner, sources, threads=50):
     return ticket
 
 
-def test_thread_orders(sources):
-    forward = _tickets(EmuRunner(order='forward'), sources)
-    reverse = _tickets(EmuRunner(order='reverse'), sources)
-    random1 = _tickets(EmuRunner(order='random', seed=5), sources)
-    random2 = _tickets(EmuRunner(order='random', seed=5), sources)
-    np.testing.assert_array_equal(forward, np.arange(50))
-    np.testing.assert_array_equal(reverse, np.arange(50)[::-1])
-    assert sorted(random1) == list(range(50))
+def _assert_orders(tickets_of, count):
+    """tickets_of(runner) -> the place of each of `count` threads (or blocks) in the order
+    they ran: forward runs them 0, 1, ...; reverse backwards; random in a permutation of
+    its own, the same for the same seed and another for another seed."""
+    forward = tickets_of(EmuRunner(order='forward'))
+    reverse = tickets_of(EmuRunner(order='reverse'))
+    random1 = tickets_of(EmuRunner(order='random', seed=5))
+    random2 = tickets_of(EmuRunner(order='random', seed=5))
+    random3 = tickets_of(EmuRunner(order='random', seed=6))
+    np.testing.assert_array_equal(forward, np.arange(count))
+    np.testing.assert_array_equal(reverse, np.arange(count)[::-1])
+    assert sorted(random1) == list(range(count))
     assert not np.array_equal(random1, forward) and not np.array_equal(random1, reverse)
     np.testing.assert_array_equal(random1, random2)  # seeded: reproducible
+    assert not np.array_equal(random1, random3)
+
+
+def test_thread_orders(sources):
+    _assert_orders(lambda runner: _tickets(runner, sources), 50)
 
 
 
@@ -504,17 +513,7 @@ def _block_tickets(runner, sources, grid=(3, 2, 2)):
 
 def test_block_orders(sources):
     """Blocks run in the runner's order too, by their linear index x + X * (y + Y * z)."""
-    forward = _block_tickets(EmuRunner(order='forward'), sources)
-    reverse = _block_tickets(EmuRunner(order='reverse'), sources)
-    random1 = _block_tickets(EmuRunner(order='random', seed=5), sources)
-    random2 = _block_tickets(EmuRunner(order='random', seed=5), sources)
-    random3 = _block_tickets(EmuRunner(order='random', seed=6), sources)
-    np.testing.assert_array_equal(forward, np.arange(12))
-    np.testing.assert_array_equal(reverse, np.arange(12)[::-1])
-    assert sorted(random1) == list(range(12))
-    assert not np.array_equal(random1, forward) and not np.array_equal(random1, reverse)
-    np.testing.assert_array_equal(random1, random2)  # seeded: reproducible
-    assert not np.array_equal(random1, random3)
+    _assert_orders(lambda runner: _block_tickets(runner, sources), 12)
 
 
 

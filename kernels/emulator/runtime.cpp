@@ -460,7 +460,7 @@ static void check_block_writes(uint32_t block) {
                 uint32_t& writer = g.writer[page * g_page / 4 + w];
                 if (writer == 0) {
                     writer = block + 1;
-                } else if (writer != kShared && writer != block + 1) {
+                } else if (writer != kShared) {   // (each page is compared once a block)
                     unsigned int a[3], b[3];
                     block_of(writer - 1, a);
                     block_of(block, b);
